@@ -1,0 +1,108 @@
+"""ResNet-50/101 backbone with Matterport's layer names (conv1, res2a_branch2a, bn2a_branch2a...).
+
+The names matter: ``train(layers="3+")`` selects layers by regex on them and
+``load_weights(by_name=True)`` matches Matterport / ImageNet HDF5 files by them.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from keras import layers
+
+from mrcnn.norm import norm_layer
+
+# Identity blocks in stage 4 after its conv block: the only difference between the depths.
+STAGE4_BLOCKS = {"resnet50": 5, "resnet101": 22}
+
+# He initialization: the backbone is usually trained from scratch here (no downloads).
+KERNEL_INIT = "he_normal"
+
+
+def _conv(filters: int, kernel: int | tuple, name: str, strides: int = 1,
+          padding: str = "valid") -> layers.Conv2D:
+    # use_bias=True as in Matterport, so HDF5 weights from its files fit.
+    return layers.Conv2D(filters, kernel, strides=strides, padding=padding, name=name,
+                         use_bias=True, kernel_initializer=KERNEL_INIT)
+
+
+def _bottleneck(x, kernel_size: int, filters: tuple[int, int, int], stage: int, block: str,
+                norm: str, gn_groups: int, strides: int = 1, shortcut_conv: bool = False):
+    """Bottleneck residual block: 1x1 -> kxk -> 1x1 (+ 1x1 projection shortcut)."""
+    f1, f2, f3 = filters
+    conv_name = f"res{stage}{block}_branch"
+    bn_name = f"bn{stage}{block}_branch"
+
+    y = _conv(f1, 1, conv_name + "2a", strides=strides)(x)
+    y = norm_layer(norm, bn_name + "2a", gn_groups)(y)
+    y = layers.Activation("relu")(y)
+    y = _conv(f2, kernel_size, conv_name + "2b", padding="same")(y)
+    y = norm_layer(norm, bn_name + "2b", gn_groups)(y)
+    y = layers.Activation("relu")(y)
+    y = _conv(f3, 1, conv_name + "2c")(y)
+    y = norm_layer(norm, bn_name + "2c", gn_groups, zero_init=True)(y)
+
+    shortcut = x
+    if shortcut_conv:
+        shortcut = _conv(f3, 1, conv_name + "1", strides=strides)(x)
+        shortcut = norm_layer(norm, bn_name + "1", gn_groups)(shortcut)
+    y = layers.Add()([y, shortcut])
+    return layers.Activation("relu", name=f"res{stage}{block}_out")(y)
+
+
+def resnet_graph(input_image, architecture: str, stage5: bool = True, norm: str = "frozen_bn",
+                 gn_groups: int = 32) -> list:
+    """Build the ResNet feature extractor.
+
+    Args:
+        input_image: image tensor [B, H, W, C].
+        architecture: "resnet50" or "resnet101".
+        stage5: build stage 5 (C5); Mask R-CNN's FPN needs it.
+        norm: "frozen_bn", "bn" or "gn" (Config.NORM).
+        gn_groups: GroupNorm groups (Config.GN_GROUPS).
+
+    Returns:
+        [C1, C2, C3, C4, C5]: stage outputs at strides 4 (C1 after pooling), 4, 8, 16, 32.
+        C5 is None when ``stage5`` is False.
+    """
+    if architecture not in STAGE4_BLOCKS:
+        raise ValueError(f"Config.BACKBONE = {architecture!r} is invalid: expected one of "
+                         f"{tuple(STAGE4_BLOCKS)} or a callable.")
+    x = layers.ZeroPadding2D((3, 3))(input_image)
+    x = _conv(64, 7, "conv1", strides=2)(x)
+    x = norm_layer(norm, "bn_conv1", gn_groups)(x)
+    x = layers.Activation("relu")(x)
+    c1 = x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
+
+    def stage(x, n_blocks: int, filters: tuple, stage_id: int, strides: int):
+        x = _bottleneck(x, 3, filters, stage_id, "a", norm, gn_groups, strides=strides,
+                        shortcut_conv=True)
+        for i in range(1, n_blocks):
+            x = _bottleneck(x, 3, filters, stage_id, chr(ord("a") + i), norm, gn_groups)
+        return x
+
+    c2 = x = stage(x, 3, (64, 64, 256), 2, strides=1)
+    c3 = x = stage(x, 4, (128, 128, 512), 3, strides=2)
+    c4 = x = stage(x, 1 + STAGE4_BLOCKS[architecture], (256, 256, 1024), 4, strides=2)
+    c5 = stage(x, 3, (512, 512, 2048), 5, strides=2) if stage5 else None
+    return [c1, c2, c3, c4, c5]
+
+
+def build_backbone(input_image, config) -> list:
+    """Run Config.BACKBONE on ``input_image``: a ResNet name or a user callable.
+
+    Args:
+        input_image: image tensor [B, H, W, C].
+        config: a ``Config``.
+
+    Returns:
+        [C2, C3, C4, C5] feature maps.
+    """
+    backbone: str | Callable = config.BACKBONE
+    if callable(backbone):
+        # Matterport contract: BACKBONE(input_image, stage5=True, train_bn=...).
+        _, c2, c3, c4, c5 = backbone(input_image, stage5=True, train_bn=config.TRAIN_BN)
+    else:
+        _, c2, c3, c4, c5 = resnet_graph(input_image, backbone, stage5=True,
+                                         norm=config.NORM, gn_groups=config.GN_GROUPS)
+    return [c2, c3, c4, c5]

@@ -1,0 +1,61 @@
+"""Box head: per-ROI classification and class-specific box refinement (mrcnn_class_*, mrcnn_bbox).
+
+Two designs (Config.BOX_HEAD): Matterport's "2fc" (a 7x7 conv acting as the first fc layer,
+then a 1x1 conv) and the GN paper's "4conv1fc" (four 3x3 convs, one fc).
+"""
+
+from __future__ import annotations
+
+from keras import layers
+
+from mrcnn.norm import norm_layer
+from mrcnn.roi_align import FlattenRois, PyramidROIAlign, UnflattenRois
+
+
+def fpn_classifier_graph(rois, feature_maps: list, image_meta, pool_size: int,
+                         num_classes: int, config) -> list:
+    """Build the box head on the ROIs.
+
+    Args:
+        rois: [B, N, 4] normalized boxes.
+        feature_maps: [P2, P3, P4, P5].
+        image_meta: [B, META] (passed to PyramidROIAlign, Matterport's signature).
+        pool_size: ROI align size (POOL_SIZE).
+        num_classes: NUM_CLASSES (background included).
+        config: the ``Config`` (BOX_HEAD, NORM, GN_GROUPS, FPN_CLASSIF_FC_LAYERS_SIZE).
+
+    Returns:
+        mrcnn_class_logits [B, N, num_classes], mrcnn_class (softmax) [B, N, num_classes],
+        mrcnn_bbox [B, N, num_classes, (dy, dx, log dh, log dw)].
+    """
+    num_rois = rois.shape[1]
+    norm, groups = config.NORM, config.GN_GROUPS
+    fc_size = config.FPN_CLASSIF_FC_LAYERS_SIZE
+    x = PyramidROIAlign((pool_size, pool_size), image_stride=config.BACKBONE_STRIDES[0],
+                        name="roi_align_classifier")([rois, image_meta] + list(feature_maps))
+    x = FlattenRois(name="mrcnn_class_flatten_rois")(x)
+    if config.BOX_HEAD == "2fc":
+        x = layers.Conv2D(fc_size, pool_size, padding="valid", name="mrcnn_class_conv1")(x)
+        x = norm_layer(norm, "mrcnn_class_bn1", groups)(x)
+        x = layers.Activation("relu")(x)
+        x = layers.Conv2D(fc_size, 1, name="mrcnn_class_conv2")(x)
+        x = norm_layer(norm, "mrcnn_class_bn2", groups)(x)
+        x = layers.Activation("relu")(x)
+        x = layers.Reshape((fc_size,), name="pool_squeeze")(x)
+    else:  # "4conv1fc"
+        for i in range(1, 5):
+            x = layers.Conv2D(256, 3, padding="same", name=f"mrcnn_class_conv{i}",
+                              kernel_initializer="he_normal")(x)
+            x = norm_layer(norm, f"mrcnn_class_bn{i}", groups)(x)
+            x = layers.Activation("relu")(x)
+        x = layers.Flatten()(x)
+        x = layers.Dense(fc_size, name="mrcnn_class_fc", kernel_initializer="he_normal")(x)
+        x = layers.Activation("relu", name="pool_squeeze")(x)
+    shared = UnflattenRois(num_rois, name="mrcnn_class_shared")(x)
+
+    mrcnn_class_logits = layers.Dense(num_classes, name="mrcnn_class_logits")(shared)
+    mrcnn_probs = layers.Activation("softmax", name="mrcnn_class", dtype="float32")(
+        mrcnn_class_logits)
+    x = layers.Dense(num_classes * 4, activation="linear", name="mrcnn_bbox_fc")(shared)
+    mrcnn_bbox = layers.Reshape((num_rois, num_classes, 4), name="mrcnn_bbox")(x)
+    return [mrcnn_class_logits, mrcnn_probs, mrcnn_bbox]

@@ -1,0 +1,361 @@
+"""COCO-style evaluation of mrcnn detections through pycocotools.
+
+Ground truth and detections are given as plain Python/NumPy structures (the ones
+``Dataset.load_mask`` and ``MaskRCNN.detect`` produce); the COCO objects are built in
+memory, so no annotation JSON is needed. Typical use::
+
+    gt_list, det_list = [], []
+    for image_id in dataset.image_ids:
+        image, _, gt_class_ids, gt_boxes, gt_masks = modellib.load_image_gt(dataset, config, image_id)
+        r = model.detect([image])[0]
+        gt_list.append(dict(image_id=int(image_id), height=image.shape[0], width=image.shape[1],
+                            boxes=gt_boxes, class_ids=gt_class_ids, masks=gt_masks))
+        det_list.append(dict(image_id=int(image_id), **r))
+    results = coco_eval.evaluate(gt_list, det_list, iou_type="segm",
+                                 class_names=dataset.class_names)
+
+Boxes are ``(y1, x1, y2, x2)`` pixels with exclusive ``y2``/``x2`` (``utils.extract_bboxes``);
+they become COCO ``[x, y, width, height]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+STAT_NAMES = (
+    "AP", "AP50", "AP75", "APs", "APm", "APl",
+    "AR1", "AR10", "AR100", "ARs", "ARm", "ARl",
+)
+
+
+def masks_to_rle(masks: np.ndarray) -> list[dict[str, Any]]:
+    """Encode instance masks as COCO compressed RLE.
+
+    Args:
+        masks: [height, width, N] masks (non-zero = foreground).
+
+    Returns:
+        N dicts ``{"size": [h, w], "counts": str}``; ``counts`` is decoded to ``str`` so the
+        result can be written to JSON (pycocotools accepts str and bytes).
+    """
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"masks_to_rle expects [H, W, N] masks, got shape {masks.shape}")
+    if masks.shape[-1] == 0:
+        return []
+    # pycocotools' encoder needs a Fortran-ordered uint8 [H, W, N] array.
+    rles = mask_utils.encode(np.asfortranarray(masks != 0, dtype=np.uint8))
+    for rle in rles:
+        rle["counts"] = rle["counts"].decode("ascii")
+    return rles
+
+
+def rle_to_masks(rles: Sequence[Any], height: int, width: int) -> np.ndarray:
+    """Decode COCO segmentations to a bool [height, width, N] mask array.
+
+    Args:
+        rles: N segmentations, each a compressed RLE (str or bytes counts), an
+            uncompressed RLE (list counts) or a list of polygons.
+        height: image height.
+        width: image width.
+
+    Returns:
+        bool [height, width, N]; N == 0 gives an empty [height, width, 0] array.
+    """
+    height, width = int(height), int(width)
+    if len(rles) == 0:
+        return np.zeros((height, width, 0), dtype=bool)
+    compressed = []
+    for segm in rles:
+        if isinstance(segm, list):  # polygons
+            segm = mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
+        elif isinstance(segm.get("counts"), list):  # uncompressed RLE
+            segm = mask_utils.frPyObjects(segm, height, width)
+        compressed.append(segm)
+    with warnings.catch_warnings():
+        # pycocotools 2.0.x's decoder trips NumPy 2's __array__(copy=...) deprecation.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return mask_utils.decode(compressed).astype(bool)
+
+
+def _xywh(boxes: np.ndarray) -> np.ndarray:
+    """(y1, x1, y2, x2) exclusive-end pixel boxes -> COCO (x, y, w, h)."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    return np.stack(
+        [boxes[:, 1], boxes[:, 0], boxes[:, 3] - boxes[:, 1], boxes[:, 2] - boxes[:, 0]], axis=1
+    )
+
+
+def _silent(fn, *args, **kwargs):
+    """Call a pycocotools function without its progress prints."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return fn(*args, **kwargs)
+
+
+def build_coco_gt(gt_list: Sequence[dict], class_names: Sequence[str] | None = None) -> COCO:
+    """Build an in-memory ``pycocotools.coco.COCO`` ground-truth object.
+
+    Args:
+        gt_list: one dict per image with keys ``image_id`` (int), ``height``, ``width``,
+            ``boxes`` [N, (y1, x1, y2, x2)] (may be omitted when ``masks`` is given),
+            ``class_ids`` [N] and optionally ``masks`` bool [H, W, N] and ``iscrowd`` [N].
+            A negative class id marks a crowd instance of class ``abs(id)`` (Matterport's
+            COCO loader convention); ``iscrowd`` marks crowd instances explicitly.
+        class_names: names indexed by class id (e.g. ``dataset.class_names``; index 0 is
+            background and is skipped). When given, every class 1..len-1 becomes a COCO
+            category; otherwise the categories are the class ids present in ``gt_list``.
+
+    Returns:
+        A COCO object. Annotation ids start at 1 (COCOeval treats id 0 as "unmatched").
+        ``area`` is the mask area when masks are given, else the box area.
+    """
+    images, annotations = [], []
+    seen_classes: set[int] = set()
+    seen_images: set[int] = set()
+    for gt in gt_list:
+        image_id = _as_int_id(gt["image_id"])
+        if image_id in seen_images:
+            raise ValueError(f"build_coco_gt: image_id {image_id} appears twice")
+        seen_images.add(image_id)
+        height, width = int(gt["height"]), int(gt["width"])
+        images.append({"id": image_id, "height": height, "width": width})
+        class_ids = np.asarray(gt["class_ids"]).reshape(-1).astype(np.int64)
+        masks = gt.get("masks")
+        if masks is not None:
+            masks = np.asarray(masks)
+            if masks.ndim != 3 or masks.shape[-1] != len(class_ids):
+                raise ValueError(
+                    f"build_coco_gt: image {image_id}: masks shape {masks.shape} does not "
+                    f"match {len(class_ids)} class_ids"
+                )
+        boxes = gt.get("boxes")
+        if boxes is None:
+            if masks is None:
+                raise ValueError(f"build_coco_gt: image {image_id} has neither boxes nor masks")
+            from mrcnn.utils import extract_bboxes
+
+            boxes = extract_bboxes(masks)
+        bboxes = _xywh(boxes)
+        if len(bboxes) != len(class_ids):
+            raise ValueError(
+                f"build_coco_gt: image {image_id}: {len(bboxes)} boxes but "
+                f"{len(class_ids)} class_ids"
+            )
+        iscrowd = gt.get("iscrowd")
+        iscrowd = (
+            np.zeros(len(class_ids), bool) if iscrowd is None
+            else np.asarray(iscrowd).reshape(-1).astype(bool)
+        )
+        iscrowd = iscrowd | (class_ids < 0)
+        rles = masks_to_rle(masks) if masks is not None else None
+        for i, class_id in enumerate(class_ids):
+            category = int(abs(class_id))
+            ann = {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": category,
+                "bbox": [float(v) for v in bboxes[i]],
+                "iscrowd": int(iscrowd[i]),
+            }
+            if rles is not None:
+                ann["segmentation"] = rles[i]
+                ann["area"] = float(mask_utils.area(rles[i]))
+            else:
+                ann["area"] = float(bboxes[i, 2] * bboxes[i, 3])
+            annotations.append(ann)
+            seen_classes.add(category)
+
+    if class_names is not None:
+        categories = [{"id": i, "name": str(n)} for i, n in enumerate(class_names) if i > 0]
+        unknown = seen_classes - {c["id"] for c in categories}
+        if unknown:
+            raise ValueError(
+                f"build_coco_gt: class ids {sorted(unknown)} are not covered by "
+                f"{len(class_names)} class_names"
+            )
+    else:
+        categories = [{"id": c, "name": str(c)} for c in sorted(seen_classes)]
+
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": annotations, "categories": categories}
+    _silent(coco.createIndex)
+    return coco
+
+
+def build_coco_results(det_list: Sequence[dict]) -> list[dict[str, Any]]:
+    """Convert detections to COCO result dicts.
+
+    Args:
+        det_list: one dict per image with keys ``image_id`` (int), ``rois``
+            [N, (y1, x1, y2, x2)], ``class_ids`` [N], ``scores`` [N] and optionally
+            ``masks`` bool [H, W, N] (the output of ``MaskRCNN.detect`` plus the id).
+
+    Returns:
+        A list of ``{"image_id", "category_id", "bbox" (xywh), "score"[, "segmentation"]}``
+        dicts with plain Python values (JSON-serialisable).
+    """
+    results = []
+    for det in det_list:
+        image_id = _as_int_id(det["image_id"])
+        class_ids = np.asarray(det["class_ids"]).reshape(-1)
+        scores = np.asarray(det["scores"]).reshape(-1)
+        bboxes = _xywh(det["rois"])
+        if not (len(bboxes) == len(class_ids) == len(scores)):
+            raise ValueError(
+                f"build_coco_results: image {image_id}: {len(bboxes)} rois, "
+                f"{len(class_ids)} class_ids and {len(scores)} scores must match"
+            )
+        masks = det.get("masks")
+        rles = None
+        if masks is not None:
+            masks = np.asarray(masks)
+            if masks.ndim != 3 or masks.shape[-1] != len(class_ids):
+                raise ValueError(
+                    f"build_coco_results: image {image_id}: masks shape {masks.shape} does "
+                    f"not match {len(class_ids)} detections"
+                )
+            rles = masks_to_rle(masks)
+        for i in range(len(class_ids)):
+            res = {
+                "image_id": image_id,
+                "category_id": int(class_ids[i]),
+                "bbox": [float(v) for v in bboxes[i]],
+                "score": float(scores[i]),
+            }
+            if rles is not None:
+                res["segmentation"] = rles[i]
+            results.append(res)
+    return results
+
+
+def _as_int_id(image_id: Any) -> int:
+    try:
+        as_int = int(image_id)
+    except (TypeError, ValueError):
+        as_int = None
+    if as_int is None or as_int != image_id:
+        raise ValueError(
+            f"COCO image ids must be integers, got {image_id!r}; use the dataset's internal "
+            "image id (or call evaluate(), which maps other ids for you)"
+        )
+    return as_int
+
+
+def _map_image_ids(gt_list: Sequence[dict], det_list: Sequence[dict]):
+    """Replace non-integer image ids by 1..M (in gt order) in copies of both lists."""
+    ids = [gt["image_id"] for gt in gt_list]
+    if all(isinstance(i, (int, np.integer)) for i in ids):
+        return gt_list, det_list
+    mapping = {i: k + 1 for k, i in enumerate(ids)}
+    gt_list = [{**gt, "image_id": mapping[gt["image_id"]]} for gt in gt_list]
+    new_dets = []
+    for det in det_list:
+        if det["image_id"] not in mapping:
+            raise ValueError(f"evaluate: detections for unknown image_id {det['image_id']!r}")
+        new_dets.append({**det, "image_id": mapping[det["image_id"]]})
+    return gt_list, new_dets
+
+
+def evaluate(
+    gt_list: Sequence[dict],
+    det_list: Sequence[dict],
+    iou_type: str = "bbox",
+    class_names: Sequence[str] | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Run COCOeval on mrcnn ground truth and detections.
+
+    Args:
+        gt_list: ground truth per image, see ``build_coco_gt``.
+        det_list: detections per image, see ``build_coco_results``. Images may be missing
+            (no detections); every image must appear in ``gt_list``.
+        iou_type: "bbox" or "segm" ("segm" needs ``masks`` in both lists).
+        class_names: see ``build_coco_gt``.
+        verbose: print the standard COCOeval summary table.
+
+    Returns:
+        A dict with ``stats`` (float array of the 12 COCOeval stats), the same values under
+        their names (``AP``, ``AP50``, ``AP75``, ``APs``, ``APm``, ``APl``, ``AR1``,
+        ``AR10``, ``AR100``, ``ARs``, ``ARm``, ``ARl``), ``per_class_ap`` and
+        ``per_class_ap50`` ({class_id: AP}; AP@[.5:.95] resp. AP@.5, area "all",
+        100 detections; NaN for a class without ground truth) and ``cocoeval`` (the
+        ``COCOeval`` object, for further analysis).
+
+        With no detections at all, pycocotools' ``loadRes`` cannot be used (it indexes the
+        first result), so an empty result set is built directly: AP/AR are then 0 where
+        ground truth exists and -1 where COCOeval has nothing to measure (e.g. an area
+        range with no ground truth), exactly as COCOeval reports them.
+    """
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+    if not gt_list:
+        raise ValueError("evaluate: gt_list is empty")
+    if iou_type == "segm":
+        for kind, items in (("gt_list", gt_list), ("det_list", det_list)):
+            for item in items:
+                if item.get("masks") is None:
+                    raise ValueError(
+                        f"evaluate(iou_type='segm'): {kind} entry for image "
+                        f"{item['image_id']!r} has no 'masks'"
+                    )
+    gt_list, det_list = _map_image_ids(gt_list, det_list)
+    coco_gt = build_coco_gt(gt_list, class_names)
+    unknown = {int(d["image_id"]) for d in det_list} - set(coco_gt.getImgIds())
+    if unknown:
+        raise ValueError(f"evaluate: detections for image ids {sorted(unknown)} not in gt_list")
+    results = build_coco_results(det_list)
+    if iou_type == "bbox":
+        # Masks are not needed for box AP; dropping them avoids decoding RLEs.
+        results = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
+
+    if results:
+        # loadRes mutates the dicts it is given (adds id/area), so hand it copies.
+        coco_dt = _silent(coco_gt.loadRes, copy.deepcopy(results))
+    else:
+        coco_dt = COCO()
+        coco_dt.dataset = {
+            "images": list(coco_gt.dataset["images"]),
+            "annotations": [],
+            "categories": copy.deepcopy(coco_gt.dataset["categories"]),
+        }
+        _silent(coco_dt.createIndex)
+
+    cocoeval = COCOeval(coco_gt, coco_dt, iou_type)
+    _silent(cocoeval.evaluate)
+    _silent(cocoeval.accumulate)
+    if verbose:
+        print(f"COCO evaluation, iou_type={iou_type!r}, {len(gt_list)} images, "
+              f"{len(results)} detections")
+        cocoeval.summarize()
+    else:
+        _silent(cocoeval.summarize)
+
+    stats = np.asarray(cocoeval.stats, dtype=np.float64)
+    out: dict[str, Any] = {"stats": stats}
+    out.update({name: float(v) for name, v in zip(STAT_NAMES, stats)})
+
+    # precision: [T iou thresholds, R recall points, K classes, A area ranges, M max dets]
+    precision = cocoeval.eval["precision"]
+    iou_thrs = cocoeval.params.iouThrs
+    t50 = int(np.argmin(np.abs(iou_thrs - 0.5)))
+    per_class, per_class50 = {}, {}
+    for k, cat_id in enumerate(cocoeval.params.catIds):
+        p = precision[:, :, k, 0, -1]
+        valid = p[p > -1]  # -1 marks "no ground truth for this class"
+        per_class[int(cat_id)] = float(valid.mean()) if valid.size else float("nan")
+        p50 = precision[t50, :, k, 0, -1]
+        valid50 = p50[p50 > -1]
+        per_class50[int(cat_id)] = float(valid50.mean()) if valid50.size else float("nan")
+    out["per_class_ap"] = per_class
+    out["per_class_ap50"] = per_class50
+    out["cocoeval"] = cocoeval
+    return out

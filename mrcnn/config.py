@@ -1,0 +1,450 @@
+"""Mask R-CNN configuration: the control panel.
+
+Subclass ``Config`` and override what your dataset needs, as with Matterport's Mask_RCNN::
+
+    class BalloonConfig(Config):
+        NAME = "balloon"
+        NUM_CLASSES = 1 + 1
+        STEPS_PER_EPOCH = 100
+
+Every attribute keeps Matterport's name and default. Knobs added by mrcnn (normalization,
+box head, optimizer, schedule, mixed precision, XLA) sit in their own section below. Each
+comment says what the knob trades off. ``Config()`` validates itself and raises ``ValueError``
+naming the attribute, its value and what is allowed.
+
+This module imports only NumPy, so datasets and scripts can use it without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Callable
+
+import numpy as np
+
+RESIZE_MODES = ("none", "square", "pad64", "crop")
+BACKBONES = ("resnet50", "resnet101")
+NORMS = ("frozen_bn", "bn", "gn")
+BOX_HEADS = ("2fc", "4conv1fc")
+OPTIMIZERS = ("sgd", "adamw")
+LR_SCHEDULES = ("constant", "plateau", "cosine")
+MIXED_PRECISIONS = (None, "float32", "mixed_bfloat16", "mixed_float16")
+LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss",
+              "mrcnn_mask_loss")
+
+
+class Config:
+    """Base configuration. Subclass it and override the attributes you need.
+
+    Derived attributes (``BATCH_SIZE``, ``IMAGE_SHAPE``, ``IMAGE_META_SIZE`` and the resolved
+    ``NORM``) are computed in ``__init__``, so override base attributes as class attributes,
+    not after construction (or call ``Config.__init__`` again).
+    """
+
+    # Name the configuration, e.g. "coco" or "shapes". Used in log folder and checkpoint names.
+    NAME: str | None = None
+
+    # Number of GPUs (replicas) to train with. >1 uses tf.distribute / keras.distribution
+    # data parallelism; the global batch is IMAGES_PER_GPU * GPU_COUNT.
+    GPU_COUNT = 1
+
+    # Images per replica. A 12GB GPU fits about two 1024x1024 images. Fewer images per GPU
+    # is the main memory lever after image size; BatchNorm statistics suffer below ~8 images
+    # per replica, which is why NORM defaults to frozen BN and "gn" exists.
+    IMAGES_PER_GPU = 2
+
+    # Training steps per epoch. Need not match the dataset size: it sets how often
+    # checkpoints, TensorBoard summaries and validation happen.
+    STEPS_PER_EPOCH = 1000
+
+    # Validation steps run at the end of every epoch. More gives a steadier validation
+    # loss and costs time.
+    VALIDATION_STEPS = 50
+
+    # Backbone: "resnet50" or "resnet101". resnet50 needs noticeably less memory and time
+    # and is enough for most datasets. A callable is also accepted (Matterport contract):
+    # ``BACKBONE(input_image, stage5=True, train_bn=...) -> [C1, C2, C3, C4, C5]``; then
+    # COMPUTE_BACKBONE_SHAPE must be set too.
+    BACKBONE: str | Callable = "resnet101"
+
+    # Only for a callable BACKBONE: ``COMPUTE_BACKBONE_SHAPE(image_shape)`` returns the
+    # [height, width] of each pyramid level (array of shape [5, 2]).
+    COMPUTE_BACKBONE_SHAPE: Callable | None = None
+
+    # Stride of each level of the feature pyramid (P2..P6) relative to the input image.
+    # These follow the ResNet stages and are rarely changed.
+    BACKBONE_STRIDES = [4, 8, 16, 32, 64]
+
+    # Size of the fully connected layers of the classification head ("2fc" box head).
+    # 1024 as in the FPN paper; smaller saves memory with some loss of box accuracy.
+    FPN_CLASSIF_FC_LAYERS_SIZE = 1024
+
+    # Channels of the top-down feature pyramid. 256 everywhere in the literature;
+    # 128 roughly halves FPN and head memory.
+    TOP_DOWN_PYRAMID_SIZE = 256
+
+    # Number of classes, background included (e.g. 1 + number of object classes).
+    NUM_CLASSES = 1
+
+    # Side of the square anchor at each pyramid level, in pixels. Small objects need small
+    # anchors: missing masks on small objects usually means the smallest scale is too big.
+    RPN_ANCHOR_SCALES = (32, 64, 128, 256, 512)
+
+    # Anchor aspect ratios (width/height) at each position. More ratios help elongated
+    # objects and cost anchors (memory and time in the RPN and its targets).
+    RPN_ANCHOR_RATIOS = [0.5, 1, 2]
+
+    # Anchor stride on each feature map: 1 = an anchor set at every cell, 2 = every other
+    # cell (4x fewer anchors, less memory, worse recall on small objects).
+    RPN_ANCHOR_STRIDE = 1
+
+    # IoU threshold of the NMS that filters RPN proposals. Raise it (e.g. 0.9) to keep more
+    # overlapping proposals for crowded small objects; lower it for fewer, more varied ones.
+    RPN_NMS_THRESHOLD = 0.7
+
+    # Anchors per image used to train the RPN (half positive at most). More anchors give a
+    # denser RPN signal; images with few objects do fine with fewer.
+    RPN_TRAIN_ANCHORS_PER_IMAGE = 256
+
+    # Proposals kept (by RPN score) before NMS. Bounds the NMS cost; lower it to save time.
+    PRE_NMS_LIMIT = 6000
+
+    # Proposals kept after NMS, in training and in inference. The main time/memory knob of
+    # the second stage together with TRAIN_ROIS_PER_IMAGE; fewer risks missing objects in
+    # crowded images.
+    POST_NMS_ROIS_TRAINING = 2000
+    POST_NMS_ROIS_INFERENCE = 1000
+
+    # Mini masks: store each ground-truth mask cropped to its box and resized to
+    # MINI_MASK_SHAPE instead of full image size. Saves most of the ground-truth memory at
+    # high resolution, at the cost of some detail on large objects.
+    USE_MINI_MASK = True
+    MINI_MASK_SHAPE = (56, 56)  # (height, width)
+
+    # Input image resizing.
+    # none:   no resizing or padding; the image is returned as is (training pads it to
+    #         IMAGE_SHAPE, so it must not be larger than IMAGE_MAX_DIM).
+    # square: scale so the short side is at least IMAGE_MIN_DIM and the long side at most
+    #         IMAGE_MAX_DIM, then pad with zeros to IMAGE_MAX_DIM x IMAGE_MAX_DIM.
+    # pad64:  scale up to IMAGE_MIN_DIM / IMAGE_MIN_SCALE, then pad each side to a multiple
+    #         of 64 (inference on varied sizes; IMAGE_MAX_DIM is ignored when resizing).
+    # crop:   scale as above, then take a random IMAGE_MIN_DIM x IMAGE_MIN_DIM crop (training
+    #         on large images at full resolution, e.g. nucleus).
+    # Smaller images are the strongest memory lever, at the cost of small-object recall.
+    IMAGE_RESIZE_MODE = "square"
+    IMAGE_MIN_DIM = 800
+    IMAGE_MAX_DIM = 1024
+    # Minimum scaling ratio, checked after IMAGE_MIN_DIM: 2 upscales every image at least
+    # twice (useful for tiny objects), 0 disables it.
+    IMAGE_MIN_SCALE = 0
+    # Channels per image: 3 for RGB. Other counts need MEAN_PIXEL of the same length and a
+    # first convolution trained from scratch (pretrained conv1 weights expect 3).
+    IMAGE_CHANNEL_COUNT = 3
+
+    # Mean pixel value (RGB) subtracted from the input.
+    MEAN_PIXEL = np.array([123.7, 116.8, 103.9])
+
+    # ROIs per image fed to the classifier and mask heads in training. The paper uses 512;
+    # the RPN rarely produces that many positives, so 200 keeps the 1:3 balance with less
+    # memory. Lower it to save memory, raise it with many objects per image.
+    TRAIN_ROIS_PER_IMAGE = 200
+
+    # Share of positive ROIs in the sampled ROIs. 0.33 as in the paper.
+    ROI_POSITIVE_RATIO = 0.33
+
+    # ROI pooling output size of the classifier and the mask heads.
+    POOL_SIZE = 7
+    MASK_POOL_SIZE = 14
+
+    # Mask head output size. The head upsamples its pool x2, so this must be
+    # 2 * MASK_POOL_SIZE.
+    MASK_SHAPE = [28, 28]
+
+    # Ground-truth instances per image that are used (the rest are dropped, with a warning).
+    # Memory of the mask targets grows linearly with it.
+    MAX_GT_INSTANCES = 100
+
+    # Standard deviations of the box refinement targets of the RPN and of the final boxes.
+    # They scale the regression targets to unit-ish variance.
+    RPN_BBOX_STD_DEV = np.array([0.1, 0.1, 0.2, 0.2])
+    BBOX_STD_DEV = np.array([0.1, 0.1, 0.2, 0.2])
+
+    # Maximum number of final detections per image. Raise it for crowded images (e.g. 400
+    # for nuclei): each detection also gets a mask, so inference memory grows with it.
+    DETECTION_MAX_INSTANCES = 100
+
+    # Minimum class probability for a detection to be kept. Lower it (even to 0) for higher
+    # mask recall at the cost of more false positives.
+    DETECTION_MIN_CONFIDENCE = 0.7
+
+    # IoU threshold of the per-class NMS on final detections.
+    DETECTION_NMS_THRESHOLD = 0.3
+
+    # Learning rate and momentum. The paper uses 0.02 for 16 images per batch; Matterport
+    # lowered it because gradients explode more easily with fewer images, especially with
+    # SGD from scratch.
+    LEARNING_RATE = 0.001
+    LEARNING_MOMENTUM = 0.9
+
+    # Weight decay. With SGD it is Matterport's L2 term on kernels (not on BN/GN gamma and
+    # beta, each weight's sum of squares divided by its size); with AdamW it is the
+    # optimizer's decoupled decay.
+    WEIGHT_DECAY = 0.0001
+
+    # Loss weights, to balance the five losses.
+    LOSS_WEIGHTS = {
+        "rpn_class_loss": 1.,
+        "rpn_bbox_loss": 1.,
+        "mrcnn_class_loss": 1.,
+        "mrcnn_bbox_loss": 1.,
+        "mrcnn_mask_loss": 1.,
+    }
+
+    # Add the ground-truth boxes to the RPN proposals before sampling the ROIs of the heads
+    # (as Detectron and torchvision do; Matterport did not). Early in training, and above all
+    # from scratch, the RPN finds few objects; the GT boxes give the heads positives to learn
+    # from at once. Costs MAX_GT_INSTANCES more candidate ROIs, nothing at inference.
+    TRAIN_ROIS_INCLUDE_GT = True
+
+    # Train the heads on RPN proposals (True) or on ROIs that the data generator samples
+    # around the ground truth (False; only for debugging the heads without an RPN).
+    USE_RPN_ROIS = True
+
+    # Matterport's BatchNorm switch. False: BN layers are frozen (inference mode, not
+    # trained): right for small batches. True: BN layers are trained. Used to derive NORM
+    # when NORM is left at None.
+    TRAIN_BN = False
+
+    # Gradient norm clipping, per weight tensor as Matterport (Keras ``clipnorm``). Guards
+    # against the exploding gradients of small batches; None disables it.
+    GRADIENT_CLIP_NORM = 5.0
+
+    # ---------------------------------------------------------------------------------
+    # mrcnn knobs (not in Matterport)
+    # ---------------------------------------------------------------------------------
+
+    # Normalization layers.
+    # frozen_bn: BatchNorm always in inference mode and not trained (Matterport's
+    #            TRAIN_BN=False). Best with pretrained weights and small batches.
+    # bn:        BatchNorm trained (needs larger batches per replica to be stable).
+    # gn:        GroupNorm in backbone, FPN, box head and mask head, as in the GN paper.
+    #            Independent of batch size, the choice for training from scratch; a little
+    #            slower than frozen BN.
+    # None: derived from TRAIN_BN (False -> "frozen_bn", otherwise "bn").
+    NORM: str | None = None
+
+    # Groups of GroupNorm (NORM="gn"). 32 as in the GN paper; must divide every channel count.
+    GN_GROUPS = 32
+
+    # Box head. "2fc": Matterport's two 1024-wide layers (a 7x7 conv and a 1x1 conv).
+    # "4conv1fc": four 3x3 convs and one fc, as in the GN paper: more accurate with GN,
+    # slower.
+    BOX_HEAD = "2fc"
+
+    # Optimizer. "sgd": SGD with momentum LEARNING_MOMENTUM (Matterport). "adamw": AdamW with
+    # decoupled weight decay, more forgiving for training from scratch and fine-tuning with
+    # small datasets.
+    OPTIMIZER = "sgd"
+
+    # Learning-rate schedule. "constant" (Matterport); "plateau": divide by
+    # LR_PLATEAU_FACTOR**-1 when the validation loss stops improving for LR_PLATEAU_PATIENCE
+    # epochs (ReduceLROnPlateau); "cosine": cosine decay over the epochs of each train() call
+    # down to LR_MIN_FACTOR * LEARNING_RATE.
+    LR_SCHEDULE = "constant"
+    LR_PLATEAU_FACTOR = 0.1
+    LR_PLATEAU_PATIENCE = 3
+    LR_MIN_FACTOR = 0.0
+
+    # Mixed precision policy: None / "float32" (full precision), "mixed_bfloat16" (Ampere+
+    # GPUs, TPUs; no loss scaling needed) or "mixed_float16" (older GPUs; loss scaling is
+    # applied). Saves activation memory and time; the losses are always computed in float32.
+    MIXED_PRECISION: str | None = None
+
+    # Compile the train and predict steps with XLA. Faster steps after a one-time compile
+    # (which can take minutes for ResNet-101 on a CPU); turn off for quick debugging.
+    JIT_COMPILE = True
+
+    # Data loading: worker threads (or processes) of the training PyDataset. 0 loads in the
+    # training loop. More workers hide image decoding and augmentation time.
+    DATA_WORKERS = 0
+    DATA_USE_MULTIPROCESSING = False
+
+    def __init__(self) -> None:
+        """Compute derived attributes and validate the configuration.
+
+        Raises:
+            ValueError: an attribute has a value that cannot work; the message names the
+                attribute, its value and what is allowed.
+        """
+        self.BATCH_SIZE = self.IMAGES_PER_GPU * self.GPU_COUNT
+
+        # Input image shape used by the training graph: crops are MIN_DIM square, every
+        # other mode fits in a MAX_DIM square.
+        if self.IMAGE_RESIZE_MODE == "crop":
+            self.IMAGE_SHAPE = np.array(
+                [self.IMAGE_MIN_DIM, self.IMAGE_MIN_DIM, self.IMAGE_CHANNEL_COUNT])
+        else:
+            self.IMAGE_SHAPE = np.array(
+                [self.IMAGE_MAX_DIM, self.IMAGE_MAX_DIM, self.IMAGE_CHANNEL_COUNT])
+
+        # id + original shape (3) + image shape (3) + window (4) + scale + active class ids.
+        self.IMAGE_META_SIZE = 1 + 3 + 3 + 4 + 1 + self.NUM_CLASSES
+
+        if self.NORM is None:
+            self.NORM = "frozen_bn" if self.TRAIN_BN is False else "bn"
+        self.validate()
+
+    # ------------------------------------------------------------------------------------
+    def validate(self) -> None:
+        """Check every setting; raise ``ValueError`` naming the first bad one.
+
+        Raises:
+            ValueError: with the attribute name, its value and what is allowed.
+        """
+
+        def fail(attr: str, expected: str) -> None:
+            raise ValueError(
+                f"{type(self).__name__}.{attr} = {getattr(self, attr)!r} is invalid: "
+                f"{expected}.")
+
+        def positive_int(attr: str) -> None:
+            value = getattr(self, attr)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+                fail(attr, "expected an integer >= 1")
+
+        for attr in ("GPU_COUNT", "IMAGES_PER_GPU", "STEPS_PER_EPOCH", "NUM_CLASSES",
+                     "RPN_ANCHOR_STRIDE", "RPN_TRAIN_ANCHORS_PER_IMAGE", "PRE_NMS_LIMIT",
+                     "POST_NMS_ROIS_TRAINING", "POST_NMS_ROIS_INFERENCE",
+                     "TRAIN_ROIS_PER_IMAGE", "POOL_SIZE", "MASK_POOL_SIZE",
+                     "MAX_GT_INSTANCES", "DETECTION_MAX_INSTANCES", "TOP_DOWN_PYRAMID_SIZE",
+                     "FPN_CLASSIF_FC_LAYERS_SIZE", "IMAGE_CHANNEL_COUNT", "GN_GROUPS",
+                     "IMAGE_MAX_DIM"):
+            positive_int(attr)
+        if not isinstance(self.VALIDATION_STEPS, numbers.Integral) or self.VALIDATION_STEPS < 0:
+            fail("VALIDATION_STEPS", "expected an integer >= 0")
+        if not isinstance(self.DATA_WORKERS, numbers.Integral) or self.DATA_WORKERS < 0:
+            fail("DATA_WORKERS", "expected an integer >= 0")
+
+        # Backbone.
+        if callable(self.BACKBONE):
+            if not callable(self.COMPUTE_BACKBONE_SHAPE):
+                fail("COMPUTE_BACKBONE_SHAPE",
+                     "a callable BACKBONE needs COMPUTE_BACKBONE_SHAPE(image_shape) returning "
+                     "the [height, width] of each pyramid level")
+        elif self.BACKBONE not in BACKBONES:
+            fail("BACKBONE", f"expected one of {BACKBONES} or a callable")
+        if len(self.BACKBONE_STRIDES) != 5:
+            fail("BACKBONE_STRIDES", "expected 5 strides, one per pyramid level P2..P6")
+        if len(self.RPN_ANCHOR_SCALES) != len(self.BACKBONE_STRIDES):
+            fail("RPN_ANCHOR_SCALES",
+                 f"expected one scale per pyramid level, i.e. {len(self.BACKBONE_STRIDES)} "
+                 f"(len(BACKBONE_STRIDES)), got {len(self.RPN_ANCHOR_SCALES)}")
+        if len(self.RPN_ANCHOR_RATIOS) < 1 or any(r <= 0 for r in self.RPN_ANCHOR_RATIOS):
+            fail("RPN_ANCHOR_RATIOS", "expected a non-empty list of positive ratios")
+
+        # Image sizes.
+        if self.IMAGE_RESIZE_MODE not in RESIZE_MODES:
+            fail("IMAGE_RESIZE_MODE", f"expected one of {RESIZE_MODES}")
+        if self.IMAGE_RESIZE_MODE == "crop":
+            positive_int("IMAGE_MIN_DIM")
+            if self.IMAGE_MIN_DIM % 64:
+                fail("IMAGE_MIN_DIM", "crop mode trains on IMAGE_MIN_DIM squares, which must "
+                     "be divisible by 64 (the backbone halves the size 6 times)")
+        else:
+            if self.IMAGE_MAX_DIM % 64:
+                fail("IMAGE_MAX_DIM", "the training image shape is IMAGE_MAX_DIM square, "
+                     "which must be divisible by 64 (the backbone halves the size 6 times)")
+            if self.IMAGE_RESIZE_MODE == "pad64" and self.IMAGE_MIN_DIM and \
+                    self.IMAGE_MIN_DIM % 64:
+                fail("IMAGE_MIN_DIM", "pad64 mode needs IMAGE_MIN_DIM divisible by 64")
+            if self.IMAGE_RESIZE_MODE == "square" and self.IMAGE_MIN_DIM and \
+                    self.IMAGE_MIN_DIM > self.IMAGE_MAX_DIM:
+                fail("IMAGE_MIN_DIM", f"expected <= IMAGE_MAX_DIM ({self.IMAGE_MAX_DIM})")
+        if self.IMAGE_MIN_SCALE is not None and self.IMAGE_MIN_SCALE < 0:
+            fail("IMAGE_MIN_SCALE", "expected 0 (off) or a positive scale")
+        if np.shape(self.MEAN_PIXEL) != (self.IMAGE_CHANNEL_COUNT,):
+            fail("MEAN_PIXEL", f"expected {self.IMAGE_CHANNEL_COUNT} values, one per channel "
+                 "(IMAGE_CHANNEL_COUNT)")
+        if len(self.MINI_MASK_SHAPE) != 2 or min(self.MINI_MASK_SHAPE) < 1:
+            fail("MINI_MASK_SHAPE", "expected (height, width) with positive sizes")
+        if list(self.MASK_SHAPE) != [2 * self.MASK_POOL_SIZE] * 2:
+            fail("MASK_SHAPE", f"the mask head upsamples MASK_POOL_SIZE ({self.MASK_POOL_SIZE}) "
+                 f"x2, so expected [{2 * self.MASK_POOL_SIZE}, {2 * self.MASK_POOL_SIZE}]")
+
+        # Sampling and thresholds.
+        if not 0 < self.ROI_POSITIVE_RATIO <= 1:
+            fail("ROI_POSITIVE_RATIO", "expected a share in (0, 1]")
+        if int(self.TRAIN_ROIS_PER_IMAGE * self.ROI_POSITIVE_RATIO) < 1:
+            fail("TRAIN_ROIS_PER_IMAGE", "TRAIN_ROIS_PER_IMAGE * ROI_POSITIVE_RATIO "
+                 f"= {self.TRAIN_ROIS_PER_IMAGE * self.ROI_POSITIVE_RATIO:g} leaves no "
+                 "positive ROI per image; expected at least 1")
+        for attr in ("RPN_NMS_THRESHOLD", "DETECTION_NMS_THRESHOLD"):
+            if not 0 < getattr(self, attr) <= 1:
+                fail(attr, "expected an IoU threshold in (0, 1]")
+        if not 0 <= self.DETECTION_MIN_CONFIDENCE <= 1:
+            fail("DETECTION_MIN_CONFIDENCE", "expected a probability in [0, 1]")
+        if np.shape(self.RPN_BBOX_STD_DEV) != (4,) or np.shape(self.BBOX_STD_DEV) != (4,):
+            fail("BBOX_STD_DEV" if np.shape(self.BBOX_STD_DEV) != (4,) else "RPN_BBOX_STD_DEV",
+                 "expected 4 values (dy, dx, dh, dw)")
+
+        # Training.
+        unknown = set(self.LOSS_WEIGHTS) - set(LOSS_NAMES)
+        if unknown:
+            fail("LOSS_WEIGHTS", f"unknown loss names {sorted(unknown)}; expected keys among "
+                 f"{LOSS_NAMES}")
+        if self.LEARNING_RATE <= 0:
+            fail("LEARNING_RATE", "expected a positive learning rate")
+        if self.WEIGHT_DECAY < 0:
+            fail("WEIGHT_DECAY", "expected >= 0")
+        if self.GRADIENT_CLIP_NORM is not None and self.GRADIENT_CLIP_NORM <= 0:
+            fail("GRADIENT_CLIP_NORM", "expected a positive norm or None")
+        if self.NORM not in NORMS:
+            fail("NORM", f"expected one of {NORMS} (or None to derive it from TRAIN_BN)")
+        if self.NORM == "gn":
+            for attr in ("TOP_DOWN_PYRAMID_SIZE",):
+                if getattr(self, attr) % self.GN_GROUPS:
+                    fail("GN_GROUPS", f"GroupNorm groups must divide {attr} "
+                         f"({getattr(self, attr)})")
+            if 64 % self.GN_GROUPS:
+                fail("GN_GROUPS", "GroupNorm groups must divide the 64 channels of conv1")
+        if self.BOX_HEAD not in BOX_HEADS:
+            fail("BOX_HEAD", f"expected one of {BOX_HEADS}")
+        if self.OPTIMIZER not in OPTIMIZERS:
+            fail("OPTIMIZER", f"expected one of {OPTIMIZERS}")
+        if self.LR_SCHEDULE not in LR_SCHEDULES:
+            fail("LR_SCHEDULE", f"expected one of {LR_SCHEDULES}")
+        if not 0 < self.LR_PLATEAU_FACTOR < 1:
+            fail("LR_PLATEAU_FACTOR", "expected a factor in (0, 1)")
+        if self.MIXED_PRECISION not in MIXED_PRECISIONS:
+            fail("MIXED_PRECISION", f"expected one of {MIXED_PRECISIONS}")
+        if not self.USE_RPN_ROIS:
+            fail("USE_RPN_ROIS", "training the heads on generator ROIs is not supported by "
+                 "mrcnn; expected True")
+
+    # ------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Return the configuration as a dict of upper-case attribute names to values.
+
+        Returns:
+            Mapping of every public, non-callable attribute (NumPy arrays become lists).
+        """
+        out = {}
+        for name in sorted(dir(self)):
+            if name.startswith("_") or not name.isupper():
+                continue
+            value = getattr(self, name)
+            if callable(value):
+                if name != "BACKBONE":
+                    continue  # e.g. COMPUTE_BACKBONE_SHAPE: nothing to print or serialize
+                value = getattr(value, "__name__", repr(value))
+            if isinstance(value, np.ndarray):
+                value = value.tolist()
+            out[name] = value
+        return out
+
+    def display(self) -> None:
+        """Print every setting, one per line, as Matterport's ``Config.display()`` did."""
+        print("\nConfigurations:")
+        for key, value in self.to_dict().items():
+            print(f"{key:30} {value}")
+        print("\n")

@@ -1,0 +1,106 @@
+"""DetectionLayer: final boxes from the box head, per-class NMS in one call (inference only)."""
+
+from __future__ import annotations
+
+import numpy as np
+from keras import layers, ops
+
+from mrcnn import ops as mops
+from mrcnn.proposals import clamp_deltas
+
+
+def parse_image_meta_graph(meta) -> dict:
+    """Split image meta tensors [B, META] into their parts (see data.compose_image_meta).
+
+    Args:
+        meta: [B, META] float tensor.
+
+    Returns:
+        dict of image_id [B], original_image_shape [B, 3], image_shape [B, 3],
+        window [B, 4] (pixels of the molded image), scale [B], active_class_ids [B, C].
+    """
+    return {
+        "image_id": meta[:, 0],
+        "original_image_shape": meta[:, 1:4],
+        "image_shape": meta[:, 4:7],
+        "window": meta[:, 7:11],
+        "scale": meta[:, 11],
+        "active_class_ids": meta[:, 12:],
+    }
+
+
+def refine_detections_graph(rois, probs, deltas, window, config):
+    """Classify and refine ROIs, filter, and run per-class NMS; batched, static shapes.
+
+    Args:
+        rois: [B, N, 4] normalized proposals.
+        probs: [B, N, C] class probabilities.
+        deltas: [B, N, C, 4] class-specific box deltas.
+        window: [B, 4] normalized image window (the part that is not padding).
+        config: the ``Config``.
+
+    Returns:
+        [B, DETECTION_MAX_INSTANCES, (y1, x1, y2, x2, class_id, score)] normalized boxes,
+        best first, zero rows as padding.
+    """
+    rois = ops.cast(rois, "float32")
+    probs = ops.cast(probs, "float32")
+    class_ids = ops.cast(ops.argmax(probs, axis=2), "int32")  # [B, N]
+    scores = ops.max(probs, axis=2)
+    class_deltas = ops.take_along_axis(
+        ops.cast(deltas, "float32"), class_ids[:, :, None, None], axis=2)[:, :, 0]
+    class_deltas = class_deltas * np.asarray(config.BBOX_STD_DEV, np.float32)
+    boxes = mops.apply_box_deltas(rois, clamp_deltas(class_deltas))
+    boxes = mops.clip_boxes(boxes, window[:, None, :])
+
+    keep = (class_ids > 0) & ops.any(rois != 0, axis=-1)
+    if config.DETECTION_MIN_CONFIDENCE:
+        keep = keep & (scores >= config.DETECTION_MIN_CONFIDENCE)
+    area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    keep = keep & (area > 0)
+    # Per-class NMS in one call: shifting each class's boxes by 2*class_id puts different
+    # classes far apart (normalized boxes lie in [0, 1]), so they never suppress each other.
+    offset = ops.cast(class_ids, "float32")[..., None] * 2.0
+    nms_boxes = ops.where(keep[..., None], boxes + offset, 0.0)
+    nms_scores = ops.where(keep, scores, -1.0)
+    indices, valid = mops.non_max_suppression_padded(
+        nms_boxes, nms_scores, config.DETECTION_MAX_INSTANCES,
+        config.DETECTION_NMS_THRESHOLD, score_threshold=-0.5)
+
+    def take(x):
+        return ops.take_along_axis(x, indices, axis=1)
+
+    out = ops.concatenate([
+        ops.take_along_axis(boxes, indices[..., None], axis=1),
+        ops.cast(take(class_ids), "float32")[..., None],
+        take(scores)[..., None],
+    ], axis=-1)
+    return ops.where(valid[..., None], out, 0.0)
+
+
+class DetectionLayer(layers.Layer):
+    """Turn classified, refined ROIs into final detections (layer "mrcnn_detection").
+
+    Call args:
+        inputs: [rois [B, N, 4], mrcnn_class [B, N, C], mrcnn_bbox [B, N, C, 4],
+            image_meta [B, META]].
+
+    Returns:
+        [B, DETECTION_MAX_INSTANCES, (y1, x1, y2, x2, class_id, score)] in normalized
+        coordinates, zero-padded.
+    """
+
+    def __init__(self, config=None, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+
+    def call(self, inputs):
+        rois, mrcnn_class, mrcnn_bbox, image_meta = inputs
+        meta = parse_image_meta_graph(ops.cast(image_meta, "float32"))
+        image_hw = meta["image_shape"][:, :2]
+        # [B, 1, 4] windows pair with [B, 2] shapes in norm_boxes' batched convention.
+        window = mops.norm_boxes(meta["window"][:, None, :], image_hw)[:, 0]
+        return refine_detections_graph(rois, mrcnn_class, mrcnn_bbox, window, self.config)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0][0], self.config.DETECTION_MAX_INSTANCES, 6)

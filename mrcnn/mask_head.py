@@ -1,0 +1,41 @@
+"""Mask head: where masks are predicted. Four 3x3 convs, a 2x deconv, one sigmoid per class."""
+
+from __future__ import annotations
+
+from keras import layers
+
+from mrcnn.norm import norm_layer
+from mrcnn.roi_align import FlattenRois, PyramidROIAlign, UnflattenRois
+
+
+def build_fpn_mask_graph(rois, feature_maps: list, image_meta, pool_size: int,
+                         num_classes: int, config):
+    """Build the mask head on the ROIs (Matterport names mrcnn_mask_conv1..4, ..., mrcnn_mask).
+
+    Args:
+        rois: [B, N, 4] normalized boxes.
+        feature_maps: [P2, P3, P4, P5].
+        image_meta: [B, META] (passed to PyramidROIAlign, Matterport's signature).
+        pool_size: ROI align size (MASK_POOL_SIZE); the output is twice that.
+        num_classes: NUM_CLASSES (background included).
+        config: the ``Config`` (NORM, GN_GROUPS).
+
+    Returns:
+        [B, N, 2*pool_size, 2*pool_size, num_classes] mask probabilities (float32).
+    """
+    num_rois = rois.shape[1]
+    norm, groups = config.NORM, config.GN_GROUPS
+    x = PyramidROIAlign((pool_size, pool_size), image_stride=config.BACKBONE_STRIDES[0],
+                        name="roi_align_mask")([rois, image_meta] + list(feature_maps))
+    x = FlattenRois(name="mrcnn_mask_flatten_rois")(x)
+    for i in range(1, 5):
+        x = layers.Conv2D(256, 3, padding="same", name=f"mrcnn_mask_conv{i}",
+                          kernel_initializer="he_normal")(x)
+        x = norm_layer(norm, f"mrcnn_mask_bn{i}", groups)(x)
+        x = layers.Activation("relu")(x)
+    x = layers.Conv2DTranspose(256, 2, strides=2, activation="relu", name="mrcnn_mask_deconv",
+                               kernel_initializer="he_normal")(x)
+    # float32 output: the mask loss takes log of these probabilities.
+    x = layers.Conv2D(num_classes, 1, strides=1, activation="sigmoid", name="mrcnn_mask",
+                      dtype="float32")(x)
+    return UnflattenRois(num_rois, name="mrcnn_mask_rois")(x)

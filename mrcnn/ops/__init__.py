@@ -1,0 +1,42 @@
+"""Backend-specific kernels, each with a pure ``keras.ops`` twin.
+
+- ``boxes``: box deltas, clipping, IoU, (de)normalization on tensors.
+- ``roi_align``: ``crop_and_resize`` (exact ``tf.image.crop_and_resize`` semantics) and the
+  one-gather ``multilevel_roi_align`` of the FPN heads.
+- ``nms``: batched static-shape NMS; TF kernel on TensorFlow, pure ``keras.ops`` elsewhere.
+
+Everything here takes and returns static shapes and compiles with XLA on TensorFlow
+(``jit_compile=True``) and JAX (``jax.jit``).
+"""
+
+from mrcnn.ops.boxes import (
+    apply_box_deltas,
+    box_refinement,
+    clip_boxes,
+    denorm_boxes,
+    norm_boxes,
+    overlaps,
+)
+from mrcnn.ops.nms import (
+    gather_padded,
+    nms_padded_pure,
+    nms_padded_tf,
+    non_max_suppression_padded,
+)
+from mrcnn.ops.roi_align import crop_and_resize, multilevel_roi_align, roi_pyramid_levels
+
+__all__ = [
+    "apply_box_deltas",
+    "box_refinement",
+    "clip_boxes",
+    "crop_and_resize",
+    "denorm_boxes",
+    "gather_padded",
+    "multilevel_roi_align",
+    "nms_padded_pure",
+    "nms_padded_tf",
+    "non_max_suppression_padded",
+    "norm_boxes",
+    "overlaps",
+    "roi_pyramid_levels",
+]

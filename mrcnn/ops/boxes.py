@@ -1,0 +1,185 @@
+"""Box arithmetic on tensors (``keras.ops``), the graph twins of ``mrcnn.utils``.
+
+All boxes are ``(y1, x1, y2, x2)`` in the last axis. Functions broadcast over any leading
+axes, keep static shapes and compile under XLA on every backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence, Union
+
+import keras
+from keras import ops
+
+ShapeLike = Union[Sequence[int], Any]  # (h, w) python ints or a tensor
+
+
+def _split4(boxes):
+    """Returns the four coordinate planes of ``boxes [..., 4]``, each ``[...]``."""
+    return boxes[..., 0], boxes[..., 1], boxes[..., 2], boxes[..., 3]
+
+
+def apply_box_deltas(boxes, deltas):
+    """Applies refinement deltas to boxes (Matterport's ``apply_box_deltas_graph``).
+
+    Args:
+        boxes: ``[..., 4]`` float boxes ``(y1, x1, y2, x2)``.
+        deltas: ``[..., 4]`` ``(dy, dx, log(dh), log(dw))``, broadcastable to ``boxes``.
+
+    Returns:
+        ``[..., 4]`` refined boxes, dtype of ``boxes``.
+    """
+    boxes = ops.convert_to_tensor(boxes)
+    deltas = ops.cast(deltas, boxes.dtype)
+    y1, x1, y2, x2 = _split4(boxes)
+    height = y2 - y1
+    width = x2 - x1
+    center_y = y1 + 0.5 * height + deltas[..., 0] * height
+    center_x = x1 + 0.5 * width + deltas[..., 1] * width
+    height = height * ops.exp(deltas[..., 2])
+    width = width * ops.exp(deltas[..., 3])
+    new_y1 = center_y - 0.5 * height
+    new_x1 = center_x - 0.5 * width
+    return ops.stack([new_y1, new_x1, new_y1 + height, new_x1 + width], axis=-1)
+
+
+def clip_boxes(boxes, window):
+    """Clips boxes to a window (Matterport's ``clip_boxes_graph``).
+
+    Args:
+        boxes: ``[..., 4]`` boxes ``(y1, x1, y2, x2)``.
+        window: ``[4]`` or ``[..., 4]`` broadcastable to ``boxes``: ``(wy1, wx1, wy2, wx2)``.
+
+    Returns:
+        ``[..., 4]`` clipped boxes, dtype of ``boxes``.
+    """
+    boxes = ops.convert_to_tensor(boxes)
+    window = ops.cast(window, boxes.dtype)
+    wy1, wx1, wy2, wx2 = _split4(window)
+    y1, x1, y2, x2 = _split4(boxes)
+    # min-then-max, as Matterport: a box fully outside collapses onto the window edge.
+    y1 = ops.maximum(ops.minimum(y1, wy2), wy1)
+    x1 = ops.maximum(ops.minimum(x1, wx2), wx1)
+    y2 = ops.maximum(ops.minimum(y2, wy2), wy1)
+    x2 = ops.maximum(ops.minimum(x2, wx2), wx1)
+    return ops.stack([y1, x1, y2, x2], axis=-1)
+
+
+def box_refinement(box, gt_box):
+    """Deltas that turn ``box`` into ``gt_box`` (Matterport's ``box_refinement_graph``).
+
+    The inverse of :func:`apply_box_deltas`. Unlike Matterport, degenerate pairs (zero or
+    negative height/width in either box, e.g. zero padding) give deltas of 0 instead of
+    inf/NaN, so padded rows can be masked by a loss weight without poisoning gradients.
+
+    Args:
+        box: ``[..., 4]`` boxes ``(y1, x1, y2, x2)``.
+        gt_box: ``[..., 4]`` target boxes, broadcastable to ``box``.
+
+    Returns:
+        ``[..., 4]`` float32 deltas ``(dy, dx, log(dh), log(dw))``.
+    """
+    box = ops.cast(box, "float32")
+    gt_box = ops.cast(gt_box, "float32")
+    y1, x1, y2, x2 = _split4(box)
+    gy1, gx1, gy2, gx2 = _split4(gt_box)
+    height, width = y2 - y1, x2 - x1
+    gt_height, gt_width = gy2 - gy1, gx2 - gx1
+    ok = (height > 0) & (width > 0) & (gt_height > 0) & (gt_width > 0)
+    # Sanitize before dividing/logging: where() alone would still leak NaN gradients.
+    height = ops.where(ok, height, 1.0)
+    width = ops.where(ok, width, 1.0)
+    gt_height = ops.where(ok, gt_height, 1.0)
+    gt_width = ops.where(ok, gt_width, 1.0)
+    center_y = y1 + 0.5 * height
+    center_x = x1 + 0.5 * width
+    gt_center_y = gy1 + 0.5 * gt_height
+    gt_center_x = gx1 + 0.5 * gt_width
+    deltas = ops.stack(
+        [
+            (gt_center_y - center_y) / height,
+            (gt_center_x - center_x) / width,
+            ops.log(gt_height / height),
+            ops.log(gt_width / width),
+        ],
+        axis=-1,
+    )
+    return ops.where(ops.expand_dims(ok, -1), deltas, 0.0)
+
+
+def overlaps(boxes1, boxes2):
+    """Pairwise IoU, batched (Matterport's ``overlaps_graph`` generalized).
+
+    Boxes are assumed ordered (``y1 <= y2``, ``x1 <= x2``). A pair whose union has no area
+    (e.g. two zero-padding boxes) has IoU 0, never NaN.
+
+    Args:
+        boxes1: ``[..., N, 4]``.
+        boxes2: ``[..., M, 4]``; leading axes broadcast against ``boxes1``'s.
+
+    Returns:
+        ``[..., N, M]`` IoU in the promoted float dtype of the inputs.
+    """
+    boxes1 = ops.convert_to_tensor(boxes1)
+    boxes2 = ops.convert_to_tensor(boxes2)
+    dtype = keras.backend.result_type(boxes1.dtype, boxes2.dtype)
+    if "float" not in dtype:
+        dtype = "float32"  # integer pixel boxes: IoU is a fraction
+    boxes1 = ops.cast(boxes1, dtype)
+    boxes2 = ops.cast(boxes2, dtype)
+    a = ops.expand_dims(boxes1, -2)  # [..., N, 1, 4]
+    b = ops.expand_dims(boxes2, -3)  # [..., 1, M, 4]
+    inter_h = ops.maximum(ops.minimum(a[..., 2], b[..., 2]) - ops.maximum(a[..., 0], b[..., 0]), 0)
+    inter_w = ops.maximum(ops.minimum(a[..., 3], b[..., 3]) - ops.maximum(a[..., 1], b[..., 1]), 0)
+    intersection = inter_h * inter_w
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    union = area_a + area_b - intersection
+    positive = union > 0
+    return ops.where(positive, intersection / ops.where(positive, union, 1), 0)
+
+
+def _norm_scale(shape, dtype):
+    """``[h-1, w-1, h-1, w-1]`` for ``shape (h, w)``; ``[..., 1, 4]`` for batched shapes."""
+    shape = ops.cast(shape, dtype)
+    h, w = shape[..., 0], shape[..., 1]
+    scale = ops.stack([h, w, h, w], axis=-1) - 1.0
+    if len(scale.shape) > 1:
+        # Batched shapes [B, 2] pair with boxes [B, N, 4].
+        scale = ops.expand_dims(scale, -2)
+    return scale
+
+
+def norm_boxes(boxes, shape: ShapeLike):
+    """Pixel boxes to normalized coordinates (Matterport's ``norm_boxes_graph``).
+
+    Pixel box ``(y1, x1, y2, x2)`` has ``(y2, x2)`` outside the box; normalized boxes have
+    ``(0, 0, 1, 1)`` spanning the image: ``(boxes - [0, 0, 1, 1]) / [h-1, w-1, h-1, w-1]``.
+
+    Args:
+        boxes: ``[..., 4]`` pixel boxes.
+        shape: ``(height, width)``: python ints, a ``[2]`` tensor, or ``[B, 2]`` for boxes
+            ``[B, N, 4]``.
+
+    Returns:
+        ``[..., 4]`` float32 normalized boxes.
+    """
+    boxes = ops.cast(boxes, "float32")
+    shift = ops.convert_to_tensor([0.0, 0.0, 1.0, 1.0], "float32")
+    return (boxes - shift) / _norm_scale(shape, "float32")
+
+
+def denorm_boxes(boxes, shape: ShapeLike):
+    """Normalized boxes to pixel coordinates (Matterport's ``denorm_boxes_graph``).
+
+    Args:
+        boxes: ``[..., 4]`` normalized boxes.
+        shape: ``(height, width)``: python ints, a ``[2]`` tensor, or ``[B, 2]`` for boxes
+            ``[B, N, 4]``.
+
+    Returns:
+        ``[..., 4]`` int32 pixel boxes, rounded (half to even, as ``tf.round``).
+    """
+    boxes = ops.cast(boxes, "float32")
+    shift = ops.convert_to_tensor([0.0, 0.0, 1.0, 1.0], "float32")
+    return ops.cast(ops.round(boxes * _norm_scale(shape, "float32") + shift), "int32")

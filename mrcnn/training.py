@@ -1,0 +1,196 @@
+"""Keras-native training: the loss-computing model, layer freezing, optimizer and schedule.
+
+``MaskRCNNTrainModel`` is a functional ``keras.Model`` whose ``compute_loss`` sums the five
+weighted losses (backend-agnostic, so ``fit`` works on TensorFlow and JAX, with XLA) and
+tracks one metric per loss term.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import keras
+from keras import ops
+
+from mrcnn import losses
+from mrcnn.config import LOSS_NAMES
+
+# Matterport's presets of train(layers=...), with GroupNorm names ("gn...") alongside BN ones.
+LAYER_REGEX = {
+    "heads": r"(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "3+": r"(res3.*)|([bg]n3.*)|(res4.*)|([bg]n4.*)|(res5.*)|([bg]n5.*)"
+          r"|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "4+": r"(res4.*)|([bg]n4.*)|(res5.*)|([bg]n5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "5+": r"(res5.*)|([bg]n5.*)|(mrcnn\_.*)|(rpn\_.*)|(fpn\_.*)",
+    "all": ".*",
+}
+
+
+class MaskRCNNTrainModel(keras.Model):
+    """The training graph plus its loss: ``fit`` needs no ``loss=`` argument.
+
+    Args:
+        inputs: dict of input tensors, in the order the data generator yields them.
+        outputs: dict of output tensors (``network.build_training_graph``).
+        config: the ``Config`` (LOSS_WEIGHTS, WEIGHT_DECAY, OPTIMIZER).
+    """
+
+    def __init__(self, inputs: dict, outputs: dict, config, **kwargs):
+        # A list keeps the generator's order (Keras would sort a dict's keys).
+        super().__init__(inputs=list(inputs.values()), outputs=outputs, **kwargs)
+        self.mrcnn_input_names = list(inputs)
+        self.config = config
+        self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
+
+    def loss_terms(self, x, y_pred) -> dict:
+        """The five unweighted losses of a batch.
+
+        Args:
+            x: the model inputs (dict or list in input order).
+            y_pred: the model outputs (dict).
+
+        Returns:
+            dict loss name -> scalar tensor.
+        """
+        if not isinstance(x, dict):
+            x = dict(zip(self.mrcnn_input_names, x))
+        meta = ops.cast(x["input_image_meta"], "float32")
+        active_class_ids = meta[:, 12:]
+        return {
+            "rpn_class_loss": losses.rpn_class_loss(x["input_rpn_match"],
+                                                    y_pred["rpn_class_logits"]),
+            "rpn_bbox_loss": losses.rpn_bbox_loss(x["input_rpn_bbox"], x["input_rpn_match"],
+                                                  y_pred["rpn_bbox"]),
+            "mrcnn_class_loss": losses.mrcnn_class_loss(
+                y_pred["target_class_ids"], y_pred["mrcnn_class_logits"], active_class_ids,
+                y_pred["rois"]),
+            "mrcnn_bbox_loss": losses.mrcnn_bbox_loss(
+                y_pred["target_bbox"], y_pred["target_class_ids"], y_pred["mrcnn_bbox"]),
+            "mrcnn_mask_loss": losses.mrcnn_mask_loss(
+                y_pred["target_mask"], y_pred["target_class_ids"], y_pred["mrcnn_mask"]),
+        }
+
+    def weight_decay_loss(self):
+        """Matterport's L2 term: WEIGHT_DECAY * mean(w^2) of every trainable kernel and bias.
+
+        Norm parameters (gamma, beta) are excluded. Only used with SGD: AdamW decays in the
+        optimizer instead.
+        """
+        if self.config.OPTIMIZER != "sgd" or not self.config.WEIGHT_DECAY:
+            return 0.0
+        terms = [ops.mean(ops.square(ops.cast(w, "float32"))) for w in self.trainable_weights
+                 if not any(k in w.path for k in ("gamma", "beta"))]
+        if not terms:
+            return 0.0
+        return self.config.WEIGHT_DECAY * ops.sum(ops.stack(terms))
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        terms = self.loss_terms(x, y_pred)
+        total = 0.0
+        for name, value in terms.items():
+            self.loss_trackers[name].update_state(value)
+            total = total + self.config.LOSS_WEIGHTS.get(name, 1.0) * value
+        return total + self.weight_decay_loss()
+
+
+def resolve_layer_regex(layers: str) -> str:
+    """Map a ``train(layers=...)`` preset to its regex; other strings are regexes already."""
+    return LAYER_REGEX.get(layers, layers)
+
+
+def set_trainable(model: keras.Model, layer_regex: str, verbose: int = 0,
+                  indent: int = 0) -> list[str]:
+    """Make trainable exactly the layers whose name fully matches ``layer_regex``.
+
+    Nested models (``rpn_model``) are walked: their layers are matched by their own names.
+    Layers without weights are skipped. Frozen BatchNorm layers stay frozen.
+
+    Args:
+        model: a Keras model.
+        layer_regex: regex matched with ``re.fullmatch`` against layer names.
+        verbose: print each layer with weights and whether it trains.
+        indent: indentation of the printout (nested models).
+
+    Returns:
+        Names of the layers set trainable.
+    """
+    pattern = re.compile(layer_regex)
+    trained = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            if verbose:
+                print(f"{' ' * indent}In model: {layer.name}")
+            # The container must be trainable for its inner layers to count.
+            layer.trainable = True
+            trained += set_trainable(layer, layer_regex, verbose, indent + 4)
+            continue
+        if not layer.weights:
+            continue
+        trainable = bool(pattern.fullmatch(layer.name))
+        layer.trainable = trainable
+        if trainable and layer.trainable:
+            trained.append(layer.name)
+        if verbose and layer.trainable:
+            print(f"{' ' * indent}{layer.name:20}   ({type(layer).__name__})")
+    return trained
+
+
+def build_optimizer(config, learning_rate: float, momentum: float) -> keras.optimizers.Optimizer:
+    """Optimizer from Config.OPTIMIZER with Matterport's per-tensor gradient clipping.
+
+    Args:
+        config: the ``Config``.
+        learning_rate: base learning rate.
+        momentum: SGD momentum.
+
+    Returns:
+        A Keras optimizer.
+    """
+    clip = {"clipnorm": config.GRADIENT_CLIP_NORM} if config.GRADIENT_CLIP_NORM else {}
+    if config.OPTIMIZER == "adamw":
+        opt = keras.optimizers.AdamW(learning_rate=learning_rate,
+                                     weight_decay=config.WEIGHT_DECAY, **clip)
+        # Decoupled decay on kernels only, like the SGD L2 term.
+        opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+        return opt
+    return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum, **clip)
+
+
+class CosineDecayPerEpoch(keras.callbacks.Callback):
+    """Cosine decay of the learning rate over the epochs of one ``train()`` call."""
+
+    def __init__(self, base_lr: float, first_epoch: int, last_epoch: int,
+                 min_factor: float = 0.0):
+        super().__init__()
+        self.base_lr, self.first, self.last = base_lr, first_epoch, last_epoch
+        self.min_factor = min_factor
+
+    def on_epoch_begin(self, epoch, logs=None):
+        span = max(self.last - self.first, 1)
+        progress = min(max(epoch - self.first, 0) / span, 1.0)
+        factor = self.min_factor + (1 - self.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
+        self.model.optimizer.learning_rate.assign(self.base_lr * factor)
+
+
+def schedule_callbacks(config, learning_rate: float, first_epoch: int,
+                       last_epoch: int) -> list[keras.callbacks.Callback]:
+    """Callbacks implementing Config.LR_SCHEDULE.
+
+    Args:
+        config: the ``Config``.
+        learning_rate: base learning rate of this ``train()`` call.
+        first_epoch, last_epoch: epoch range of the call.
+
+    Returns:
+        A list of Keras callbacks (empty for "constant").
+    """
+    if config.LR_SCHEDULE == "plateau":
+        return [keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss" if config.VALIDATION_STEPS else "loss",
+            factor=config.LR_PLATEAU_FACTOR, patience=config.LR_PLATEAU_PATIENCE,
+            min_lr=learning_rate * config.LR_MIN_FACTOR, verbose=1)]
+    if config.LR_SCHEDULE == "cosine":
+        return [CosineDecayPerEpoch(learning_rate, first_epoch, last_epoch,
+                                    config.LR_MIN_FACTOR)]
+    return []

@@ -1,0 +1,277 @@
+"""Shapes: a synthetic instance-segmentation dataset that needs no download.
+
+Each image has a random background color and 1 to 4 squares, circles and triangles of
+random colors, sizes and positions. It trains in minutes and is the smoke test of the
+whole pipeline, as in Matterport's ``samples/shapes``::
+
+    from samples.shapes.shapes import ShapesConfig, ShapesDataset
+
+    config = ShapesConfig()
+    dataset = ShapesDataset()
+    dataset.load_shapes(500, config.IMAGE_SHAPE[0], config.IMAGE_SHAPE[1], seed=0)
+    dataset.prepare()
+
+Images are described by specs (background color and a list of shapes) generated from a
+seeded ``np.random.default_rng`` and drawn on the fly with OpenCV, so a dataset is cheap
+to hold and the same seed always gives the same images and masks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from typing import Any
+
+import cv2
+import numpy as np
+
+# Let ``python samples/shapes/shapes.py`` find the mrcnn package without installing it.
+ROOT_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+if ROOT_DIR not in sys.path:
+    sys.path.append(ROOT_DIR)
+
+from mrcnn import utils  # noqa: E402
+from mrcnn.config import Config  # noqa: E402
+
+# Class names in id order (id 0 is the background). The ids are fixed so that load_mask
+# works before prepare(); with this dataset as the only source they equal the internal ids.
+SHAPE_CLASSES = ("square", "circle", "triangle")
+CLASS_IDS = {name: i + 1 for i, name in enumerate(SHAPE_CLASSES)}
+
+# Shapes drawn per image, before overlap filtering.
+MIN_SHAPES, MAX_SHAPES = 1, 4
+
+# Shape boxes overlapping an already kept (later-drawn) one by more than this IoU are
+# dropped, so that no shape hides most of another.
+SHAPE_NMS_THRESHOLD = 0.3
+
+Spec = tuple[str, tuple[int, int, int], tuple[int, int, int]]  # (shape, color, (x, y, s))
+
+
+class ShapesConfig(Config):
+    """Configuration for training on the shapes dataset (128x128 images, 3 classes)."""
+
+    NAME = "shapes"
+
+    # One replica with 8 small images: a 128x128 batch of 8 fits easily on a CPU or GPU.
+    GPU_COUNT = 1
+    IMAGES_PER_GPU = 8
+
+    # Background + square, circle, triangle.
+    NUM_CLASSES = 1 + len(SHAPE_CLASSES)
+
+    # Small images: fast steps, and the shapes (20-32 px radius) stay large enough.
+    IMAGE_MIN_DIM = 128
+    IMAGE_MAX_DIM = 128
+
+    # Anchors scaled to the small images and objects (side 8..128 px on P2..P6).
+    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
+
+    # ResNet-50, not 101: no pretrained weights here, so training starts from scratch on
+    # a CPU, where the deeper backbone roughly doubles the step time for no gain on this
+    # easy task.
+    BACKBONE = "resnet50"
+
+    # Few objects per image, so few ROIs suffice to keep the 1:3 positive ratio.
+    TRAIN_ROIS_PER_IMAGE = 32
+
+    # Short epochs: frequent checkpoints and validation on a dataset that is cheap to draw.
+    STEPS_PER_EPOCH = 100
+    VALIDATION_STEPS = 5
+
+    # At most MAX_SHAPES instances per image: padding ground truth to 100 (the default)
+    # would only cost memory in the mask targets.
+    MAX_GT_INSTANCES = MAX_SHAPES
+
+    # A 128x128 image has about 4,000 anchors and at most 4 objects, so the proposal
+    # budgets can be far below the COCO defaults (6000 / 2000 / 1000). Fewer proposals make
+    # NMS and ROI align cheaper; too few would miss objects early in training when the RPN
+    # is still poor.
+    PRE_NMS_LIMIT = 2000
+    POST_NMS_ROIS_TRAINING = 500
+    POST_NMS_ROIS_INFERENCE = 250
+
+    # Anchors sampled per image for the RPN loss. With at most 4 objects few anchors are
+    # positive anyway; 64 keeps the loss less dominated by easy negatives.
+    RPN_TRAIN_ANCHORS_PER_IMAGE = 64
+
+    # Detections per image: a handful of objects at most, and each detection costs a mask.
+    DETECTION_MAX_INSTANCES = 16
+
+    # NORM is left at the default (derived from TRAIN_BN: frozen BN). From random weights
+    # frozen BN normalizes nothing; "gn" is the from-scratch choice at some CPU cost.
+    # Training knobs like this one are tuned with the model.
+
+
+class ShapesDataset(utils.Dataset):
+    """Randomly generated images of squares, circles and triangles.
+
+    ``load_shapes`` registers image specs; ``load_image`` draws them and ``load_mask``
+    derives the instance masks from the same specs, so images and masks always agree.
+    """
+
+    def load_shapes(self, count: int, height: int, width: int, seed: int | None = None) -> None:
+        """Register ``count`` random images of the given size.
+
+        Args:
+            count: number of images.
+            height: image height in pixels (at least 40).
+            width: image width in pixels (at least 40).
+            seed: seed of the ``np.random.default_rng`` that generates the specs; the same
+                seed gives the same dataset (and a larger ``count`` with the same seed
+                starts with the same images). None: a different dataset each time.
+        """
+        if min(height, width) < 40:
+            raise ValueError(f"shapes images must be at least 40x40 pixels, got "
+                             f"{height}x{width}")
+        for name in SHAPE_CLASSES:
+            self.add_class("shapes", CLASS_IDS[name], name)
+        rng = np.random.default_rng(seed)
+        for i in range(count):
+            bg_color, shapes = self.random_image(height, width, rng)
+            self.add_image("shapes", image_id=i, path=None, width=width, height=height,
+                           bg_color=bg_color, shapes=shapes)
+
+    def load_image(self, image_id: int) -> np.ndarray:
+        """Draw an image from its spec.
+
+        Args:
+            image_id: internal image id.
+
+        Returns:
+            uint8 array [height, width, 3]; shapes are drawn in spec order, later ones on top.
+        """
+        info = self.image_info[image_id]
+        image = np.empty([info["height"], info["width"], 3], dtype=np.uint8)
+        image[:] = info["bg_color"]
+        for shape, color, dims in info["shapes"]:
+            image = self.draw_shape(image, shape, dims, color)
+        return image
+
+    def image_reference(self, image_id: int) -> str:
+        """Describe an image by its spec.
+
+        Args:
+            image_id: internal image id.
+
+        Returns:
+            "shapes" followed by the background color and the (shape, color, (x, y, s))
+            list, or the base class answer for images of other sources.
+        """
+        info = self.image_info[image_id]
+        if info["source"] != "shapes":
+            return super().image_reference(image_id)
+        return f"shapes: bg_color={info['bg_color']}, shapes={info['shapes']}"
+
+    def load_mask(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Instance masks of an image, with occlusion.
+
+        Shapes are drawn in spec order, so a later shape hides the parts of earlier ones
+        it covers: those pixels are removed from the earlier masks (as in Matterport). An
+        instance that ends up with no visible pixel is dropped entirely (Matterport kept
+        it as an empty mask), so every returned instance has at least one pixel.
+
+        Args:
+            image_id: internal image id.
+
+        Returns:
+            masks: bool [height, width, N], the visible pixels of each shape.
+            class_ids: int32 [N], 1 square, 2 circle, 3 triangle.
+        """
+        info = self.image_info[image_id]
+        height, width = info["height"], info["width"]
+        shapes = info["shapes"]
+        masks = np.zeros([height, width, len(shapes)], dtype=bool)
+        for i, (shape, _, dims) in enumerate(shapes):
+            canvas = np.zeros([height, width], dtype=np.uint8)
+            masks[:, :, i] = self.draw_shape(canvas, shape, dims, 1).astype(bool)
+        # Walk from the top shape down, removing what the shapes above already cover.
+        covered = np.zeros([height, width], dtype=bool)
+        for i in range(len(shapes) - 1, -1, -1):
+            masks[:, :, i] &= ~covered
+            covered |= masks[:, :, i]
+        class_ids = np.array([CLASS_IDS[s[0]] for s in shapes], dtype=np.int32)
+        visible = masks.any(axis=(0, 1))
+        return masks[:, :, visible], class_ids[visible]
+
+    @staticmethod
+    def draw_shape(image: np.ndarray, shape: str, dims: tuple[int, int, int],
+                   color: Any) -> np.ndarray:
+        """Draw a filled shape on an image, in place.
+
+        Args:
+            image: uint8 array [H, W] or [H, W, C] (C-contiguous, as OpenCV needs).
+            shape: "square", "circle" or "triangle".
+            dims: (x, y, s): center and size (half side, radius, or half height).
+            color: a number for single-channel images, a 3-tuple for color images.
+
+        Returns:
+            The same ``image``.
+        """
+        x, y, s = (int(v) for v in dims)
+        color = tuple(int(c) for c in color) if np.ndim(color) else int(color)
+        if shape == "square":
+            cv2.rectangle(image, (x - s, y - s), (x + s, y + s), color, -1)
+        elif shape == "circle":
+            cv2.circle(image, (x, y), s, color, -1)
+        elif shape == "triangle":
+            # Equilateral, apex up, height 2s.
+            half_base = s / math.sin(math.radians(60))
+            points = np.array([[(x, y - s), (x - half_base, y + s), (x + half_base, y + s)]],
+                              dtype=np.int32)
+            cv2.fillPoly(image, points, color)
+        else:
+            raise ValueError(f"Unknown shape {shape!r}; expected one of {SHAPE_CLASSES}")
+        return image
+
+    @staticmethod
+    def random_shape(height: int, width: int, rng: np.random.Generator) -> Spec:
+        """Spec of one random shape that lies mostly inside the image.
+
+        Args:
+            height: image height.
+            width: image width.
+            rng: random generator.
+
+        Returns:
+            (shape name, (r, g, b) color, (x, y, s) center and size).
+        """
+        shape = SHAPE_CLASSES[int(rng.integers(len(SHAPE_CLASSES)))]
+        color = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        # Keep centers `buffer` pixels from the border; sizes from buffer to a quarter of
+        # the image. 20 px as in Matterport for 128-px images, less for smaller ones.
+        buffer = min(20, min(height, width) // 5)
+        y = int(rng.integers(buffer, height - buffer))
+        x = int(rng.integers(buffer, width - buffer))
+        s = int(rng.integers(buffer, max(buffer, min(height, width) // 4) + 1))
+        return shape, color, (x, y, s)
+
+    @classmethod
+    def random_image(cls, height: int, width: int,
+                     rng: np.random.Generator) -> tuple[tuple[int, int, int], list[Spec]]:
+        """Spec of one random image: background color and 1-4 shapes.
+
+        Shapes whose boxes overlap a later shape's box by more than SHAPE_NMS_THRESHOLD
+        IoU are dropped (later shapes win, as they are drawn on top), so that occlusion
+        stays moderate. Small shapes inside big ones can still be fully hidden;
+        ``load_mask`` drops those.
+
+        Args:
+            height: image height.
+            width: image width.
+            rng: random generator.
+
+        Returns:
+            ((r, g, b) background color, list of shape specs in drawing order).
+        """
+        bg_color = tuple(int(c) for c in rng.integers(0, 256, size=3))
+        n = int(rng.integers(MIN_SHAPES, MAX_SHAPES + 1))
+        shapes = [cls.random_shape(height, width, rng) for _ in range(n)]
+        boxes = np.array([[y - s, x - s, y + s, x + s] for _, _, (x, y, s) in shapes])
+        # Scores 0..n-1: the NMS keeps later shapes first.
+        keep = set(utils.non_max_suppression(boxes, np.arange(n), SHAPE_NMS_THRESHOLD).tolist())
+        return bg_color, [spec for i, spec in enumerate(shapes) if i in keep]
+
+
+# --- command line: added with the model ---

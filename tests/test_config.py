@@ -1,0 +1,143 @@
+"""Config: validation messages, derived attributes, to_dict/display."""
+
+import re
+
+import numpy as np
+import pytest
+
+from mrcnn.config import Config
+from samples.shapes.shapes import ShapesConfig
+
+
+def make(**overrides):
+    """Instantiate a Config subclass with the given class attributes."""
+    return type("TestConfig", (Config,), overrides)()
+
+
+POSITIVE_INTS = ("GPU_COUNT", "IMAGES_PER_GPU", "STEPS_PER_EPOCH", "NUM_CLASSES",
+                 "RPN_ANCHOR_STRIDE", "RPN_TRAIN_ANCHORS_PER_IMAGE", "PRE_NMS_LIMIT",
+                 "POST_NMS_ROIS_TRAINING", "POST_NMS_ROIS_INFERENCE", "TRAIN_ROIS_PER_IMAGE",
+                 "POOL_SIZE", "MASK_POOL_SIZE", "MAX_GT_INSTANCES", "DETECTION_MAX_INSTANCES",
+                 "TOP_DOWN_PYRAMID_SIZE", "FPN_CLASSIF_FC_LAYERS_SIZE", "IMAGE_CHANNEL_COUNT",
+                 "GN_GROUPS", "IMAGE_MAX_DIM")
+
+# (overrides, attribute named in the message, fragment of the expected value/rule)
+CASES = (
+    [({a: 0}, a, "integer >= 1") for a in POSITIVE_INTS]
+    + [({"IMAGES_PER_GPU": 2.0}, "IMAGES_PER_GPU", "integer >= 1"),
+       ({"GPU_COUNT": True}, "GPU_COUNT", "integer >= 1"),
+       ({"VALIDATION_STEPS": -1}, "VALIDATION_STEPS", "integer >= 0"),
+       ({"DATA_WORKERS": -1}, "DATA_WORKERS", "integer >= 0"),
+       ({"BACKBONE": "resnet18"}, "BACKBONE", "'resnet50', 'resnet101'"),
+       ({"BACKBONE": staticmethod(lambda x, **k: x)}, "COMPUTE_BACKBONE_SHAPE",
+        "COMPUTE_BACKBONE_SHAPE(image_shape)"),
+       ({"BACKBONE_STRIDES": [4, 8, 16, 32]}, "BACKBONE_STRIDES", "5 strides"),
+       ({"RPN_ANCHOR_SCALES": (32, 64, 128, 256)}, "RPN_ANCHOR_SCALES", "i.e. 5"),
+       ({"RPN_ANCHOR_RATIOS": []}, "RPN_ANCHOR_RATIOS", "positive ratios"),
+       ({"RPN_ANCHOR_RATIOS": [0.5, 0]}, "RPN_ANCHOR_RATIOS", "positive ratios"),
+       ({"IMAGE_RESIZE_MODE": "stretch"}, "IMAGE_RESIZE_MODE", "'square', 'pad64', 'crop'"),
+       ({"IMAGE_RESIZE_MODE": "crop", "IMAGE_MIN_DIM": 0}, "IMAGE_MIN_DIM", "integer >= 1"),
+       ({"IMAGE_RESIZE_MODE": "crop", "IMAGE_MIN_DIM": 500}, "IMAGE_MIN_DIM",
+        "divisible by 64"),
+       ({"IMAGE_MAX_DIM": 1000}, "IMAGE_MAX_DIM", "divisible by 64"),
+       ({"IMAGE_RESIZE_MODE": "pad64", "IMAGE_MIN_DIM": 100}, "IMAGE_MIN_DIM",
+        "divisible by 64"),
+       ({"IMAGE_MIN_DIM": 1100}, "IMAGE_MIN_DIM", "<= IMAGE_MAX_DIM (1024)"),
+       ({"IMAGE_MIN_SCALE": -1}, "IMAGE_MIN_SCALE", "positive scale"),
+       ({"MEAN_PIXEL": np.array([1.0, 2.0])}, "MEAN_PIXEL", "3 values"),
+       ({"IMAGE_CHANNEL_COUNT": 4}, "MEAN_PIXEL", "4 values"),
+       ({"MINI_MASK_SHAPE": (56,)}, "MINI_MASK_SHAPE", "(height, width)"),
+       ({"MINI_MASK_SHAPE": (0, 56)}, "MINI_MASK_SHAPE", "positive sizes"),
+       ({"MASK_SHAPE": [14, 14]}, "MASK_SHAPE", "[28, 28]"),
+       ({"MASK_POOL_SIZE": 7}, "MASK_SHAPE", "[14, 14]"),
+       ({"ROI_POSITIVE_RATIO": 0}, "ROI_POSITIVE_RATIO", "(0, 1]"),
+       ({"ROI_POSITIVE_RATIO": 1.5}, "ROI_POSITIVE_RATIO", "(0, 1]"),
+       ({"TRAIN_ROIS_PER_IMAGE": 2}, "TRAIN_ROIS_PER_IMAGE", "at least 1"),
+       ({"RPN_NMS_THRESHOLD": 0}, "RPN_NMS_THRESHOLD", "(0, 1]"),
+       ({"DETECTION_NMS_THRESHOLD": 1.5}, "DETECTION_NMS_THRESHOLD", "(0, 1]"),
+       ({"DETECTION_MIN_CONFIDENCE": -0.1}, "DETECTION_MIN_CONFIDENCE", "[0, 1]"),
+       ({"BBOX_STD_DEV": np.array([0.1, 0.1, 0.2])}, "BBOX_STD_DEV", "4 values"),
+       ({"RPN_BBOX_STD_DEV": np.array([0.1, 0.1])}, "RPN_BBOX_STD_DEV", "4 values"),
+       ({"LOSS_WEIGHTS": {"rpn_loss": 1.0}}, "LOSS_WEIGHTS", "unknown loss names ['rpn_loss']"),
+       ({"LEARNING_RATE": 0}, "LEARNING_RATE", "positive learning rate"),
+       ({"WEIGHT_DECAY": -1e-4}, "WEIGHT_DECAY", ">= 0"),
+       ({"GRADIENT_CLIP_NORM": 0}, "GRADIENT_CLIP_NORM", "positive norm or None"),
+       ({"NORM": "batchnorm"}, "NORM", "'frozen_bn', 'bn', 'gn'"),
+       ({"NORM": "gn", "TOP_DOWN_PYRAMID_SIZE": 100}, "GN_GROUPS",
+        "divide TOP_DOWN_PYRAMID_SIZE (100)"),
+       ({"NORM": "gn", "GN_GROUPS": 128}, "GN_GROUPS", "64 channels of conv1"),
+       ({"BOX_HEAD": "3fc"}, "BOX_HEAD", "'2fc', '4conv1fc'"),
+       ({"OPTIMIZER": "adam"}, "OPTIMIZER", "'sgd', 'adamw'"),
+       ({"LR_SCHEDULE": "step"}, "LR_SCHEDULE", "'constant', 'plateau', 'cosine'"),
+       ({"LR_PLATEAU_FACTOR": 1.0}, "LR_PLATEAU_FACTOR", "(0, 1)"),
+       ({"MIXED_PRECISION": "float16"}, "MIXED_PRECISION", "'mixed_bfloat16'"),
+       ({"USE_RPN_ROIS": False}, "USE_RPN_ROIS", "expected True")]
+)
+
+
+@pytest.mark.parametrize("overrides, attr, expected", CASES,
+                         ids=[f"{c[1]}-{i}" for i, c in enumerate(CASES)])
+def test_validation_error_names_attribute_and_rule(overrides, attr, expected):
+    with pytest.raises(ValueError) as info:
+        make(**overrides)
+    message = str(info.value)
+    # "TestConfig.ATTR = <value> is invalid: <what is expected>."
+    assert re.match(rf"TestConfig\.{attr} = .+ is invalid: ", message), message
+    assert expected in message
+
+
+def test_defaults_and_shapes_config_validate():
+    Config()
+    ShapesConfig()
+    Config.validate(ShapesConfig())
+
+
+def test_callable_backbone_with_shape_function_is_accepted():
+    config = make(BACKBONE=staticmethod(lambda image, stage5=True, train_bn=False: []),
+                  COMPUTE_BACKBONE_SHAPE=staticmethod(lambda shape: np.zeros((5, 2))))
+    assert callable(config.BACKBONE)
+    assert config.to_dict()["BACKBONE"] == "<lambda>"
+    assert "COMPUTE_BACKBONE_SHAPE" not in config.to_dict()
+
+
+def test_derived_attributes():
+    config = make(IMAGES_PER_GPU=3, GPU_COUNT=2, NUM_CLASSES=7)
+    assert config.BATCH_SIZE == 6
+    assert config.IMAGE_META_SIZE == 1 + 3 + 3 + 4 + 1 + 7
+    np.testing.assert_array_equal(config.IMAGE_SHAPE, [1024, 1024, 3])
+
+    crop = make(IMAGE_RESIZE_MODE="crop", IMAGE_MIN_DIM=256, IMAGE_MAX_DIM=512)
+    np.testing.assert_array_equal(crop.IMAGE_SHAPE, [256, 256, 3])
+    square = make(IMAGE_MIN_DIM=256, IMAGE_MAX_DIM=512, IMAGE_CHANNEL_COUNT=1,
+                  MEAN_PIXEL=np.array([100.0]))
+    np.testing.assert_array_equal(square.IMAGE_SHAPE, [512, 512, 1])
+
+
+@pytest.mark.parametrize("train_bn, norm, expected", [
+    (False, None, "frozen_bn"), (True, None, "bn"), (None, None, "bn"),
+    (False, "gn", "gn"), (True, "frozen_bn", "frozen_bn")])
+def test_norm_derived_from_train_bn(train_bn, norm, expected):
+    assert make(TRAIN_BN=train_bn, NORM=norm).NORM == expected
+
+
+def test_to_dict_and_display(capsys):
+    config = ShapesConfig()
+    d = config.to_dict()
+    assert d["NAME"] == "shapes"
+    assert d["BATCH_SIZE"] == 8
+    assert d["IMAGE_SHAPE"] == [128, 128, 3]  # arrays become lists
+    assert d["MEAN_PIXEL"] == [123.7, 116.8, 103.9]
+    assert d["NORM"] == "frozen_bn"
+    assert list(d) == sorted(d)
+    assert all(k.isupper() for k in d)
+    assert "validate" not in d
+    assert d["COMPUTE_BACKBONE_SHAPE"] is None  # shown unset, as Matterport's display did
+
+    config.display()
+    out = capsys.readouterr().out
+    assert "Configurations:" in out
+    lines = {line.split()[0]: line for line in out.splitlines() if line.strip()}
+    assert lines["NAME"].split()[1] == "shapes"
+    assert lines["BATCH_SIZE"].split()[1] == "8"
+    assert lines["RPN_ANCHOR_SCALES"].endswith("(8, 16, 32, 64, 128)")
+    assert set(d) <= set(lines)
