@@ -17,6 +17,7 @@ This module imports only NumPy, so datasets and scripts can use it without Tenso
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from typing import Any, Callable
 
@@ -246,9 +247,9 @@ class Config:
     # small datasets.
     OPTIMIZER = "sgd"
 
-    # Learning-rate schedule. "constant" (Matterport); "plateau": divide by
-    # LR_PLATEAU_FACTOR**-1 when the validation loss stops improving for LR_PLATEAU_PATIENCE
-    # epochs (ReduceLROnPlateau); "cosine": cosine decay over the epochs of each train() call
+    # Learning-rate schedule. "constant" (Matterport); "plateau": multiply the rate by
+    # LR_PLATEAU_FACTOR when the validation loss stops improving for LR_PLATEAU_PATIENCE
+    # epochs (ReduceLROnPlateau), down to LR_MIN_FACTOR * LEARNING_RATE; "cosine": cosine decay over the epochs of each train() call
     # down to LR_MIN_FACTOR * LEARNING_RATE.
     LR_SCHEDULE = "constant"
     LR_PLATEAU_FACTOR = 0.1
@@ -276,6 +277,13 @@ class Config:
             ValueError: an attribute has a value that cannot work; the message names the
                 attribute, its value and what is allowed.
         """
+        # A function assigned as a class attribute would come back as a bound method
+        # (called with the config as first argument): store the plain function instead.
+        for attr in ("BACKBONE", "COMPUTE_BACKBONE_SHAPE"):
+            value = getattr(self, attr)
+            if inspect.ismethod(value) and value.__self__ is self:
+                setattr(self, attr, value.__func__)
+
         self.BATCH_SIZE = self.IMAGES_PER_GPU * self.GPU_COUNT
 
         # Input image shape used by the training graph: crops are MIN_DIM square, every
@@ -320,10 +328,14 @@ class Config:
                      "FPN_CLASSIF_FC_LAYERS_SIZE", "IMAGE_CHANNEL_COUNT", "GN_GROUPS",
                      "IMAGE_MAX_DIM"):
             positive_int(attr)
-        if not isinstance(self.VALIDATION_STEPS, numbers.Integral) or self.VALIDATION_STEPS < 0:
-            fail("VALIDATION_STEPS", "expected an integer >= 0")
-        if not isinstance(self.DATA_WORKERS, numbers.Integral) or self.DATA_WORKERS < 0:
-            fail("DATA_WORKERS", "expected an integer >= 0")
+        for attr in ("VALIDATION_STEPS", "DATA_WORKERS", "LR_PLATEAU_PATIENCE"):
+            value = getattr(self, attr)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
+                fail(attr, "expected an integer >= 0")
+        if not 0 <= self.LR_MIN_FACTOR <= 1:
+            fail("LR_MIN_FACTOR", "expected a fraction of LEARNING_RATE in [0, 1]")
+        if not 0 <= self.LEARNING_MOMENTUM < 1:
+            fail("LEARNING_MOMENTUM", "expected a momentum in [0, 1)")
 
         # Backbone.
         if callable(self.BACKBONE):
@@ -345,6 +357,10 @@ class Config:
         # Image sizes.
         if self.IMAGE_RESIZE_MODE not in RESIZE_MODES:
             fail("IMAGE_RESIZE_MODE", f"expected one of {RESIZE_MODES}")
+        if self.IMAGE_MIN_DIM is not None and (
+                not isinstance(self.IMAGE_MIN_DIM, numbers.Integral)
+                or isinstance(self.IMAGE_MIN_DIM, bool) or self.IMAGE_MIN_DIM < 0):
+            fail("IMAGE_MIN_DIM", "expected an integer number of pixels (or 0/None for none)")
         if self.IMAGE_RESIZE_MODE == "crop":
             positive_int("IMAGE_MIN_DIM")
             if self.IMAGE_MIN_DIM % 64:

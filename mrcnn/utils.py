@@ -265,8 +265,8 @@ def check_mask(
     inside the model.
 
     Args:
-        mask: what ``load_mask`` returned; expected [height, width, N], bool-like
-            (bool, or integers/floats that are all 0 or 1).
+        mask: what ``load_mask`` returned; expected [height, width, N], bool-like:
+            bool, numbers that are all 0 or 1, or integers that are all 0 or 255.
         class_ids: what ``load_mask`` returned; expected [N] integers. Negative ids are
             allowed (Matterport's COCO loader uses them for crowd instances).
         image_id: the dataset's internal image id, used in error messages.
@@ -318,12 +318,20 @@ def check_mask(
             f"{(height, width)}"
         )
     if mask.dtype != bool:
-        if not (np.issubdtype(mask.dtype, np.number)) or not np.all((mask == 0) | (mask == 1)):
+        # Bool-like: 0/1 numbers, or 0/255 integers (binary images drawn with e.g. cv2).
+        # Anything else (soft masks, label maps) is rejected rather than silently
+        # binarised, because it usually means the subclass returned the wrong array.
+        values = np.unique(mask) if np.issubdtype(mask.dtype, np.number) else None
+        allowed = (0, 1, 255) if np.issubdtype(mask.dtype, np.integer) else (0, 1)
+        if values is None or not np.isin(values, allowed).all() or (
+            np.isin(values, (1, 255)).sum() > 1
+        ):
+            shown = values[:6].tolist() if values is not None else "n/a"
             raise ValueError(
-                f"{where}: mask must be bool (or 0/1 valued), got dtype {mask.dtype} with "
-                f"values outside {{0, 1}}"
+                f"{where}: mask must be bool (or 0/1-valued, or 0/255 integers), got dtype "
+                f"{mask.dtype} with values {shown}"
             )
-        mask = mask.astype(bool)
+        mask = mask != 0
     if num_classes is not None and np.any(np.abs(class_ids) >= num_classes):
         raise ValueError(
             f"{where}: class_ids {class_ids.tolist()} contain ids outside "
@@ -1221,6 +1229,7 @@ def download_trained_weights(coco_model_path: str, verbose: int = 1) -> None:
         fd, tmp_path = tempfile.mkstemp(suffix=".part", dir=directory)
         with os.fdopen(fd, "wb") as out, urllib.request.urlopen(COCO_MODEL_URL) as resp:
             shutil.copyfileobj(resp, out)
+        os.chmod(tmp_path, 0o644)  # mkstemp creates 0600 files
         os.replace(tmp_path, coco_model_path)
         tmp_path = None
     except (urllib.error.URLError, OSError, ValueError) as err:

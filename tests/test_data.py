@@ -382,6 +382,14 @@ def test_too_many_instances_are_subsampled_with_warning(config):
         warnings.simplefilter("ignore")
         again = data.load_image_gt(dataset, config, 0)[4]
     np.testing.assert_array_equal(again, mask)  # np.random drives the choice
+    subsets = set()
+    for seed in range(1, 6):
+        np.random.seed(seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            subsets.add(data.load_image_gt(dataset, config, 0)[2].tobytes() +
+                        data.load_image_gt(dataset, config, 0)[3].tobytes())
+    assert len(subsets) > 1  # a random subset, not the first MAX_GT_INSTANCES
 
 
 def test_none_mode_pads_small_and_rejects_large_images():
@@ -489,13 +497,16 @@ def check_deltas(anchors, match, rpn_bbox, boxes, best_box, config):
 
 
 @pytest.mark.parametrize("seed", range(4))
-@pytest.mark.parametrize("block", [None, 700])
-def test_build_rpn_targets_matches_brute_force(seed, block, monkeypatch):
-    if block is not None:  # force the blockwise IoU path to span several blocks
-        monkeypatch.setattr(data, "_IOU_BLOCK_ELEMENTS", block)
+@pytest.mark.parametrize("anchor_kind", ["pyramid", "random"])
+def test_build_rpn_targets_matches_brute_force(seed, anchor_kind):
     config = make_config(RPN_TRAIN_ANCHORS_PER_IMAGE=100_000)  # no subsampling
-    anchors = toy_anchors(config)
     rng = np.random.default_rng(seed)
+    if anchor_kind == "pyramid":
+        anchors = toy_anchors(config)
+    else:  # arbitrary float anchors of many heights, some outside the image
+        corner = rng.uniform(-20, 70, (800, 2))
+        size = rng.uniform(1, 60, (800, 2))
+        anchors = np.concatenate([corner, corner + size], axis=1)
     boxes = random_boxes(rng, int(rng.integers(1, 7)))
     class_ids = rng.integers(1, 4, boxes.shape[0]).astype(np.int32)
     match, rpn_bbox = data.build_rpn_targets(config.IMAGE_SHAPE, anchors, class_ids, boxes,
@@ -509,6 +520,17 @@ def test_build_rpn_targets_matches_brute_force(seed, block, monkeypatch):
     for g in range(boxes.shape[0]):
         assert (overlaps[match == 1, g] == overlaps[:, g].max()).any()
     check_deltas(anchors, match, rpn_bbox, boxes, best_box, config)
+
+
+def test_build_rpn_targets_ties_go_to_the_first_box(config):
+    anchors = np.array([[24, 24, 40, 40], [0, 0, 4, 4]], np.float64)
+    # Mirror images about the anchor: the same IoU (0.385) with the first anchor.
+    boxes = np.array([[24, 14, 40, 34], [24, 30, 40, 50]], np.int32)
+    match, rpn_bbox = data.build_rpn_targets(config.IMAGE_SHAPE, anchors, np.array([1, 2]),
+                                             boxes, config)
+    np.testing.assert_array_equal(match, [1, -1])
+    decoded = utils.apply_box_deltas(anchors[:1], rpn_bbox[:1] * config.RPN_BBOX_STD_DEV)
+    np.testing.assert_allclose(decoded[0], boxes[0], atol=1e-4)  # np.argmax's choice
 
 
 def test_build_rpn_targets_subsamples(config):
@@ -558,10 +580,17 @@ def test_build_rpn_targets_without_gt(config):
     assert rpn_bbox.shape == (config.RPN_TRAIN_ANCHORS_PER_IMAGE, 4) and not rpn_bbox.any()
     # A box that no anchor touches gets no positive (Matterport made every anchor with
     # IoU 0, i.e. all of them, "best" for such a box).
-    far = np.array([[0, 0, 8, 8], [0, 8, 8, 16], [40, 40, 56, 56]], np.float64)
+    far = np.array([[20, 0, 30, 8], [0, 8, 8, 16], [40, 40, 56, 56]], np.float64)
     match, _ = data.build_rpn_targets(config.IMAGE_SHAPE, far, np.array([1, 2]),
                                       np.array([[20, 20, 30, 30], [40, 40, 56, 56]]), config)
     np.testing.assert_array_equal(match, [-1, -1, 1])
+    # ... but a box's best anchor is positive however small its IoU (here 0.004).
+    near = np.array([[-3.3, 10, 10.1, 20], [40, 40, 52.5, 50]], np.float64)
+    match, rpn_bbox = data.build_rpn_targets(config.IMAGE_SHAPE, near, np.array([1]),
+                                             np.array([[10, 10, 20, 20]]), config)
+    np.testing.assert_array_equal(match, [1, -1])
+    decoded = utils.apply_box_deltas(near[:1], rpn_bbox[:1] * config.RPN_BBOX_STD_DEV)
+    np.testing.assert_allclose(decoded[0], [10, 10, 20, 20], atol=1e-3)
     # Only a crowd: no positives, no negatives on the crowd.
     big = make_config(RPN_TRAIN_ANCHORS_PER_IMAGE=100_000)
     crowd = np.array([[0, 0, 32, 32]], np.int32)

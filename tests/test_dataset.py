@@ -131,6 +131,7 @@ def test_load_image_missing_file_names_path_and_id(tmp_path):
     assert str(path) in str(info.value) and "image_id=0" in str(info.value)
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # imageio probing legacy plugins
 def test_load_image_corrupt_file_names_path(tmp_path):
     path = tmp_path / "broken.png"
     path.write_bytes(b"this is not a png")
@@ -157,6 +158,9 @@ def test_check_mask_accepts_and_normalises():
     assert out_mask.dtype == bool and out_mask.shape == (8, 9, 2)
     assert out_ids.dtype == np.int32
     np.testing.assert_array_equal(out_mask, mask.astype(bool))
+    # 0/255 integer masks (as drawn by OpenCV) are bool-like too.
+    out_mask, _ = utils.check_mask(mask * 255, [1, 2], image_id=3, image_shape=(8, 9, 3))
+    np.testing.assert_array_equal(out_mask, mask.astype(bool))
     # Crowd instances (negative ids) are allowed.
     utils.check_mask(mask.astype(bool), np.array([1, -2]), 3, (8, 9))
     # Zero instances: the base class's [0, 0, 0] mask becomes [H, W, 0].
@@ -174,6 +178,8 @@ def test_check_mask_accepts_and_normalises():
         (np.zeros((8, 9, 2), bool), [1], "2 instances.*1 entries"),
         (np.zeros((8, 10, 1), bool), [1], "spatial size"),
         (np.full((8, 9, 1), 0.5), [1], "bool"),
+        (np.arange(72).reshape(8, 9, 1), [1], "bool"),  # a label map, not a mask
+        (np.array([0, 1, 255] * 24, np.uint8).reshape(8, 9, 1), [1], "bool"),
         (np.zeros((8, 9, 1), bool), [[1]], "1-D"),
         (np.zeros((8, 9, 1), bool), [1.5], "integers"),
     ],

@@ -50,7 +50,8 @@ def _crop_case(seed=0):
 def _pyramid(seed=0, batch=2, image_shape=(128, 192), channels=3):
     rng = np.random.default_rng(seed)
     return [
-        rng.normal(size=(batch, image_shape[0] // s, image_shape[1] // s, channels)).astype("float32")
+        rng.normal(size=(batch, image_shape[0] // s, image_shape[1] // s, channels))
+        .astype("float32")
         for s in (4, 8, 16, 32)
     ]
 
@@ -65,7 +66,9 @@ def _level_boxes(seed=0, batch=2, n=40, image_shape=(128, 192)):
     aspect = rng.uniform(0.7, 1.4, size=(batch, n)).astype("float32")
     h, w = sides * np.sqrt(aspect), sides / np.sqrt(aspect)
     boxes = np.stack(
-        [centers[..., 0] - h / 2, centers[..., 1] - w / 2, centers[..., 0] + h / 2, centers[..., 1] + w / 2], -1
+        [centers[..., 0] - h / 2, centers[..., 1] - w / 2, centers[..., 0] + h / 2,
+         centers[..., 1] + w / 2],
+        -1,
     ).astype("float32")
     boxes[:, -5:] = 0.0  # zero-padded rows
     return boxes
@@ -86,8 +89,8 @@ def _nms_case(seed, batch=2, n=300, clustered=True):
 
 def _numpy_nms(boxes, scores, max_output, iou_threshold, score_threshold):
     """Textbook greedy NMS with exact IoU, one image."""
-    b = np.concatenate([np.minimum(boxes[:, :2], boxes[:, 2:]), np.maximum(boxes[:, :2], boxes[:, 2:])], 1)
-    b = b.astype("float64")
+    lo, hi = np.minimum(boxes[:, :2], boxes[:, 2:]), np.maximum(boxes[:, :2], boxes[:, 2:])
+    b = np.concatenate([lo, hi], 1).astype("float64")
     area = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
     order = [i for i in np.argsort(-scores, kind="stable") if scores[i] > score_threshold]
     keep = []
@@ -104,14 +107,16 @@ def _numpy_nms(boxes, scores, max_output, iou_threshold, score_threshold):
 
 def _tf_crop(image, boxes, box_indices, size, **kw):
     size = (size, size) if isinstance(size, int) else size
-    return tf.image.crop_and_resize(image, boxes, box_indices, size, method="bilinear", **kw).numpy()
+    out = tf.image.crop_and_resize(image, boxes, box_indices, size, method="bilinear", **kw)
+    return out.numpy()
 
 
 def _reference_multilevel(feature_maps, boxes, image_shape, pool):
     """Per box: tf.image.crop_and_resize on the level given by Matterport's NumPy formula."""
     h, w = boxes[..., 2] - boxes[..., 0], boxes[..., 3] - boxes[..., 1]
     with np.errstate(divide="ignore", invalid="ignore"):
-        lvl = 4 + np.round(np.log2(np.sqrt(h * w) / (224.0 / np.sqrt(image_shape[0] * image_shape[1]))))
+        scale = 224.0 / np.sqrt(image_shape[0] * image_shape[1])
+        lvl = 4 + np.round(np.log2(np.sqrt(h * w) / scale))
     levels = np.clip(np.nan_to_num(lvl, nan=2, neginf=2), 2, 5).astype("int32")
     batch, n = boxes.shape[:2]
     out = np.zeros((batch, n, pool, pool, feature_maps[0].shape[-1]), "float32")
@@ -145,7 +150,8 @@ def test_crop_and_resize_extrapolation_value_and_batch_index():
     # Crops of the same box from a different image must differ (batch index is honored).
     other = np.asarray(mo.crop_and_resize(image, boxes[6:7], np.array([0], "int32"), 5))
     again = np.asarray(mo.crop_and_resize(image, boxes[6:7], np.array([2], "int32"), 5))
-    np.testing.assert_allclose(again, _tf_crop(image, boxes[6:7], np.array([2], "int32"), 5), atol=1e-5)
+    ref = _tf_crop(image, boxes[6:7], np.array([2], "int32"), 5)
+    np.testing.assert_allclose(again, ref, atol=1e-5)
     assert np.abs(other - again).max() > 0.1
 
 
@@ -166,6 +172,12 @@ def test_crop_and_resize_xla_matches_eager():
     compiled = _xla(fn)(image, boxes, box_indices).numpy()
     # XLA fuses multiply-adds: rounding differs, edge samples must not flip.
     np.testing.assert_allclose(compiled, eager, atol=5e-5, rtol=0)
+    # Whole-image boxes at full size are the identity / the 180-degree rotation.
+    whole = np.array([[0, 0, 1, 1], [1, 1, 0, 0]], "float32")
+    full = _xla(lambda i, b: mo.crop_and_resize(i, b, np.array([1, 2], "int32"), (13, 17)))
+    out = full(image, whole).numpy()
+    np.testing.assert_allclose(out[0], image[1], atol=1e-6)
+    np.testing.assert_allclose(out[1], image[2, ::-1, ::-1], atol=1e-6)
 
 
 # ---------------------------------------------------------------------------- multilevel
@@ -232,7 +244,7 @@ def test_nms_matches_references(seed, batch, n, max_output, iou, score_threshold
     np.testing.assert_array_equal(pure_idx, tf_idx)
     np.testing.assert_array_equal(pure_valid, tf_valid)
     for b in range(batch):
-        ref = tf.image.non_max_suppression(boxes[b], scores[b], max_output, iou, score_threshold).numpy()
+        ref = tf.image.non_max_suppression(boxes[b], scores[b], *args).numpy()
         brute = _numpy_nms(boxes[b], scores[b], max_output, iou, score_threshold)
         np.testing.assert_array_equal(ref, brute)
         k = len(ref)
@@ -256,6 +268,19 @@ def test_nms_padding_rows_and_non_finite_scores():
             assert not np.isin(sel, np.arange(20)).any()
             ref = _numpy_nms(boxes[b, 20:], scores[b, 20:], 200, 0.5, float("-inf")) + 20
             np.testing.assert_array_equal(sel, ref)
+
+
+@pytest.mark.parametrize("fn", [mo.nms_padded_pure, mo.nms_padded_tf])
+def test_nms_iou_threshold_is_strict(fn):
+    # IoU([0,0,10,10], [0,0,10,20]) is exactly 0.5 in float32: kept at 0.5, dropped below.
+    boxes = np.array([[[0, 0, 10, 10], [0, 0, 10, 20], [30, 30, 40, 40]]], "float32")
+    scores = np.array([[0.9, 0.8, 0.7]], "float32")
+    for iou, expected in [(0.5, [0, 1, 2]), (0.4999, [0, 2])]:
+        ref = tf.image.non_max_suppression(boxes[0], scores[0], 4, iou).numpy()
+        np.testing.assert_array_equal(ref, expected)
+        idx, valid = fn(boxes, scores, 4, iou)
+        np.testing.assert_array_equal(np.asarray(idx)[0], expected + [0] * (4 - len(expected)))
+        np.testing.assert_array_equal(np.asarray(valid)[0], np.arange(4) < len(expected))
 
 
 def test_nms_dispatch_and_xla():
@@ -361,8 +386,10 @@ def test_clip_norm_denorm():
     back = np.asarray(mo.denorm_boxes(normed, shape))
     assert back.dtype == np.int32
     np.testing.assert_array_equal(back, pixels.astype("int32"))
-    batched = np.asarray(mo.norm_boxes(np.concatenate([pixels, pixels]), np.array([[128, 192], [64, 96]])))
-    np.testing.assert_allclose(batched[1], (pixels[0] - shift) / np.array([63, 95, 63, 95]), rtol=1e-6)
+    shapes = np.array([[128, 192], [64, 96]])
+    batched = np.asarray(mo.norm_boxes(np.concatenate([pixels, pixels]), shapes))
+    expected = (pixels[0] - shift) / np.array([63, 95, 63, 95])
+    np.testing.assert_allclose(batched[1], expected, rtol=1e-6)
 
 
 # ---------------------------------------------------------------------------- JAX
@@ -379,7 +406,8 @@ _JAX_SCRIPT = textwrap.dedent(
     d = dict(np.load(sys.argv[1]))
     fms = [d[f"fm{i}"] for i in range(4)]
     shape = tuple(int(v) for v in d["image_shape"])
-    crop = jax.jit(lambda i, b, x: mo.crop_and_resize(i, b, x, 7))(d["image"], d["boxes"], d["box_indices"])
+    crop_fn = jax.jit(lambda i, b, x: mo.crop_and_resize(i, b, x, 7))
+    crop = crop_fn(d["image"], d["boxes"], d["box_indices"])
     np.testing.assert_allclose(np.asarray(crop), d["crop"], atol=5e-5, rtol=0)
     ml = jax.jit(lambda f, b: mo.multilevel_roi_align(f, b, shape, 7))(fms, d["level_boxes"])
     np.testing.assert_allclose(np.asarray(ml), d["multilevel"], atol=5e-5, rtol=0)
@@ -417,7 +445,8 @@ def test_jax_backend_matches_tensorflow(tmp_path):
         crop=_tf_crop(image, boxes, box_indices, 7),
         level_boxes=level_boxes, image_shape=np.array(image_shape),
         multilevel=np.asarray(mo.multilevel_roi_align(fms, level_boxes, image_shape, 7)),
-        nms_boxes=nms_boxes, nms_scores=nms_scores, nms_idx=np.asarray(idx), nms_valid=np.asarray(valid),
+        nms_boxes=nms_boxes, nms_scores=nms_scores,
+        nms_idx=np.asarray(idx), nms_valid=np.asarray(valid),
         iou=np.asarray(mo.overlaps(nms_boxes[:, :20], nms_boxes[:, :30])),
         deltas=np.asarray(mo.box_refinement(nms_boxes[0], nms_boxes[1])),
         **{f"fm{i}": f for i, f in enumerate(fms)},
@@ -426,7 +455,8 @@ def test_jax_backend_matches_tensorflow(tmp_path):
     np.savez(path, **data)
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
     proc = subprocess.run(
-        [sys.executable, "-c", _JAX_SCRIPT, str(path)], env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, "-c", _JAX_SCRIPT, str(path)],
+        env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "JAX OK" in proc.stdout

@@ -55,7 +55,9 @@ def _sample_coords(start, end, extent_minus_1, size: int):
     return ops.clip(coords, 0.0, limit), inside
 
 
-def _bilinear_crops(flat, base, heights, widths, boxes, crop_size: Tuple[int, int], extrapolation_value):
+def _bilinear_crops(
+    flat, base, heights, widths, boxes, crop_size: Tuple[int, int], extrapolation_value
+):
     """Bilinear crops from a flattened stack of images with one gather.
 
     Args:
@@ -90,7 +92,12 @@ def _bilinear_crops(flat, base, heights, widths, boxes, crop_size: Tuple[int, in
     bottom_rows = ops.expand_dims(bottom * row_stride, -1)
     left, right = ops.expand_dims(left, -2), ops.expand_dims(right, -2)  # [..., 1, cw]
     corners = ops.stack(
-        [base + top_rows + left, base + top_rows + right, base + bottom_rows + left, base + bottom_rows + right]
+        [
+            base + top_rows + left,
+            base + top_rows + right,
+            base + bottom_rows + left,
+            base + bottom_rows + right,
+        ]
     )  # [4, ..., ch, cw]
     # The one gather: all four corners of every sample of every box.
     pixels = ops.take(flat, corners, axis=0)  # [4, ..., ch, cw, C]
@@ -107,7 +114,9 @@ def _bilinear_crops(flat, base, heights, widths, boxes, crop_size: Tuple[int, in
     return ops.where(inside, crops, ops.cast(extrapolation_value, dtype))
 
 
-def crop_and_resize(image, boxes, box_indices, crop_size: SizeLike, extrapolation_value: float = 0.0):
+def crop_and_resize(
+    image, boxes, box_indices, crop_size: SizeLike, extrapolation_value: float = 0.0
+):
     """``tf.image.crop_and_resize(method="bilinear")`` in pure ``keras.ops``.
 
     Sample ``i`` of a box spans ``y = y1 * (H - 1) + i * (y2 - y1) * (H - 1) / (ch - 1)``
@@ -207,6 +216,9 @@ def multilevel_roi_align(
     base = image_start + box_offsets  # [B, N]
 
     # [B, sum(Hl*Wl), C] -> [B * sum, C]: the whole pyramid as one gatherable table.
-    flat = ops.concatenate([ops.reshape(f, (-1, h * w, channels)) for f, h, w in zip(feature_maps, heights, widths)], axis=1)
+    levels_flat = [
+        ops.reshape(f, (-1, h * w, channels)) for f, h, w in zip(feature_maps, heights, widths)
+    ]
+    flat = ops.concatenate(levels_flat, axis=1)
     flat = ops.reshape(flat, (-1, channels))
     return _bilinear_crops(flat, base, box_heights, box_widths, boxes, _pair(pool_size), 0.0)
