@@ -33,6 +33,7 @@ import keras
 import numpy as np
 
 from mrcnn import utils
+from mrcnn.anchors import compute_backbone_shapes, pyramid_anchors
 
 # albumentations 2.x checks PyPI for a newer version on import. Training machines are often
 # offline, so opt out unless the user decided otherwise. Set here (not when augmenting)
@@ -106,8 +107,11 @@ def parse_image_meta(meta: np.ndarray) -> dict[str, np.ndarray]:
     single = meta.ndim == 1
     if single:
         meta = meta[np.newaxis]
-    # Round before the int cast: float32 storage may turn 7 into 6.9999995.
-    ints = lambda a: np.rint(a).astype(np.int32)  # noqa: E731
+
+    def ints(values: np.ndarray) -> np.ndarray:
+        # Round before the cast: a computed window such as 6.9999995 must become 7.
+        return np.rint(values).astype(np.int32)
+
     out = {
         "image_id": ints(meta[:, 0]),
         "original_image_shape": ints(meta[:, 1:4]),
@@ -149,24 +153,6 @@ def unmold_image(normalized_images: np.ndarray, config: Any) -> np.ndarray:
     """
     restored = np.asarray(normalized_images, np.float64) + np.asarray(config.MEAN_PIXEL)
     return np.clip(np.rint(restored), 0, 255).astype(np.uint8)
-
-
-def compute_backbone_shapes(config: Any, image_shape: Sequence[int]) -> np.ndarray:
-    """[height, width] of each feature-pyramid level for an image shape.
-
-    Args:
-        config: a ``Config``; with a callable ``BACKBONE``, its ``COMPUTE_BACKBONE_SHAPE``
-            gives the answer.
-        image_shape: (H, W[, C]) of the model input.
-
-    Returns:
-        int array [levels, 2]: ceil(image size / stride) for each of BACKBONE_STRIDES.
-    """
-    if callable(config.BACKBONE):
-        return np.asarray(config.COMPUTE_BACKBONE_SHAPE(image_shape))
-    return np.array([[int(math.ceil(image_shape[0] / stride)),
-                      int(math.ceil(image_shape[1] / stride))]
-                     for stride in config.BACKBONE_STRIDES])
 
 
 ############################################################
@@ -409,7 +395,8 @@ def _anchor_box_overlaps(anchors: np.ndarray, boxes: np.ndarray
     At 1024px there are ~260k anchors, and a box overlaps only the few whose rows cross
     its rows. Anchors are bucketed by height and sorted by top edge, so for each box a
     binary search finds the candidates (top in (box_y1 - bucket's max height, box_y2)) and
-    IoU is computed for those only (5x faster than the dense matrix, O(A) memory).
+    IoU is computed for those only: O(A) memory and ~8x faster than the dense matrix
+    (100 boxes at 1024px: ~0.1 s instead of ~0.9 s).
 
     Args:
         anchors: float64 [A, 4].
@@ -789,9 +776,8 @@ class DataGenerator(keras.utils.PyDataset):
 
         self.image_shape = tuple(int(s) for s in config.IMAGE_SHAPE)
         self.backbone_shapes = compute_backbone_shapes(config, self.image_shape)
-        self.anchors = utils.generate_pyramid_anchors(
-            config.RPN_ANCHOR_SCALES, config.RPN_ANCHOR_RATIOS, self.backbone_shapes,
-            config.BACKBONE_STRIDES, config.RPN_ANCHOR_STRIDE)
+        # Pixel anchors, the same (cached) array the model's AnchorsLayer normalizes.
+        self.anchors = pyramid_anchors(config, self.image_shape, normalized=False)
 
         self._rng = np.random.default_rng(seed)
         self.order = self._new_order()

@@ -39,6 +39,11 @@ def _random_pick(candidates, count: int, seed_generator):
     return ops.cast(indices, "int32"), values > 0.0
 
 
+def positive_slots(config) -> int:
+    """Number of ROI slots reserved for positives: int(TRAIN_ROIS_PER_IMAGE * ratio)."""
+    return int(config.TRAIN_ROIS_PER_IMAGE * config.ROI_POSITIVE_RATIO)
+
+
 def detection_targets_graph(proposals, gt_class_ids, gt_boxes, gt_masks, config,
                             seed_generator):
     """Sample ROIs and build class, box and mask targets for a batch.
@@ -53,9 +58,12 @@ def detection_targets_graph(proposals, gt_class_ids, gt_boxes, gt_masks, config,
 
     Returns:
         rois [B, T, 4], target_class_ids [B, T] int32, target_deltas [B, T, 4] float32
-        (scaled by 1/BBOX_STD_DEV), target_masks [B, T, MASK_H, MASK_W] float32 in {0, 1}.
-        T = TRAIN_ROIS_PER_IMAGE: the first ``int(T * ROI_POSITIVE_RATIO)`` slots hold the
-        positives, the rest the negatives; unused slots are all zeros (rois included).
+        (scaled by 1/BBOX_STD_DEV), target_masks [B, P, MASK_H, MASK_W] float32 in {0, 1}.
+        T = TRAIN_ROIS_PER_IMAGE: the first P = ``int(T * ROI_POSITIVE_RATIO)`` slots hold
+        the positives, the rest the negatives; unused slots are all zeros (rois included).
+        Mask targets exist for the P positive slots only: the mask head is trained on
+        positives alone, so it runs on ``rois[:, :P]`` (a third of Matterport's mask-head
+        work in training, same loss).
     """
     gt_class_ids = ops.cast(gt_class_ids, "int32")
     gt_boxes = ops.cast(gt_boxes, "float32")
@@ -80,7 +88,7 @@ def detection_targets_graph(proposals, gt_class_ids, gt_boxes, gt_masks, config,
     negative = valid & (best_iou < 0.5) & (crowd_iou < 0.001)
 
     rois_per_image = int(config.TRAIN_ROIS_PER_IMAGE)
-    pos_slots = int(rois_per_image * config.ROI_POSITIVE_RATIO)
+    pos_slots = positive_slots(config)
     neg_slots = rois_per_image - pos_slots
     pos_idx, pos_ok = _random_pick(positive, pos_slots, seed_generator)
     neg_idx, neg_ok = _random_pick(negative, neg_slots, seed_generator)
@@ -109,10 +117,7 @@ def detection_targets_graph(proposals, gt_class_ids, gt_boxes, gt_masks, config,
         [roi_class, ops.zeros((batch, neg_slots), "int32")], axis=1)
     target_deltas = ops.concatenate([deltas, ops.zeros((batch, neg_slots, 4), "float32")],
                                     axis=1)
-    mh, mw = config.MASK_SHAPE
-    target_masks = ops.concatenate([masks, ops.zeros((batch, neg_slots, mh, mw), "float32")],
-                                   axis=1)
-    return [ops.stop_gradient(t) for t in (rois, target_class_ids, target_deltas, target_masks)]
+    return [ops.stop_gradient(t) for t in (rois, target_class_ids, target_deltas, masks)]
 
 
 def _mask_targets(rois, roi_gt, roi_gt_boxes, gt_masks, config):
@@ -165,7 +170,8 @@ class DetectionTargetLayer(layers.Layer):
     def compute_output_shape(self, input_shape):
         batch = input_shape[0][0]
         t = self.config.TRAIN_ROIS_PER_IMAGE
-        return [(batch, t, 4), (batch, t), (batch, t, 4), (batch, t, *self.config.MASK_SHAPE)]
+        p = positive_slots(self.config)
+        return [(batch, t, 4), (batch, t), (batch, t, 4), (batch, p, *self.config.MASK_SHAPE)]
 
     def compute_output_spec(self, inputs):
         shapes = self.compute_output_shape([x.shape for x in inputs])

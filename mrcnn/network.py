@@ -13,7 +13,7 @@ from mrcnn.anchors import AnchorsLayer
 from mrcnn.backbone import build_backbone
 from mrcnn.box_head import fpn_classifier_graph
 from mrcnn.detection import DetectionLayer
-from mrcnn.detection_targets import DetectionTargetLayer
+from mrcnn.detection_targets import DetectionTargetLayer, positive_slots
 from mrcnn.fpn import fpn_graph
 from mrcnn.mask_head import build_fpn_mask_graph
 from mrcnn.proposals import ProposalLayer
@@ -104,7 +104,9 @@ def build_training_graph(config) -> tuple[dict, dict]:
     mrcnn_class_logits, mrcnn_class, mrcnn_bbox = fpn_classifier_graph(
         rois, mrcnn_feature_maps, input_image_meta, config.POOL_SIZE, config.NUM_CLASSES,
         config)
-    mrcnn_mask = build_fpn_mask_graph(rois, mrcnn_feature_maps, input_image_meta,
+    # Masks are learned on positive ROIs only, and those fill the first slots.
+    positive_rois = rois[:, :positive_slots(config)]
+    mrcnn_mask = build_fpn_mask_graph(positive_rois, mrcnn_feature_maps, input_image_meta,
                                       config.MASK_POOL_SIZE, config.NUM_CLASSES, config)
     outputs = {
         "rpn_class_logits": rpn_class_logits, "rpn_class": rpn_class, "rpn_bbox": rpn_bbox,

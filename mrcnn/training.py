@@ -68,7 +68,9 @@ class MaskRCNNTrainModel(keras.Model):
             "mrcnn_bbox_loss": losses.mrcnn_bbox_loss(
                 y_pred["target_bbox"], y_pred["target_class_ids"], y_pred["mrcnn_bbox"]),
             "mrcnn_mask_loss": losses.mrcnn_mask_loss(
-                y_pred["target_mask"], y_pred["target_class_ids"], y_pred["mrcnn_mask"]),
+                y_pred["target_mask"],
+                y_pred["target_class_ids"][:, :y_pred["target_mask"].shape[1]],
+                y_pred["mrcnn_mask"]),
         }
 
     def weight_decay_loss(self):

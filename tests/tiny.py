@@ -1,0 +1,73 @@
+"""Tiny configurations and data shared by the model, sample and notebook tests.
+
+Everything here is sized for a 2-core CPU: 64 px images, a few ROIs, and (where layer names
+do not matter) a five-conv backbone instead of ResNet-50, whose graph takes ~30 s to trace.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from keras import layers
+
+from mrcnn.config import Config
+from samples.shapes.shapes import ShapesDataset
+
+
+def tiny_backbone(input_image, stage5=True, train_bn=None):
+    """Matterport-contract backbone: five strided convs -> [C1, C2, C3, C4, C5]."""
+    x = input_image
+    outputs = []
+    for i, (filters, stride) in enumerate([(16, 2), (32, 2), (32, 2), (64, 2), (64, 2)]):
+        x = layers.Conv2D(filters, 3, strides=stride, padding="same", activation="relu",
+                          kernel_initializer="he_normal", name=f"tiny_conv{i + 1}")(x)
+        outputs.append(x)
+    # Matterport's C1 is at stride 4 like C2; only C2..C5 are used.
+    return outputs
+
+
+def tiny_backbone_shapes(image_shape):
+    """Pyramid shapes of ``tiny_backbone`` (strides 4..64 for P2..P6)."""
+    return np.array([[int(np.ceil(image_shape[0] / s)), int(np.ceil(image_shape[1] / s))]
+                     for s in (4, 8, 16, 32, 64)])
+
+
+class TinyConfig(Config):
+    """64 px shapes, ResNet-50 with GroupNorm and slim heads."""
+    NAME = "tiny"
+    NUM_CLASSES = 1 + 3
+    IMAGES_PER_GPU = 2
+    IMAGE_MIN_DIM = 64
+    IMAGE_MAX_DIM = 64
+    BACKBONE = "resnet50"
+    NORM = "gn"
+    GN_GROUPS = 16
+    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
+    RPN_TRAIN_ANCHORS_PER_IMAGE = 32
+    PRE_NMS_LIMIT = 500
+    POST_NMS_ROIS_TRAINING = 64
+    POST_NMS_ROIS_INFERENCE = 32
+    TRAIN_ROIS_PER_IMAGE = 16
+    MAX_GT_INSTANCES = 5
+    DETECTION_MAX_INSTANCES = 10
+    DETECTION_MIN_CONFIDENCE = 0.0
+    MINI_MASK_SHAPE = (16, 16)
+    TOP_DOWN_PYRAMID_SIZE = 64
+    FPN_CLASSIF_FC_LAYERS_SIZE = 128
+    STEPS_PER_EPOCH = 2
+    VALIDATION_STEPS = 1
+    JIT_COMPILE = False
+
+
+class TinyFastConfig(TinyConfig):
+    """TinyConfig on the five-conv backbone: for tests where ResNet names do not matter."""
+    NAME = "tinyfast"
+    BACKBONE = staticmethod(tiny_backbone)
+    COMPUTE_BACKBONE_SHAPE = staticmethod(tiny_backbone_shapes)
+
+
+def shapes_dataset(count: int = 8, size: int = 64, seed: int = 0) -> ShapesDataset:
+    """A prepared synthetic shapes dataset."""
+    ds = ShapesDataset()
+    ds.load_shapes(count, size, size, seed=seed)
+    ds.prepare()
+    return ds
