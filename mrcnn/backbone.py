@@ -1,4 +1,8 @@
-"""ResNet-50/101 backbone with Matterport's layer names (conv1, res2a_branch2a, bn2a_branch2a...).
+"""ResNet backbones with Matterport's layer names (conv1, res2a_branch2a, bn2a_branch2a...).
+
+ResNet-50/101 (bottleneck blocks) are Matterport's. ResNet-18/34 (basic blocks, same naming
+scheme: branch2a/2b and branch1) are added for small data and CPU training, where a
+from-scratch ResNet-50 is mostly wasted compute.
 
 The names matter: ``train(layers="3+")`` selects layers by regex on them and
 ``load_weights(by_name=True)`` matches Matterport / ImageNet HDF5 files by them.
@@ -14,6 +18,9 @@ from mrcnn.norm import norm_layer
 
 # Identity blocks in stage 4 after its conv block: the only difference between the depths.
 STAGE4_BLOCKS = {"resnet50": 5, "resnet101": 22}
+# Blocks per stage (2..5) of the basic-block ResNets.
+BASIC_BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+ARCHITECTURES = (*STAGE4_BLOCKS, *BASIC_BLOCKS)
 
 # He initialization: the backbone is usually trained from scratch here (no downloads).
 KERNEL_INIT = "he_normal"
@@ -50,13 +57,31 @@ def _bottleneck(x, kernel_size: int, filters: tuple[int, int, int], stage: int, 
     return layers.Activation("relu", name=f"res{stage}{block}_out")(y)
 
 
+def _basic_block(x, filters: int, stage: int, block: str, norm: str, gn_groups: int,
+                 strides: int = 1, shortcut_conv: bool = False):
+    """Basic residual block: 3x3 -> 3x3 (+ 1x1 projection shortcut)."""
+    conv_name = f"res{stage}{block}_branch"
+    bn_name = f"bn{stage}{block}_branch"
+    y = _conv(filters, 3, conv_name + "2a", strides=strides, padding="same")(x)
+    y = norm_layer(norm, bn_name + "2a", gn_groups)(y)
+    y = layers.Activation("relu")(y)
+    y = _conv(filters, 3, conv_name + "2b", padding="same")(y)
+    y = norm_layer(norm, bn_name + "2b", gn_groups, zero_init=True)(y)
+    shortcut = x
+    if shortcut_conv:
+        shortcut = _conv(filters, 1, conv_name + "1", strides=strides)(x)
+        shortcut = norm_layer(norm, bn_name + "1", gn_groups)(shortcut)
+    y = layers.Add()([y, shortcut])
+    return layers.Activation("relu", name=f"res{stage}{block}_out")(y)
+
+
 def resnet_graph(input_image, architecture: str, stage5: bool = True, norm: str = "frozen_bn",
                  gn_groups: int = 32) -> list:
     """Build the ResNet feature extractor.
 
     Args:
         input_image: image tensor [B, H, W, C].
-        architecture: "resnet50" or "resnet101".
+        architecture: "resnet18", "resnet34", "resnet50" or "resnet101".
         stage5: build stage 5 (C5); Mask R-CNN's FPN needs it.
         norm: "frozen_bn", "bn" or "gn" (Config.NORM).
         gn_groups: GroupNorm groups (Config.GN_GROUPS).
@@ -65,26 +90,40 @@ def resnet_graph(input_image, architecture: str, stage5: bool = True, norm: str 
         [C1, C2, C3, C4, C5]: stage outputs at strides 4 (C1 after pooling), 4, 8, 16, 32.
         C5 is None when ``stage5`` is False.
     """
-    if architecture not in STAGE4_BLOCKS:
+    if architecture not in ARCHITECTURES:
         raise ValueError(f"Config.BACKBONE = {architecture!r} is invalid: expected one of "
-                         f"{tuple(STAGE4_BLOCKS)} or a callable.")
+                         f"{ARCHITECTURES} or a callable.")
     x = layers.ZeroPadding2D((3, 3))(input_image)
     x = _conv(64, 7, "conv1", strides=2)(x)
     x = norm_layer(norm, "bn_conv1", gn_groups)(x)
     x = layers.Activation("relu")(x)
     c1 = x = layers.MaxPooling2D(3, strides=2, padding="same")(x)
 
-    def stage(x, n_blocks: int, filters: tuple, stage_id: int, strides: int):
-        x = _bottleneck(x, 3, filters, stage_id, "a", norm, gn_groups, strides=strides,
-                        shortcut_conv=True)
-        for i in range(1, n_blocks):
-            x = _bottleneck(x, 3, filters, stage_id, chr(ord("a") + i), norm, gn_groups)
-        return x
+    if architecture in BASIC_BLOCKS:
+        def stage(x, n_blocks: int, width: int, stage_id: int, strides: int):
+            # Stage 2 keeps 64 channels, so only later stages need a projection shortcut.
+            x = _basic_block(x, width, stage_id, "a", norm, gn_groups, strides=strides,
+                             shortcut_conv=stage_id > 2)
+            for i in range(1, n_blocks):
+                x = _basic_block(x, width, stage_id, chr(ord("a") + i), norm, gn_groups)
+            return x
+        counts = BASIC_BLOCKS[architecture]
+        widths = (64, 128, 256, 512)
+    else:
+        def stage(x, n_blocks: int, width: int, stage_id: int, strides: int):
+            filters = (width, width, 4 * width)
+            x = _bottleneck(x, 3, filters, stage_id, "a", norm, gn_groups, strides=strides,
+                            shortcut_conv=True)
+            for i in range(1, n_blocks):
+                x = _bottleneck(x, 3, filters, stage_id, chr(ord("a") + i), norm, gn_groups)
+            return x
+        counts = (3, 4, 1 + STAGE4_BLOCKS[architecture], 3)
+        widths = (64, 128, 256, 512)
 
-    c2 = x = stage(x, 3, (64, 64, 256), 2, strides=1)
-    c3 = x = stage(x, 4, (128, 128, 512), 3, strides=2)
-    c4 = x = stage(x, 1 + STAGE4_BLOCKS[architecture], (256, 256, 1024), 4, strides=2)
-    c5 = stage(x, 3, (512, 512, 2048), 5, strides=2) if stage5 else None
+    c2 = x = stage(x, counts[0], widths[0], 2, strides=1)
+    c3 = x = stage(x, counts[1], widths[1], 3, strides=2)
+    c4 = x = stage(x, counts[2], widths[2], 4, strides=2)
+    c5 = stage(x, counts[3], widths[3], 5, strides=2) if stage5 else None
     return [c1, c2, c3, c4, c5]
 
 

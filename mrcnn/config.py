@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 
 RESIZE_MODES = ("none", "square", "pad64", "crop")
-BACKBONES = ("resnet50", "resnet101")
+BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 NORMS = ("frozen_bn", "bn", "gn")
 BOX_HEADS = ("2fc", "4conv1fc")
 OPTIMIZERS = ("sgd", "adamw")
@@ -62,8 +62,10 @@ class Config:
     # loss and costs time.
     VALIDATION_STEPS = 50
 
-    # Backbone: "resnet50" or "resnet101". resnet50 needs noticeably less memory and time
-    # and is enough for most datasets. A callable is also accepted (Matterport contract):
+    # Backbone: "resnet50" or "resnet101" (Matterport), or "resnet18" / "resnet34" (basic
+    # blocks, same layer naming). resnet50 needs noticeably less memory and time than
+    # resnet101 and is enough for most datasets; resnet18/34 suit small datasets trained
+    # from scratch and CPUs, at some cost in accuracy on hard data. A callable is also accepted (Matterport contract):
     # ``BACKBONE(input_image, stage5=True, train_bn=...) -> [C1, C2, C3, C4, C5]``; then
     # COMPUTE_BACKBONE_SHAPE must be set too.
     BACKBONE: str | Callable = "resnet101"
@@ -75,6 +77,15 @@ class Config:
     # Stride of each level of the feature pyramid (P2..P6) relative to the input image.
     # These follow the ResNet stages and are rarely changed.
     BACKBONE_STRIDES = [4, 8, 16, 32, 64]
+
+    # Channels of the RPN's shared 3x3 conv (512 in Matterport and the paper). It runs on
+    # every pyramid level, P2 included, so it is one of the largest costs at high
+    # resolution; 256 or 128 is plenty for simple data.
+    RPN_CONV_CHANNELS = 512
+
+    # Channels of the mask head's four 3x3 convs and deconv (256 in the paper). Its cost
+    # scales with positive ROIs x channels^2: the main lever of mask-head time and memory.
+    MASK_HEAD_CHANNELS = 256
 
     # Size of the fully connected layers of the classification head ("2fc" box head).
     # 1024 as in the FPN paper; smaller saves memory with some loss of box accuracy.
@@ -326,6 +337,7 @@ class Config:
                      "TRAIN_ROIS_PER_IMAGE", "POOL_SIZE", "MASK_POOL_SIZE",
                      "MAX_GT_INSTANCES", "DETECTION_MAX_INSTANCES", "TOP_DOWN_PYRAMID_SIZE",
                      "FPN_CLASSIF_FC_LAYERS_SIZE", "IMAGE_CHANNEL_COUNT", "GN_GROUPS",
+                     "RPN_CONV_CHANNELS", "MASK_HEAD_CHANNELS",
                      "IMAGE_MAX_DIM"):
             positive_int(attr)
         for attr in ("VALIDATION_STEPS", "DATA_WORKERS", "LR_PLATEAU_PATIENCE"):
@@ -417,7 +429,7 @@ class Config:
         if self.NORM not in NORMS:
             fail("NORM", f"expected one of {NORMS} (or None to derive it from TRAIN_BN)")
         if self.NORM == "gn":
-            for attr in ("TOP_DOWN_PYRAMID_SIZE",):
+            for attr in ("TOP_DOWN_PYRAMID_SIZE", "MASK_HEAD_CHANNELS"):
                 if getattr(self, attr) % self.GN_GROUPS:
                     fail("GN_GROUPS", f"GroupNorm groups must divide {attr} "
                          f"({getattr(self, attr)})")

@@ -18,7 +18,7 @@ def build_fpn_mask_graph(rois, feature_maps: list, image_meta, pool_size: int,
         image_meta: [B, META] (passed to PyramidROIAlign, Matterport's signature).
         pool_size: ROI align size (MASK_POOL_SIZE); the output is twice that.
         num_classes: NUM_CLASSES (background included).
-        config: the ``Config`` (NORM, GN_GROUPS).
+        config: the ``Config`` (NORM, GN_GROUPS, MASK_HEAD_CHANNELS).
 
     Returns:
         [B, N, 2*pool_size, 2*pool_size, num_classes] mask probabilities (float32).
@@ -29,11 +29,12 @@ def build_fpn_mask_graph(rois, feature_maps: list, image_meta, pool_size: int,
                         name="roi_align_mask")([rois, image_meta] + list(feature_maps))
     x = FlattenRois(name="mrcnn_mask_flatten_rois")(x)
     for i in range(1, 5):
-        x = layers.Conv2D(256, 3, padding="same", name=f"mrcnn_mask_conv{i}",
+        x = layers.Conv2D(config.MASK_HEAD_CHANNELS, 3, padding="same",
+                          name=f"mrcnn_mask_conv{i}",
                           kernel_initializer="he_normal")(x)
         x = norm_layer(norm, f"mrcnn_mask_bn{i}", groups)(x)
         x = layers.Activation("relu")(x)
-    x = layers.Conv2DTranspose(256, 2, strides=2, activation="relu", name="mrcnn_mask_deconv",
+    x = layers.Conv2DTranspose(config.MASK_HEAD_CHANNELS, 2, strides=2, activation="relu", name="mrcnn_mask_deconv",
                                kernel_initializer="he_normal")(x)
     # float32 output: the mask loss takes log of these probabilities.
     x = layers.Conv2D(num_classes, 1, strides=1, activation="sigmoid", name="mrcnn_mask",

@@ -41,12 +41,18 @@ from mrcnn.roi_align import PyramidROIAlign  # noqa: F401
 from mrcnn.training import (
     LAYER_REGEX,
     MaskRCNNTrainModel,
+    NamedCheckpoint,
     build_optimizer,
     resolve_layer_regex,
     schedule_callbacks,
     set_trainable,
 )
-from mrcnn.weights import load_weights_by_name, weighted_layers
+from mrcnn.weights import (
+    is_keras3_weights_file,
+    load_weights_by_name,
+    save_weights_by_name,
+    weighted_layers,
+)
 
 CHECKPOINT_PATTERN = re.compile(
     r".*[/\\][\w-]+(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})[/\\]mask\_rcnn\_[\w-]+(\d{4})"
@@ -166,7 +172,7 @@ class MaskRCNN:
     def set_log_dir(self, model_path: str | None = None) -> None:
         """Set the log folder and epoch counter; resume them from a checkpoint path.
 
-        A path like ``<model_dir>/shapes20260101T1200/mask_rcnn_shapes_0004.weights.h5``
+        A path like ``<model_dir>/shapes20260101T1200/mask_rcnn_shapes_0004.h5``
         sets the log folder to that run and ``epoch`` to 4, so the next ``train`` continues
         at epoch 5 in the same folder.
 
@@ -182,14 +188,13 @@ class MaskRCNN:
                 self.epoch = int(m.group(6))
         name = (self.config.NAME or "mrcnn").lower()
         self.log_dir = os.path.join(self.model_dir, f"{name}{now:%Y%m%dT%H%M}")
-        self.checkpoint_path = os.path.join(self.log_dir,
-                                            f"mask_rcnn_{name}_{{epoch:04d}}.weights.h5")
+        self.checkpoint_path = os.path.join(self.log_dir, f"mask_rcnn_{name}_{{epoch:04d}}.h5")
 
     def find_last(self) -> str:
         """Path of the last checkpoint of the most recent run of this config's NAME.
 
         Returns:
-            Path to a ``mask_rcnn_*.weights.h5`` (or Matterport ``.h5``) file.
+            Path to a ``mask_rcnn_*.h5`` file.
 
         Raises:
             FileNotFoundError: no run folder or no checkpoint in any of them.
@@ -215,24 +220,43 @@ class MaskRCNN:
 
     def load_weights(self, filepath: str, by_name: bool = False,
                      exclude: Sequence[str] | None = None) -> None:
-        """Load weights from our checkpoints or from Matterport-format Keras 2 HDF5 files.
+        """Load weights from our checkpoints or Matterport-format (Keras 2) HDF5 files.
+
+        Layers are matched by name, so a training checkpoint loads into an inference model.
 
         Args:
-            filepath: ``.weights.h5`` checkpoint or Keras 2 ``.h5`` (mask_rcnn_coco.h5 layout).
+            filepath: checkpoint (``mask_rcnn_<name>_<epoch>.h5``), a file written by
+                ``save_weights``, or a Matterport/Keras 2 ``.h5`` (mask_rcnn_coco.h5 layout).
+                A Keras 3 ``keras_model.save_weights`` file also loads (whole model only).
             by_name: load only the layers present in the file (others keep their values).
                 False requires every weighted layer of the model to be in the file.
             exclude: layer names to skip (implies by-name loading for the others).
 
         Raises:
+            FileNotFoundError: no such file.
             ValueError: listing layers whose shapes differ, or missing layers when strict.
         """
-        strict = not by_name and not exclude
-        load_weights_by_name(self.keras_model, filepath, exclude=exclude, strict=strict)
+        if not os.path.exists(filepath):
+            raise FileNotFoundError(f"Weights file not found: {filepath}")
+        if is_keras3_weights_file(filepath):
+            if by_name or exclude:
+                raise ValueError(f"{filepath} is a Keras 3 .weights.h5 file, which stores "
+                                 "layers by creation order, not by name: it can only be "
+                                 "loaded whole (by_name=False, no exclude). Save with "
+                                 "MaskRCNN.save_weights for by-name loading.")
+            self.keras_model.load_weights(filepath)
+        else:
+            strict = not by_name and not exclude
+            load_weights_by_name(self.keras_model, filepath, exclude=exclude, strict=strict)
         self.set_log_dir(filepath)
 
     def save_weights(self, filepath: str) -> None:
-        """Save the weights to a Keras 3 ``.weights.h5`` file (loadable by ``load_weights``)."""
-        self.keras_model.save_weights(filepath)
+        """Save the weights by layer name (Matterport's HDF5 layout; see ``load_weights``).
+
+        Args:
+            filepath: destination ``.h5`` file.
+        """
+        save_weights_by_name(self.keras_model, filepath)
 
     def get_imagenet_weights(self) -> str:
         """Matterport downloaded ResNet-50 ImageNet weights here; this needs the network.
@@ -303,7 +327,7 @@ class MaskRCNN:
         os.makedirs(self.log_dir, exist_ok=True)
         callbacks = [
             keras.callbacks.TensorBoard(log_dir=self.log_dir, write_graph=False),
-            keras.callbacks.ModelCheckpoint(self.checkpoint_path, save_weights_only=True),
+            NamedCheckpoint(self.checkpoint_path),
             *schedule_callbacks(config, learning_rate, self.epoch, epochs),
             *(custom_callbacks or []),
         ]

@@ -57,7 +57,7 @@ def _pyramid(input_image, config) -> tuple[list, list]:
 
 def _rpn(rpn_feature_maps, config):
     rpn = build_rpn_model(config.RPN_ANCHOR_STRIDE, len(config.RPN_ANCHOR_RATIOS),
-                          config.TOP_DOWN_PYRAMID_SIZE)
+                          config.TOP_DOWN_PYRAMID_SIZE, config.RPN_CONV_CHANNELS)
     return rpn_on_pyramid(rpn, rpn_feature_maps)
 
 

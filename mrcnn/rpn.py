@@ -6,13 +6,15 @@ import keras
 from keras import layers
 
 
-def rpn_graph(feature_map, anchors_per_location: int, anchor_stride: int):
+def rpn_graph(feature_map, anchors_per_location: int, anchor_stride: int,
+              channels: int = 512):
     """The RPN head on one feature map.
 
     Args:
         feature_map: [B, H, W, depth].
         anchors_per_location: anchors per feature-map cell (len(RPN_ANCHOR_RATIOS)).
         anchor_stride: 1 = anchors at every cell, 2 = every other cell.
+        channels: width of the shared conv (Config.RPN_CONV_CHANNELS).
 
     Returns:
         rpn_class_logits [B, H*W*anchors, 2], rpn_probs [B, H*W*anchors, 2] (background,
@@ -20,7 +22,7 @@ def rpn_graph(feature_map, anchors_per_location: int, anchor_stride: int):
         The anchor order is cell-major (y, then x), anchor ratio minor, matching
         ``utils.generate_pyramid_anchors``.
     """
-    shared = layers.Conv2D(512, 3, padding="same", activation="relu", strides=anchor_stride,
+    shared = layers.Conv2D(channels, 3, padding="same", activation="relu", strides=anchor_stride,
                            name="rpn_conv_shared")(feature_map)
     x = layers.Conv2D(2 * anchors_per_location, 1, padding="valid", activation="linear",
                       name="rpn_class_raw")(shared)
@@ -34,19 +36,21 @@ def rpn_graph(feature_map, anchors_per_location: int, anchor_stride: int):
     return [rpn_class_logits, rpn_probs, rpn_bbox]
 
 
-def build_rpn_model(anchor_stride: int, anchors_per_location: int, depth: int) -> keras.Model:
+def build_rpn_model(anchor_stride: int, anchors_per_location: int, depth: int,
+                    channels: int = 512) -> keras.Model:
     """Wrap the RPN head in a Keras model named ``rpn_model`` so it is shared by every level.
 
     Args:
         anchor_stride: Config.RPN_ANCHOR_STRIDE.
         anchors_per_location: len(Config.RPN_ANCHOR_RATIOS).
         depth: channels of the feature maps (Config.TOP_DOWN_PYRAMID_SIZE).
+        channels: width of the shared conv (Config.RPN_CONV_CHANNELS).
 
     Returns:
         A model mapping [B, H, W, depth] to [rpn_class_logits, rpn_probs, rpn_bbox].
     """
     input_feature_map = keras.Input(shape=(None, None, depth), name="input_rpn_feature_map")
-    outputs = rpn_graph(input_feature_map, anchors_per_location, anchor_stride)
+    outputs = rpn_graph(input_feature_map, anchors_per_location, anchor_stride, channels)
     return keras.Model(input_feature_map, outputs, name="rpn_model")
 
 

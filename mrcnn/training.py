@@ -15,6 +15,7 @@ from keras import ops
 
 from mrcnn import losses
 from mrcnn.config import LOSS_NAMES
+from mrcnn.weights import save_weights_by_name
 
 # Matterport's presets of train(layers=...), with GroupNorm names ("gn...") alongside BN ones.
 LAYER_REGEX = {
@@ -196,3 +197,18 @@ def schedule_callbacks(config, learning_rate: float, first_epoch: int,
         return [CosineDecayPerEpoch(learning_rate, first_epoch, last_epoch,
                                     config.LR_MIN_FACTOR)]
     return []
+
+
+class NamedCheckpoint(keras.callbacks.Callback):
+    """Save the weights by layer name (Matterport's HDF5 layout) after every epoch.
+
+    Args:
+        filepath: pattern with an ``{epoch:04d}`` field (1-based, like Keras).
+    """
+
+    def __init__(self, filepath: str):
+        super().__init__()
+        self.filepath = filepath
+
+    def on_epoch_end(self, epoch, logs=None):
+        save_weights_by_name(self.model, self.filepath.format(epoch=epoch + 1))

@@ -1,13 +1,12 @@
-"""Load weights by layer name from HDF5 files: our Keras 3 checkpoints and Matterport's files.
+"""Save and load weights by layer name in the HDF5 layout of Matterport's files.
 
-Two layouts are read into one form, ``{layer name: [arrays in the layer's weight order]}``:
-
-- Keras 2 HDF5 (Matterport's ``mask_rcnn_coco.h5``, ImageNet ResNet files): a root (or
-  ``model_weights``) group with a ``layer_names`` attribute; each layer group lists its
-  variables in ``weight_names`` (``conv1/kernel:0``, ...). A nested model (``rpn_model``) is
-  one group whose weight names carry the inner layer names.
-- Keras 3 ``.weights.h5`` (``model.save_weights``): ``layers/<name>/vars/<i>``, nested models
-  under ``layers/<model>/layers/<name>``.
+Checkpoints are written in the Keras 2 HDF5 weights layout that Matterport's
+``mask_rcnn_coco.h5`` uses: a root group with a ``layer_names`` attribute and one group per
+layer whose ``weight_names`` attribute lists its variables (``conv1/kernel:0``, ...). Layers
+are matched by name, so checkpoints load across training and inference models, with
+``exclude``, and Matterport / ImageNet files load the same way. (Keras 3's own
+``.weights.h5`` keys layers by class and creation order, ``conv2d_12``, not by name; such
+files are loaded by Keras itself, whole-model only.)
 """
 
 from __future__ import annotations
@@ -38,29 +37,25 @@ def _read_keras2(root: h5py.Group) -> "OrderedDict[str, list[np.ndarray]]":
     return out
 
 
-def _read_keras3(group: h5py.Group, out: "OrderedDict[str, list[np.ndarray]]") -> None:
-    layers_group = group.get("layers")
-    if layers_group is None:
-        return
-    for name, layer_group in layers_group.items():
-        variables = layer_group.get("vars")
-        if variables is not None and len(variables):
-            out[name] = [np.asarray(variables[str(i)]) for i in range(len(variables))]
-        _read_keras3(layer_group, out)  # nested models and wrapped layers
+def is_keras3_weights_file(filepath: str) -> bool:
+    """True for a Keras 3 ``model.save_weights`` file (layers keyed by class, not name)."""
+    with h5py.File(filepath, "r") as f:
+        root = f["model_weights"] if "model_weights" in f else f
+        return "layer_names" not in root.attrs and "layers" in f
 
 
 def read_weights(filepath: str) -> "OrderedDict[str, list[np.ndarray]]":
     """Read an HDF5 weights file into ``{layer name: [arrays]}``.
 
     Args:
-        filepath: a Keras 2 HDF5 file (Matterport layout) or a Keras 3 ``.weights.h5`` file.
+        filepath: an HDF5 file in the Keras 2 / Matterport layout (our checkpoints too).
 
     Returns:
         Ordered mapping of layer names to their weight arrays.
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not an HDF5 weights file of a known layout.
+        ValueError: the file is not an HDF5 weights file of that layout.
     """
     if not os.path.exists(filepath):
         raise FileNotFoundError(f"Weights file not found: {filepath}")
@@ -72,12 +67,38 @@ def read_weights(filepath: str) -> "OrderedDict[str, list[np.ndarray]]":
         root = f["model_weights"] if "model_weights" in f else f
         if "layer_names" in root.attrs:
             return _read_keras2(root)
-        out: OrderedDict[str, list[np.ndarray]] = OrderedDict()
-        _read_keras3(f, out)
-        if not out:
-            raise ValueError(f"{filepath}: no layer weights found; expected a Keras 2 HDF5 "
-                             "file (layer_names attribute) or a Keras 3 .weights.h5 file.")
-        return out
+    raise ValueError(f"{filepath}: no 'layer_names' attribute; expected an HDF5 weights "
+                     "file in the Keras 2 / Matterport layout (as written by "
+                     "MaskRCNN.save_weights and the training checkpoints).")
+
+
+def save_weights_by_name(model: keras.Model, filepath: str) -> None:
+    """Write the model's weights in the Keras 2 / Matterport HDF5 layout, by layer name.
+
+    Nested models are flattened (each inner layer gets its own group), which the reader
+    handles the same way. The file is written to a temporary name and renamed, so an
+    interrupted save never leaves a truncated checkpoint behind.
+
+    Args:
+        model: the Keras model.
+        filepath: destination (``.h5``).
+    """
+    layers = weighted_layers(model)
+    tmp = filepath + ".tmp"
+    with h5py.File(tmp, "w") as f:
+        f.attrs["layer_names"] = [name.encode("utf8") for name in layers]
+        f.attrs["backend"] = keras.backend.backend().encode("utf8")
+        f.attrs["keras_version"] = keras.__version__.encode("utf8")
+        for name, layer in layers.items():
+            group = f.create_group(name)
+            weight_names = []
+            for i, weight in enumerate(layer.weights):
+                # Keras 2 style "layer/variable:0"; the index keeps names unique.
+                wname = f"{name}/{weight.name}:{i}" if weight.name else f"{name}/w{i}:0"
+                weight_names.append(wname.encode("utf8"))
+                group.create_dataset(wname, data=keras.ops.convert_to_numpy(weight.value))
+            group.attrs["weight_names"] = weight_names
+    os.replace(tmp, filepath)
 
 
 def weighted_layers(model: keras.Model) -> "OrderedDict[str, keras.layers.Layer]":
