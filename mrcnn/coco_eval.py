@@ -101,6 +101,17 @@ def _silent(fn, *args, **kwargs):
         return fn(*args, **kwargs)
 
 
+def _checked_masks(masks, count: int, caller: str, image_id) -> np.ndarray | None:
+    """``masks`` as an array [H, W, count], or None; ValueError naming the image otherwise."""
+    if masks is None:
+        return None
+    masks = np.asarray(masks)
+    if masks.ndim != 3 or masks.shape[-1] != count:
+        raise ValueError(f"{caller}: image {image_id}: masks shape {masks.shape} does not "
+                         f"match {count} instances")
+    return masks
+
+
 def build_coco_gt(gt_list: Sequence[dict], class_names: Sequence[str] | None = None) -> COCO:
     """Build an in-memory ``pycocotools.coco.COCO`` ground-truth object.
 
@@ -129,14 +140,7 @@ def build_coco_gt(gt_list: Sequence[dict], class_names: Sequence[str] | None = N
         height, width = int(gt["height"]), int(gt["width"])
         images.append({"id": image_id, "height": height, "width": width})
         class_ids = np.asarray(gt["class_ids"]).reshape(-1).astype(np.int64)
-        masks = gt.get("masks")
-        if masks is not None:
-            masks = np.asarray(masks)
-            if masks.ndim != 3 or masks.shape[-1] != len(class_ids):
-                raise ValueError(
-                    f"build_coco_gt: image {image_id}: masks shape {masks.shape} does not "
-                    f"match {len(class_ids)} class_ids"
-                )
+        masks = _checked_masks(gt.get("masks"), len(class_ids), "build_coco_gt", image_id)
         boxes = gt.get("boxes")
         if boxes is None:
             if masks is None:
@@ -214,16 +218,9 @@ def build_coco_results(det_list: Sequence[dict]) -> list[dict[str, Any]]:
                 f"build_coco_results: image {image_id}: {len(bboxes)} rois, "
                 f"{len(class_ids)} class_ids and {len(scores)} scores must match"
             )
-        masks = det.get("masks")
-        rles = None
-        if masks is not None:
-            masks = np.asarray(masks)
-            if masks.ndim != 3 or masks.shape[-1] != len(class_ids):
-                raise ValueError(
-                    f"build_coco_results: image {image_id}: masks shape {masks.shape} does "
-                    f"not match {len(class_ids)} detections"
-                )
-            rles = masks_to_rle(masks)
+        masks = _checked_masks(det.get("masks"), len(class_ids), "build_coco_results",
+                               image_id)
+        rles = masks_to_rle(masks) if masks is not None else None
         for i in range(len(class_ids)):
             res = {
                 "image_id": image_id,

@@ -34,8 +34,8 @@ def build_fpn_mask_graph(rois, feature_maps: list, image_meta, pool_size: int,
                           kernel_initializer="he_normal")(x)
         x = norm_layer(norm, f"mrcnn_mask_bn{i}", groups)(x)
         x = layers.Activation("relu")(x)
-    x = layers.Conv2DTranspose(config.MASK_HEAD_CHANNELS, 2, strides=2, activation="relu", name="mrcnn_mask_deconv",
-                               kernel_initializer="he_normal")(x)
+    x = layers.Conv2DTranspose(config.MASK_HEAD_CHANNELS, 2, strides=2, activation="relu",
+                               name="mrcnn_mask_deconv", kernel_initializer="he_normal")(x)
     # float32 output: the mask loss takes log of these probabilities.
     x = layers.Conv2D(num_classes, 1, strides=1, activation="sigmoid", name="mrcnn_mask",
                       dtype="float32")(x)

@@ -111,6 +111,18 @@ def _draw_mask_contours(ax: Axes, mask: np.ndarray, color: Any) -> None:
         ax.add_patch(Polygon(np.fliplr(verts) - 1, facecolor="none", edgecolor=color))
 
 
+def _frame_axes(ax, image_shape, margin: int, title: str, count: int) -> None:
+    """Axes limits with a margin (so border boxes stay visible), no ticks, the title, and
+    the "No instances" note when ``count`` is 0."""
+    height, width = image_shape[:2]
+    ax.set_ylim(height + margin, -margin)
+    ax.set_xlim(-margin, width + margin)
+    ax.axis("off")
+    ax.set_title(title)
+    if not count:
+        _draw_no_instances(ax)
+
+
 def _draw_no_instances(ax: Axes) -> None:
     print(f"\n*** {NO_INSTANCES} *** \n")
     ax.text(0.5, 0.5, NO_INSTANCES, transform=ax.transAxes, ha="center", va="center",
@@ -250,14 +262,7 @@ def display_instances(image: np.ndarray, boxes: np.ndarray, masks: np.ndarray,
         ax = _new_axes(figsize)
     colors = list(colors) if colors is not None else random_colors(N)
 
-    # Show a margin around the image so that boxes at the border stay visible.
-    height, width = image.shape[:2]
-    ax.set_ylim(height + 10, -10)
-    ax.set_xlim(-10, width + 10)
-    ax.axis("off")
-    ax.set_title(title)
-    if not N:
-        _draw_no_instances(ax)
+    _frame_axes(ax, image.shape, 10, title, N)
 
     # uint32 so that blending cannot wrap around; converted back for imshow.
     masked_image = np.asarray(image).astype(np.uint32).copy()
@@ -657,13 +662,7 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray | None = None,
     if owned:
         ax = _new_axes((12, 12))
     colors = random_colors(N)
-    margin = image.shape[0] // 10
-    ax.set_ylim(image.shape[0] + margin, -margin)
-    ax.set_xlim(-margin, image.shape[1] + margin)
-    ax.axis("off")
-    ax.set_title(title)
-    if not N:
-        _draw_no_instances(ax)
+    _frame_axes(ax, image.shape, image.shape[0] // 10, title, N)
 
     masked_image = np.asarray(image).astype(np.uint32).copy()
     for i in range(N):
