@@ -28,7 +28,7 @@ CASES = (
        ({"GPU_COUNT": True}, "GPU_COUNT", "integer >= 1"),
        ({"VALIDATION_STEPS": -1}, "VALIDATION_STEPS", "integer >= 0"),
        ({"DATA_WORKERS": -1}, "DATA_WORKERS", "integer >= 0"),
-       ({"BACKBONE": "resnet18"}, "BACKBONE", "'resnet50', 'resnet101'"),
+       ({"BACKBONE": "resnet152"}, "BACKBONE", "'resnet50', 'resnet101'"),
        ({"BACKBONE": staticmethod(lambda x, **k: x)}, "COMPUTE_BACKBONE_SHAPE",
         "COMPUTE_BACKBONE_SHAPE(image_shape)"),
        ({"BACKBONE_STRIDES": [4, 8, 16, 32]}, "BACKBONE_STRIDES", "5 strides"),
@@ -127,7 +127,7 @@ def test_to_dict_and_display(capsys):
     assert d["BATCH_SIZE"] == 8
     assert d["IMAGE_SHAPE"] == [128, 128, 3]  # arrays become lists
     assert d["MEAN_PIXEL"] == [123.7, 116.8, 103.9]
-    assert d["NORM"] == "frozen_bn"
+    assert d["NORM"] == ShapesConfig.NORM
     assert list(d) == sorted(d)
     assert all(k.isupper() for k in d)
     assert "validate" not in d

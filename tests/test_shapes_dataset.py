@@ -22,7 +22,7 @@ def test_config_validates():
     assert config.NUM_CLASSES == 4
     assert config.BATCH_SIZE == 8
     assert list(config.IMAGE_SHAPE) == [128, 128, 3]
-    assert config.BACKBONE == "resnet50"
+    assert config.BACKBONE in ("resnet18", "resnet34", "resnet50", "resnet101")
 
 
 def test_same_seed_same_dataset():
