@@ -6,29 +6,9 @@ do not matter) a five-conv backbone instead of ResNet-50, whose graph takes ~30 
 
 from __future__ import annotations
 
-import numpy as np
-from keras import layers
-
 from mrcnn.config import Config
+from mrcnn.tiny import tiny_backbone, tiny_backbone_shapes
 from samples.shapes.shapes import ShapesDataset
-
-
-def tiny_backbone(input_image, stage5=True, train_bn=None):
-    """Matterport-contract backbone: five strided convs -> [C1, C2, C3, C4, C5]."""
-    x = input_image
-    outputs = []
-    for i, (filters, stride) in enumerate([(16, 2), (32, 2), (32, 2), (64, 2), (64, 2)]):
-        x = layers.Conv2D(filters, 3, strides=stride, padding="same", activation="relu",
-                          kernel_initializer="he_normal", name=f"tiny_conv{i + 1}")(x)
-        outputs.append(x)
-    # Matterport's C1 is at stride 4 like C2; only C2..C5 are used.
-    return outputs
-
-
-def tiny_backbone_shapes(image_shape):
-    """Pyramid shapes of ``tiny_backbone`` (strides 4..64 for P2..P6)."""
-    return np.array([[int(np.ceil(image_shape[0] / s)), int(np.ceil(image_shape[1] / s))]
-                     for s in (4, 8, 16, 32, 64)])
 
 
 class TinyConfig(Config):
