@@ -733,6 +733,10 @@ class DataGenerator(keras.utils.PyDataset):
         no_augmentation_sources: dataset sources whose images are never augmented.
         batch_size: images per batch (default ``config.BATCH_SIZE``).
         seed: seed of the generator that shuffles and picks substitute images.
+        steps: batches per epoch (default: one pass over the images, the last batch
+            wrapping around). ``MaskRCNN.train`` passes STEPS_PER_EPOCH: Keras 3 keeps one
+            iterator over a PyDataset across epochs, so when ``len()`` and
+            ``steps_per_epoch`` differ, epochs silently run short.
         **pydataset_kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size`` of
             ``PyDataset`` (defaults: config.DATA_WORKERS, config.DATA_USE_MULTIPROCESSING).
     """
@@ -750,6 +754,7 @@ class DataGenerator(keras.utils.PyDataset):
         no_augmentation_sources: Sequence[str] | None = None,
         batch_size: int | None = None,
         seed: int | None = None,
+        steps: int | None = None,
         **pydataset_kwargs: Any,
     ) -> None:
         pydataset_kwargs.setdefault("workers", int(getattr(config, "DATA_WORKERS", 1)))
@@ -771,6 +776,9 @@ class DataGenerator(keras.utils.PyDataset):
             warnings.warn("detection_targets=True has no effect without random_rois > 0 "
                           "(as in Matterport)", stacklevel=2)
         self.batch_size = int(batch_size or config.BATCH_SIZE)
+        if steps is not None and int(steps) < 1:
+            raise ValueError(f"DataGenerator: steps must be >= 1, got {steps}")
+        self.steps = int(steps) if steps is not None else None
         self.use_mini_mask = bool(config.USE_MINI_MASK)
         self._augment = False  # Matterport's deprecated fliplr flag (data_generator only)
 
@@ -789,6 +797,8 @@ class DataGenerator(keras.utils.PyDataset):
         return self.image_ids.copy()
 
     def __len__(self) -> int:
+        if self.steps is not None:
+            return self.steps
         return math.ceil(self.image_ids.shape[0] / self.batch_size)
 
     def on_epoch_end(self) -> None:

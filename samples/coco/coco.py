@@ -1,0 +1,550 @@
+"""Mask R-CNN on MS COCO: training and the official evaluation (Matterport's samples/coco).
+
+Uses pycocotools to read the annotations and to compute the COCO metrics::
+
+    # Train from scratch (no download needed); heads, then ResNet stage 4+, then all
+    python samples/coco/coco.py train --dataset=/path/to/coco --year=2017 --model=none
+
+    # Continue the last run
+    python samples/coco/coco.py train --dataset=/path/to/coco --year=2017 --model=last
+
+    # Evaluate Matterport's released weights (mask_rcnn_coco.h5 in the repository root or
+    # downloaded with network) on the first 500 val2017 images, boxes and masks
+    python samples/coco/coco.py evaluate --dataset=/path/to/coco --year=2017 --model=coco --limit=500
+
+Dataset layout (as cocodataset.org ships it; ``--download`` fetches it with network)::
+
+    <dataset>/annotations/instances_<subset><year>.json
+    <dataset>/<subset><year>/<file_name>            e.g. val2017/000000000139.jpg
+
+2014 also knows Matterport's "minival" and "valminusminival" annotation files (their images
+are in val2014/).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from typing import Any, Sequence
+
+import numpy as np
+
+ROOT_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+if ROOT_DIR not in sys.path:
+    sys.path.append(ROOT_DIR)
+
+from mrcnn import utils  # noqa: E402
+from mrcnn.config import Config  # noqa: E402
+from samples import common  # noqa: E402
+from samples.common import fail  # noqa: E402
+
+DEFAULT_DATASET_YEAR = "2017"
+
+# Matterport's released COCO weights (downloaded there by --model=coco when missing).
+COCO_MODEL_PATH = common.COCO_WEIGHTS_PATH
+
+IMAGES_URL = "http://images.cocodataset.org/zips/{subset}{year}.zip"
+ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval{year}.zip"
+# Matterport's minival / valminusminival splits of val2014 (hosted by Matterport).
+MINIVAL_URLS = {
+    "minival": "https://dl.dropboxusercontent.com/s/o43o90bna78omob/"
+               "instances_minival2014.json.zip?dl=0",
+    "valminusminival": "https://dl.dropboxusercontent.com/s/s3tw5zcg7395368/"
+                       "instances_valminusminival2014.json.zip?dl=0",
+}
+
+# The 12 numbers of COCOeval.stats, in order.
+STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl",
+              "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+
+
+############################################################
+#  Configurations
+############################################################
+
+class CocoConfig(Config):
+    """Training on MS COCO (80 classes)."""
+
+    NAME = "coco"
+
+    # A 12 GB GPU fits two 1024x1024 images.
+    IMAGES_PER_GPU = 2
+
+    # Background + 80 classes. The command line takes the count from the annotation file
+    # (the same on the real dataset; smaller with a class subset).
+    NUM_CLASSES = 1 + 80
+
+    # NORM stays Matterport's frozen BatchNorm so that Matterport's mask_rcnn_coco.h5 and
+    # ImageNet weights load. Training from scratch (--model=none), set NORM = "gn"
+    # (frozen BN from random weights normalizes nothing).
+
+
+class CocoInferenceConfig(CocoConfig):
+    """One image at a time; every detection counts for COCO's AP."""
+
+    GPU_COUNT = 1
+    IMAGES_PER_GPU = 1
+    DETECTION_MIN_CONFIDENCE = 0
+
+
+############################################################
+#  Dataset
+############################################################
+
+def _pycocotools():
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+
+    return COCO, mask_utils
+
+
+def image_folder(dataset_dir: str, subset: str, year: str) -> str:
+    """``<dataset>/<subset><year>``; minival and valminusminival images are in val<year>."""
+    folder = "val" if subset in ("minival", "valminusminival") else subset
+    return os.path.join(dataset_dir, f"{folder}{year}")
+
+
+def annotation_file(dataset_dir: str, subset: str, year: str) -> str:
+    """``<dataset>/annotations/instances_<subset><year>.json``."""
+    return os.path.join(dataset_dir, "annotations", f"instances_{subset}{year}.json")
+
+
+def _download(url: str, path: str) -> None:
+    """Download ``url`` to ``path`` (through a temporary file); InputError on failure."""
+    print(f"Downloading {url} to {path} ...")
+    tmp = path + ".part"
+    try:
+        with urllib.request.urlopen(url) as response, open(tmp, "wb") as out:
+            shutil.copyfileobj(response, out)
+        os.replace(tmp, path)
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        fail(f"download of {url} failed ({common.one_line(err)}); without network, download "
+             f"the file by hand to {path}")
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _unzip(zip_path: str, target_dir: str) -> None:
+    print(f"Unzipping {zip_path} ...")
+    try:
+        with zipfile.ZipFile(zip_path) as archive:
+            archive.extractall(target_dir)
+    except (zipfile.BadZipFile, OSError) as err:
+        fail(f"cannot unzip {zip_path}: {common.one_line(err)}")
+
+
+def download_coco(dataset_dir: str, subset: str, year: str) -> None:
+    """Download and unzip the images and annotations of a subset when missing (Matterport).
+
+    Images come from images.cocodataset.org/zips/<subset><year>.zip, annotations from
+    annotations_trainval<year>.zip (or Matterport's minival files for 2014).
+
+    Raises:
+        InputError: a download or an unzip failed (no network, ...).
+    """
+    if subset in ("minival", "valminusminival") and year != "2014":
+        fail(f"subset {subset!r} exists for year 2014 only, not {year}")
+    os.makedirs(dataset_dir, exist_ok=True)
+    image_dir = image_folder(dataset_dir, subset, year)
+    if not os.path.isdir(image_dir):
+        zip_path = image_dir + ".zip"
+        folder = "val" if subset in MINIVAL_URLS else subset
+        _download(IMAGES_URL.format(subset=folder, year=year), zip_path)
+        _unzip(zip_path, dataset_dir)
+    print(f"Will use images in {image_dir}")
+
+    ann_dir = os.path.join(dataset_dir, "annotations")
+    ann_file = annotation_file(dataset_dir, subset, year)
+    os.makedirs(ann_dir, exist_ok=True)
+    if not os.path.isfile(ann_file):
+        if subset in MINIVAL_URLS:
+            url, zip_path, unzip_dir = (MINIVAL_URLS[subset],
+                                        os.path.join(dataset_dir,
+                                                     f"instances_{subset}2014.json.zip"),
+                                        ann_dir)
+        else:
+            url, zip_path, unzip_dir = (ANNOTATIONS_URL.format(year=year),
+                                        os.path.join(dataset_dir,
+                                                     f"annotations_trainval{year}.zip"),
+                                        dataset_dir)
+        if not os.path.isfile(zip_path):
+            _download(url, zip_path)
+        _unzip(zip_path, unzip_dir)
+    print(f"Will use annotations in {ann_file}")
+
+
+def read_coco(path: str):
+    """``pycocotools.coco.COCO(path)`` with bad files reported as one InputError line."""
+    import contextlib
+    import io
+
+    COCO, _ = _pycocotools()
+    common.require_file(path, "annotation file")
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return COCO(path)
+    except json.JSONDecodeError as err:
+        fail(f"{path}: malformed JSON ({err})")
+    except (KeyError, TypeError, AttributeError, ValueError) as err:
+        fail(f"{path}: not a COCO instances file ({type(err).__name__}: {err})")
+
+
+class CocoDataset(utils.Dataset):
+    """MS COCO (or any dataset in its annotation format) through pycocotools."""
+
+    def load_coco(self, dataset_dir: str, subset: str, year: str = DEFAULT_DATASET_YEAR,
+                  class_ids: Sequence[int] | None = None, class_map: Any = None,
+                  return_coco: bool = False, auto_download: bool = False):
+        """Register the images of a subset.
+
+        Args:
+            dataset_dir: root of the dataset.
+            subset: "train", "val", or for 2014 "minival" / "valminusminival".
+            year: "2014" or "2017", as a string.
+            class_ids: load only these COCO category ids (and the images that have them).
+            class_map: unused (Matterport's placeholder).
+            return_coco: return the ``COCO`` object.
+            auto_download: download missing images and annotations (needs network).
+
+        Returns:
+            The ``COCO`` object when ``return_coco``.
+
+        Raises:
+            InputError: missing files or folders, a malformed annotation file, unknown
+                class ids, a failed download.
+        """
+        year = str(year)
+        if auto_download:
+            self.auto_download(dataset_dir, subset, year)
+        common.require_dir(dataset_dir, "dataset folder")
+        coco = read_coco(annotation_file(dataset_dir, subset, year))
+        image_dir = image_folder(dataset_dir, subset, year)
+        common.require_dir(image_dir, "image folder")
+
+        all_class_ids = sorted(coco.getCatIds())
+        if class_ids:
+            unknown = sorted(set(class_ids) - set(all_class_ids))
+            if unknown:
+                fail(f"class ids {unknown} are not categories of "
+                     f"{annotation_file(dataset_dir, subset, year)}")
+            class_ids = sorted(class_ids)
+            image_ids = sorted({i for c in class_ids for i in coco.getImgIds(catIds=[c])})
+        else:
+            # All classes; as Matterport, only images with at least one annotation.
+            class_ids = all_class_ids
+            image_ids = sorted({i for c in class_ids for i in coco.getImgIds(catIds=[c])})
+
+        for i in class_ids:
+            self.add_class("coco", i, coco.loadCats(i)[0]["name"])
+        for i in image_ids:
+            info = coco.imgs[i]
+            self.add_image(
+                "coco", image_id=i, path=os.path.join(image_dir, info["file_name"]),
+                width=info["width"], height=info["height"],
+                annotations=coco.loadAnns(coco.getAnnIds(imgIds=[i], catIds=class_ids,
+                                                         iscrowd=None)))
+        if return_coco:
+            return coco
+        return None
+
+    def auto_download(self, dataDir: str, dataType: str, dataYear: str) -> None:
+        """Download missing images and annotations (Matterport's method; see download_coco)."""
+        download_coco(dataDir, dataType, str(dataYear))
+
+    def load_mask(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Instance masks of a COCO image.
+
+        Crowd annotations get NEGATIVE class ids (Matterport's convention): the training
+        pipeline uses them to ignore ROIs that mostly cover a crowd, never as targets.
+        Annotations whose mask rounds to no pixel are skipped.
+
+        Returns:
+            masks: bool [height, width, N].
+            class_ids: int32 [N] internal class ids, negative for crowds.
+        """
+        info = self.image_info[image_id]
+        if info["source"] != "coco":
+            return super().load_mask(image_id)
+        height, width = info["height"], info["width"]
+        masks, class_ids = [], []
+        for annotation in info["annotations"]:
+            class_id = self.class_from_source_map.get(f"coco.{annotation['category_id']}")
+            if not class_id:
+                continue
+            m = self.annToMask(annotation, height, width)
+            if m.max() < 1:  # smaller than a pixel
+                continue
+            if annotation.get("iscrowd"):
+                class_id *= -1
+                if m.shape != (height, width):  # some crowd RLEs have another size
+                    m = np.ones([height, width], dtype=bool)
+            masks.append(m.astype(bool))
+            class_ids.append(class_id)
+        if not class_ids:
+            return super().load_mask(image_id)
+        return np.stack(masks, axis=2), np.array(class_ids, dtype=np.int32)
+
+    def image_reference(self, image_id: int) -> str:
+        """Link to the image on the COCO website."""
+        info = self.image_info[image_id]
+        if info["source"] == "coco":
+            return f"http://cocodataset.org/#explore?id={info['id']}"
+        return super().image_reference(image_id)
+
+    # Matterport's versions of pycocotools' COCO.annToRLE / annToMask, with the image
+    # size given (our images need no COCO object).
+    def annToRLE(self, ann: dict, height: int, width: int) -> dict:
+        """Polygons, uncompressed or compressed RLE -> compressed RLE."""
+        _, mask_utils = _pycocotools()
+        segm = ann["segmentation"]
+        if isinstance(segm, list):  # polygons: one object may have several parts
+            return mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
+        if isinstance(segm["counts"], list):  # uncompressed RLE
+            return mask_utils.frPyObjects(segm, height, width)
+        return segm
+
+    def annToMask(self, ann: dict, height: int, width: int) -> np.ndarray:
+        """Annotation -> uint8 [height, width] binary mask."""
+        _, mask_utils = _pycocotools()
+        return mask_utils.decode(self.annToRLE(ann, height, width))
+
+
+############################################################
+#  COCO evaluation
+############################################################
+
+def build_coco_results(dataset: CocoDataset, image_ids: Sequence[int], rois: np.ndarray,
+                       class_ids: np.ndarray, scores: np.ndarray,
+                       masks: np.ndarray | None) -> list[dict]:
+    """Detections of one image as COCO result dicts (http://cocodataset.org/#format).
+
+    Args:
+        dataset: the dataset (maps internal class ids back to COCO category ids).
+        image_ids: COCO image id(s) the detections belong to; as in Matterport, pass a
+            one-element list (each id gets all the detections).
+        rois: [N, (y1, x1, y2, x2)] pixel boxes.
+        class_ids: [N] internal class ids.
+        scores: [N].
+        masks: [H, W, N] masks, or None for box-only results.
+
+    Returns:
+        A list of {"image_id", "category_id", "bbox" [x, y, w, h], "score",
+        "segmentation" (compressed RLE)} with plain Python values.
+    """
+    from mrcnn import coco_eval
+
+    if rois is None:
+        return []
+    rois = np.asarray(rois).reshape(-1, 4)
+    rles = coco_eval.masks_to_rle(np.asarray(masks)) if masks is not None else None
+    results = []
+    for image_id in image_ids:
+        for i in range(rois.shape[0]):
+            y1, x1, y2, x2 = (float(v) for v in np.around(rois[i], 1))
+            result = {
+                "image_id": int(image_id),
+                "category_id": int(dataset.get_source_class_id(int(class_ids[i]), "coco")),
+                "bbox": [x1, y1, x2 - x1, y2 - y1],
+                "score": float(scores[i]),
+            }
+            if rles is not None:
+                result["segmentation"] = rles[i]
+            results.append(result)
+    return results
+
+
+def detect_coco(model, dataset: CocoDataset, limit: int = 0,
+                image_ids: Sequence[int] | None = None) -> tuple[list[dict], list[int], float]:
+    """Run the model on the images and collect COCO results.
+
+    Returns:
+        results (see ``build_coco_results``), the COCO image ids, prediction seconds.
+    """
+    image_ids = list(dataset.image_ids if image_ids is None else image_ids)
+    if limit:
+        image_ids = image_ids[:limit]
+    coco_image_ids = [dataset.image_info[i]["id"] for i in image_ids]
+    results, t_prediction = [], 0.0
+    for k, image_id in enumerate(image_ids):
+        image = common.load_dataset_image(dataset, image_id)
+        t = time.time()
+        r = model.detect([image], verbose=0)[0]
+        t_prediction += time.time() - t
+        results.extend(build_coco_results(dataset, coco_image_ids[k:k + 1], r["rois"],
+                                          r["class_ids"], r["scores"], r["masks"]))
+    return results, coco_image_ids, t_prediction
+
+
+def coco_stats(coco, results: list[dict], eval_type: str,
+               coco_image_ids: Sequence[int]) -> np.ndarray:
+    """COCOeval of ``results`` against ``coco``; prints the standard table.
+
+    With no results at all (pycocotools' loadRes cannot take an empty list) nothing is
+    evaluated: a message is printed and the stats are all zeros.
+
+    Returns:
+        float64 [12]: COCOeval.stats (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100,
+        ARs, ARm, ARl).
+    """
+    import contextlib
+    import copy
+    import io
+
+    from pycocotools.cocoeval import COCOeval
+
+    if eval_type not in ("bbox", "segm"):
+        raise ValueError(f"eval_type must be 'bbox' or 'segm', got {eval_type!r}")
+    if not results:
+        print(f"No detections on the {len(coco_image_ids)} images: nothing to evaluate, "
+              f"{eval_type} stats are all 0.")
+        return np.zeros(len(STAT_NAMES))
+    if eval_type == "bbox":
+        results = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_results = coco.loadRes(copy.deepcopy(results))  # loadRes adds fields
+    coco_eval = COCOeval(coco, coco_results, eval_type)
+    coco_eval.params.imgIds = list(coco_image_ids)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_eval.evaluate()
+        coco_eval.accumulate()
+    print(f"COCO {eval_type} evaluation on {len(coco_image_ids)} images, "
+          f"{len(results)} detections:")
+    coco_eval.summarize()
+    return np.asarray(coco_eval.stats, dtype=np.float64)
+
+
+def evaluate_coco(model, dataset: CocoDataset, coco, eval_type: str = "bbox", limit: int = 0,
+                  image_ids: Sequence[int] | None = None) -> np.ndarray:
+    """Official COCO evaluation of ``model`` on ``dataset`` (Matterport's function).
+
+    Args:
+        model: an inference ``MaskRCNN``.
+        dataset: prepared ``CocoDataset`` (loaded with ``return_coco=True`` for ``coco``).
+        coco: the ``COCO`` ground truth object.
+        eval_type: "bbox" or "segm".
+        limit: evaluate the first ``limit`` images only (0: all).
+        image_ids: internal image ids to use (default: all of the dataset).
+
+    Returns:
+        The 12 COCOeval stats (zeros when there is no detection at all).
+    """
+    t_start = time.time()
+    results, coco_image_ids, t_prediction = detect_coco(model, dataset, limit, image_ids)
+    stats = coco_stats(coco, results, eval_type, coco_image_ids)
+    count = max(len(coco_image_ids), 1)
+    print(f"Prediction time: {t_prediction:.1f} s. Average {t_prediction / count:.3f} s/image")
+    print(f"Total time: {time.time() - t_start:.1f} s")
+    return stats
+
+
+############################################################
+#  Command line
+############################################################
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="coco.py", description="Train Mask R-CNN on MS COCO.")
+    parser.add_argument("command", choices=("train", "evaluate"))
+    parser.add_argument("--dataset", required=True, metavar="/path/to/coco/",
+                        help="root folder of the MS-COCO dataset")
+    parser.add_argument("--year", default=DEFAULT_DATASET_YEAR, choices=("2014", "2017"),
+                        help=f"dataset year (default {DEFAULT_DATASET_YEAR})")
+    common.add_weights_argument(parser, "--model")
+    common.add_common_arguments(parser)
+    parser.add_argument("--limit", type=int, default=500,
+                        help="evaluate: images to use, 0 for all (default 500)")
+    parser.add_argument("--eval-type", choices=("bbox", "segm", "both"), default="both",
+                        help="evaluate: box AP, mask AP or both (default both)")
+    parser.add_argument("--download", action="store_true",
+                        help="download and unzip missing MS-COCO files (needs network)")
+    common.add_schedule_arguments(parser, [
+        (["--heads-epochs"], "train: heads up to this epoch (default 40)"),
+        (["--fourplus-epochs"], "train: then ResNet stage 4 and up to this epoch (default 120)"),
+        (["--all-epochs"], "train: then all layers, at lr/10, up to this epoch (default 160)")])
+    return parser
+
+
+def _exclude_heads(spec: str, num_classes: int) -> bool:
+    if spec.lower() == "coco" and num_classes != CocoConfig.NUM_CLASSES:
+        print(f"{num_classes - 1} classes instead of 80: the class-specific heads of the "
+              "COCO weights are not loaded")
+        return True
+    return False
+
+
+def run(args: argparse.Namespace) -> Any:
+    """Run a parsed command line (errors of the input raise ``InputError``)."""
+    tiny = common.tiny_requested(args)
+    common.check_weights_spec(args.model, CocoConfig, args.logs, tiny)
+    year = args.year
+    print(f"Command: {args.command}  Model: {args.model}  Dataset: {args.dataset}  "
+          f"Year: {year}  Logs: {args.logs}  Auto download: {args.download}")
+    val_type = "val" if year == "2017" else "minival"
+
+    if args.command == "train":
+        epochs = common.stage_epochs(
+            [args.heads_epochs, args.fourplus_epochs, args.all_epochs], [40, 120, 160], tiny)
+        # As in the Mask R-CNN paper: train + valminusminival (35k val images) for 2014.
+        dataset_train = CocoDataset()
+        dataset_train.load_coco(args.dataset, "train", year=year, auto_download=args.download)
+        if year == "2014":
+            dataset_train.load_coco(args.dataset, "valminusminival", year=year,
+                                    auto_download=args.download)
+        dataset_train.prepare()
+        dataset_val = CocoDataset()
+        dataset_val.load_coco(args.dataset, val_type, year=year, auto_download=args.download)
+        dataset_val.prepare()
+
+        num_classes = dataset_train.num_classes
+        model = common.setup_model("training", CocoConfig, args.model, args.logs, tiny,
+                                   exclude_heads=_exclude_heads(args.model, num_classes),
+                                   NUM_CLASSES=num_classes)
+        import albumentations as A
+
+        lr = args.lr or model.config.LEARNING_RATE
+        common.run_schedule(model, dataset_train, dataset_val, [
+            ("Training network heads", "heads", epochs[0], lr),
+            ("Fine tune Resnet stage 4 and up", "4+", epochs[1], lr),
+            ("Fine tune all layers", "all", epochs[2], lr / 10),
+        ], augmentation=A.HorizontalFlip(p=0.5))
+        return None
+
+    dataset_val = CocoDataset()
+    coco = dataset_val.load_coco(args.dataset, val_type, year=year, return_coco=True,
+                                 auto_download=args.download)
+    dataset_val.prepare()
+    num_classes = dataset_val.num_classes
+    model = common.setup_model("inference", CocoInferenceConfig, args.model, args.logs, tiny,
+                               exclude_heads=_exclude_heads(args.model, num_classes),
+                               NUM_CLASSES=num_classes)
+    eval_types = ("bbox", "segm") if args.eval_type == "both" else (args.eval_type,)
+    count = min(args.limit, len(dataset_val.image_ids)) if args.limit else len(
+        dataset_val.image_ids)
+    print(f"Running COCO evaluation on {count} images.")
+    t_start = time.time()
+    # Detect once, evaluate boxes and masks from the same detections.
+    results, coco_image_ids, t_prediction = detect_coco(model, dataset_val, args.limit)
+    stats = {}
+    for eval_type in eval_types:
+        stats[eval_type] = coco_stats(coco, results, eval_type, coco_image_ids)
+        print(f"{eval_type} stats: " + " ".join(f"{v:.4f}" for v in stats[eval_type]))
+    print(f"Prediction time: {t_prediction:.1f} s. Average "
+          f"{t_prediction / max(len(coco_image_ids), 1):.3f} s/image")
+    print(f"Total time: {time.time() - t_start:.1f} s")
+    return stats
+
+
+def main(argv: Sequence[str] | None = None) -> Any:
+    """Command line entry point; see the module docstring."""
+    return common.run_main(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    main()

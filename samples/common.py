@@ -1,0 +1,550 @@
+"""Command-line helpers shared by the nucleus, balloon and coco samples.
+
+The samples are meant to be copied as the start of a project, so what they have in common
+lives here rather than three times in slightly different versions:
+
+- ``cli_errors``: bad input (a missing folder, a malformed annotation file, an unreadable
+  image) ends the program with ONE line on stderr naming the file and exit status 2, not a
+  traceback. Code raises ``InputError`` (or calls ``fail``) for such cases.
+- ``resolve_weights`` / ``load_weights``: Matterport's ``--weights`` keywords
+  ``none | last | imagenet | coco | PATH``. ``none``, ``last`` and a path work offline;
+  ``imagenet`` and ``coco`` download files and fail with one clear line without network.
+- ``make_config``: builds a Config subclass with overrides, and for tests a *tiny* variant
+  (``mrcnn.tiny.tiny_config``: 64 px images, a five-conv backbone, a handful of ROIs; one
+  step per epoch) when ``--tiny`` is given or the environment variable ``MRCNN_TINY=1`` is
+  set, so that the real command lines can be exercised end to end on a CPU in seconds.
+- ``norm_for_weights``: NORM follows the weights (frozen BatchNorm for Matterport's
+  ImageNet/COCO files and checkpoints trained from them, GroupNorm for GN checkpoints), so
+  a by-name load never silently skips the normalization layers.
+- ``setup_model``: config + ``MaskRCNN`` + weights, as every command starts;
+  ``run_main``: parse, run, report bad input; ``add_schedule_arguments``,
+  ``stack_instance_masks``: the pieces the samples' parsers and one-class datasets share.
+- ``run_schedule``: Matterport's stage-wise training (heads, then deeper layers), skipping
+  stages that a resumed run (``--weights=last``) has already completed.
+
+Nothing here imports TensorFlow or Keras at module level: a sample validates its command
+line and its dataset first, and only then builds the model, so bad input fails fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import os
+import sys
+from typing import Any, Callable, Iterator, NoReturn, Sequence
+
+import numpy as np
+
+ROOT_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+if ROOT_DIR not in sys.path:
+    sys.path.append(ROOT_DIR)
+
+from mrcnn import utils  # noqa: E402  (NumPy only)
+from mrcnn.config import Config  # noqa: E402  (NumPy only)
+
+# Checkpoints and TensorBoard logs, unless --logs says otherwise.
+DEFAULT_LOGS_DIR = os.path.join(ROOT_DIR, "logs")
+
+# Where --weights=coco looks for (and, with network, downloads) Matterport's COCO weights.
+COCO_WEIGHTS_PATH = os.path.join(ROOT_DIR, "mask_rcnn_coco.h5")
+
+# Class-specific layers: skipped when starting from weights trained on other classes.
+HEAD_LAYERS = ("mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask")
+
+WEIGHT_KEYWORDS = ("none", "last", "imagenet", "coco")
+
+# Environment switch for the tiny test configuration (same as the hidden --tiny flag).
+TINY_ENV = "MRCNN_TINY"
+
+############################################################
+#  Errors
+############################################################
+
+class InputError(ValueError):
+    """Bad input from the user (paths, annotation files, images, arguments).
+
+    The command lines print it as one line ``<prog>: error: <message>`` and exit with
+    status 2; library users get an ordinary ``ValueError`` subclass.
+    """
+
+
+def fail(message: str) -> NoReturn:
+    """Raise ``InputError(message)``."""
+    raise InputError(message)
+
+
+def one_line(text: Any) -> str:
+    """Collapse a (possibly multi-line) message into one line."""
+    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
+
+
+@contextlib.contextmanager
+def cli_errors(prog: str) -> Iterator[None]:
+    """Turn ``InputError`` into one stderr line and ``SystemExit(2)`` (argparse's style).
+
+    Args:
+        prog: program name printed in front of the message, e.g. "nucleus.py".
+    """
+    try:
+        yield
+    except InputError as err:
+        sys.stdout.flush()
+        print(f"{prog}: error: {one_line(err)}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run_main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace], Any],
+             argv: Sequence[str] | None = None) -> Any:
+    """Parse ``argv`` and call ``run(args)``; ``InputError`` becomes one line, exit 2.
+
+    Args:
+        parser: the sample's parser.
+        run: runs the parsed command; raises ``InputError`` on bad input.
+        argv: the arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        What ``run`` returns (tests call ``main([...])`` in-process and check it).
+    """
+    args = parser.parse_args(argv)
+    with cli_errors(parser.prog):
+        return run(args)
+
+
+def require_dir(path: str | None, what: str, hint: str = "") -> str:
+    """Return ``path`` if it is a folder; otherwise fail naming it."""
+    if not path:
+        fail(f"{what} not given{hint and ' (' + hint + ')'}")
+    if not os.path.isdir(path):
+        fail(f"{what} not found: {path}{hint and ' (' + hint + ')'}")
+    return path
+
+
+def require_file(path: str | None, what: str) -> str:
+    """Return ``path`` if it is a file; otherwise fail naming it."""
+    if not path:
+        fail(f"{what} not given")
+    if not os.path.isfile(path):
+        fail(f"{what} not found: {path}")
+    return path
+
+
+def verify_image(path: str) -> tuple[int, int]:
+    """Check that an image file can be decoded (header and chunk checksums, via Pillow).
+
+    Cheap enough to run over a whole dataset before training starts, so that a corrupt
+    file is reported by name at once rather than hours later.
+
+    Returns:
+        (height, width) from the header.
+
+    Raises:
+        InputError: naming the file.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            image.verify()
+    except FileNotFoundError:
+        fail(f"image file not found: {path}")
+    except Exception as err:  # Pillow raises many types for broken files
+        fail(f"cannot read image {path}: {one_line(err) or type(err).__name__}")
+    return int(height), int(width)
+
+
+def load_dataset_image(dataset: utils.Dataset, image_id: int) -> np.ndarray:
+    """``dataset.load_image`` with read errors turned into ``InputError`` naming the file."""
+    try:
+        return dataset.load_image(image_id)
+    except (OSError, ValueError) as err:
+        path = dataset.image_info[image_id].get("path")
+        cause = err.__cause__ or err
+        fail(f"cannot read image {path}: {one_line(cause) or type(cause).__name__}")
+
+
+def read_image(path: str) -> np.ndarray:
+    """Read any image file as [H, W, 3] uint8 RGB (gray, RGBA and 16-bit handled).
+
+    Raises:
+        InputError: the file is missing or cannot be decoded.
+    """
+    require_file(path, "image file")
+    files = utils.Dataset()  # the base class reads files the library's way
+    files.add_image("file", image_id=0, path=path)
+    return load_dataset_image(files, 0)
+
+
+def timestamp() -> str:
+    """Current time as Matterport names result files: 20260101T120000."""
+    return f"{datetime.datetime.now():%Y%m%dT%H%M%S}"
+
+
+############################################################
+#  Configuration
+############################################################
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """--logs and --tiny."""
+    parser.add_argument("--logs", default=DEFAULT_LOGS_DIR, metavar="/path/to/logs/",
+                        help=f"logs and checkpoints folder (default: {DEFAULT_LOGS_DIR})")
+    parser.add_argument("--tiny", action="store_true",
+                        help="smoke-test mode: a seconds-per-step tiny model (64 px, five-conv "
+                             f"backbone), one step per epoch; also {TINY_ENV}=1. Results are "
+                             "meaningless; it checks that data, training and outputs work")
+
+
+def add_schedule_arguments(parser: argparse.ArgumentParser,
+                           stages: Sequence[tuple[Sequence[str], str]]) -> None:
+    """One "train up to this epoch" option per stage of a schedule, then --lr.
+
+    Args:
+        parser: the sample's parser.
+        stages: (flags, help) per stage, e.g. ``(["--heads-epochs"], "train: heads up to
+            this epoch (default 20)")``; the value is an int or None (not given).
+    """
+    for flags, text in stages:
+        parser.add_argument(*flags, type=int, default=None, help=text)
+    parser.add_argument("--lr", type=float, default=None,
+                        help="train: learning rate (default: config.LEARNING_RATE)")
+
+
+def tiny_requested(args: Any = None) -> bool:
+    """True when ``--tiny`` was given or ``MRCNN_TINY`` is set to 1/true/yes/on."""
+    if getattr(args, "tiny", False):
+        return True
+    return os.environ.get(TINY_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def tiny_overrides(base: type[Config]) -> dict[str, Any]:
+    """What ``--tiny`` changes on top of ``mrcnn.tiny.tiny_config``: one training and one
+    validation step per epoch, at most two images per batch."""
+    return {"IMAGES_PER_GPU": min(int(base.IMAGES_PER_GPU), 2),
+            "STEPS_PER_EPOCH": 1, "VALIDATION_STEPS": 1}
+
+
+def make_config(base: type[Config], tiny: bool = False, *, weights: str | None = None,
+                model_dir: str = DEFAULT_LOGS_DIR, **overrides: Any) -> Config:
+    """Instantiate ``base`` with class-attribute overrides (or its tiny test variant).
+
+    Config computes derived attributes in ``__init__``, so overrides are applied on a
+    subclass rather than on the instance.
+
+    Args:
+        base: a Config subclass, e.g. ``NucleusConfig``.
+        tiny: build ``mrcnn.tiny.tiny_config(base, ...)`` instead: 64 px images, a
+            five-conv backbone, a few ROIs (``TINY_SETTINGS``) and ``tiny_overrides``.
+            Its NAME is "tiny<name>", so tiny checkpoints never mix with real ones under
+            ``--logs`` (``--weights=last`` with ``--tiny`` finds the last tiny run).
+        weights: the --weights value; NORM then follows the weights (``norm_for_weights``).
+        model_dir: the --logs folder (to find "last").
+        **overrides: attribute values, e.g. STEPS_PER_EPOCH=100 (tiny settings win).
+
+    Returns:
+        The configuration instance.
+
+    Raises:
+        InputError: the resulting configuration is invalid (Config's message).
+    """
+    if weights is not None:
+        overrides = {**norm_for_weights(weights, base, model_dir, tiny), **overrides}
+    try:
+        if tiny:
+            from mrcnn.tiny import tiny_config
+
+            return tiny_config(base, **{**overrides, **tiny_overrides(base)})
+        cls = type(base.__name__, (base,), overrides) if overrides else base
+        return cls()
+    except ValueError as err:
+        fail(str(err))
+
+
+def stage_epochs(values: Sequence[int | None], defaults: Sequence[int],
+                 tiny: bool = False) -> list[int]:
+    """Epoch to train up to for each stage of a schedule.
+
+    Args:
+        values: the command-line values (None: not given).
+        defaults: Matterport's schedule.
+        tiny: when a value was not given, every stage ends at epoch 1: only the first
+            stage trains (one epoch of one step), the later ones are skipped.
+
+    Returns:
+        One epoch number per stage.
+    """
+    out = []
+    for value, default in zip(values, defaults):
+        if value is None:
+            value = 1 if tiny else default
+        if value < 0:
+            fail(f"epochs must be >= 0, got {value}")
+        out.append(int(value))
+    return out
+
+
+############################################################
+#  Model and weights
+############################################################
+
+def build_model(mode: str, config: Config, model_dir: str):
+    """``modellib.MaskRCNN(mode, config, model_dir)``; imports the model code lazily."""
+    from mrcnn import model as modellib
+
+    return modellib.MaskRCNN(mode=mode, config=config, model_dir=model_dir)
+
+
+def add_weights_argument(parser: argparse.ArgumentParser, flag: str = "--weights",
+                         required: bool = True) -> None:
+    """Matterport's --weights (or --model) argument."""
+    parser.add_argument(flag, required=required, metavar="none|last|imagenet|coco|PATH",
+                        help="weights to start from: 'none' (random init), 'last' (latest "
+                             "checkpoint under --logs), 'imagenet' or 'coco' (downloaded: "
+                             "need network), or the path of a weights file")
+
+
+def find_last(name: str, model_dir: str) -> str:
+    """``MaskRCNN.find_last`` for a config NAME, before any model is built.
+
+    Raises:
+        FileNotFoundError: no checkpoint of ``name`` under ``model_dir``.
+    """
+    import types
+
+    from mrcnn import model as modellib
+
+    finder = types.SimpleNamespace(config=types.SimpleNamespace(NAME=name),
+                                   model_dir=model_dir)
+    return modellib.MaskRCNN.find_last(finder)
+
+
+def check_weights_spec(spec: str, base: type[Config] | None = None,
+                       model_dir: str = DEFAULT_LOGS_DIR, tiny: bool = False) -> None:
+    """Fail early, before the dataset is read and the model built, on a weights file that
+    does not exist or (with ``base``) a "last" that finds no checkpoint.
+
+    Args:
+        spec: the --weights value.
+        base: the sample's Config class (its NAME, "tiny<NAME>" with ``tiny``).
+        model_dir: the --logs folder.
+        tiny: --tiny.
+    """
+    keyword = spec.lower()
+    if keyword not in WEIGHT_KEYWORDS and not os.path.isfile(spec):
+        fail(f"weights file not found: {spec} (expected a file or one of "
+             f"{', '.join(WEIGHT_KEYWORDS)})")
+    if keyword == "last" and base is not None:
+        name = ("tiny" if tiny else "") + str(base.NAME)
+        try:
+            find_last(name.lower(), model_dir)
+        except FileNotFoundError as err:
+            fail(f"--weights=last: no checkpoint of '{name}' found under {model_dir} "
+                 f"({err.strerror or err}); train first or give a path")
+
+
+# NORM values whose layers hold BatchNorm weights (None: derived from TRAIN_BN).
+BATCH_NORMS = (None, "frozen_bn", "bn")
+
+
+def norm_for_weights(spec: str, base: type[Config], model_dir: str,
+                     tiny: bool = False) -> dict[str, Any]:
+    """Config override that makes NORM match the weights about to be loaded.
+
+    The samples default to GroupNorm (they train from scratch here). Matterport's ImageNet
+    and COCO files, and checkpoints trained from them, hold BatchNorm layers (``bn_conv1``,
+    ...), which a GroupNorm model would silently leave out when loading by name. So:
+    "imagenet" and "coco" give frozen BatchNorm (``NORM=None``, as Matterport trained); a
+    path or "last" is looked at: BatchNorm layers give ``NORM=None``, GroupNorm layers
+    ``NORM="gn"``; anything else (no file yet, another layout) keeps the config's.
+
+    Args:
+        spec: the --weights value.
+        base: the sample's Config class (its NAME finds "last").
+        model_dir: the --logs folder.
+        tiny: --tiny (its own settings decide; nothing is overridden).
+
+    Returns:
+        {} or {"NORM": ...}, for ``make_config``.
+    """
+    keyword = spec.lower()
+    if tiny or keyword == "none":
+        return {}
+    if keyword in ("imagenet", "coco"):
+        norm = None
+    else:
+        path = spec
+        if keyword == "last":
+            try:
+                path = find_last(str(base.NAME).lower(), model_dir)
+            except FileNotFoundError:
+                return {}  # resolve_weights reports it
+        norm = weights_norm(path)
+        if norm == "unknown":
+            return {}
+    if (norm in BATCH_NORMS) == (base.NORM in BATCH_NORMS):
+        return {}
+    print(f"NORM={norm!r} to match the weights ({spec}) instead of the config's "
+          f"{base.NORM!r}")
+    return {"NORM": norm}
+
+
+def weights_norm(path: str) -> str | None:
+    """Normalization of the backbone in an HDF5 weights file of Matterport's layout.
+
+    Returns:
+        None (BatchNorm layers: ``bn_conv1``), "gn" (``gn_conv1``), or "unknown".
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            root = f["model_weights"] if "model_weights" in f else f
+            names = {n.decode("utf8") if isinstance(n, bytes) else str(n)
+                     for n in root.attrs.get("layer_names", [])}
+    except OSError:
+        return "unknown"  # load_weights reports an unreadable file
+    if "bn_conv1" in names:
+        return None
+    if "gn_conv1" in names:
+        return "gn"
+    return "unknown"
+
+
+def stack_instance_masks(masks: Sequence[np.ndarray], height: int,
+                         width: int) -> tuple[np.ndarray, np.ndarray]:
+    """``load_mask``'s output for one-class datasets: empty masks dropped, class id 1.
+
+    Args:
+        masks: bool [height, width] masks, one per instance.
+        height, width: the image size (for the empty result).
+
+    Returns:
+        masks: bool [height, width, N]; class_ids: int32 [N] of ones.
+    """
+    masks = [np.asarray(m, dtype=bool) for m in masks]
+    masks = [m for m in masks if m.any()]
+    if not masks:
+        return np.zeros([height, width, 0], dtype=bool), np.zeros([0], dtype=np.int32)
+    return np.stack(masks, axis=-1), np.ones([len(masks)], dtype=np.int32)
+
+
+def resolve_weights(model, spec: str, coco_path: str = COCO_WEIGHTS_PATH) -> str | None:
+    """Path of the weights that ``spec`` names (Matterport's keywords).
+
+    Args:
+        model: the ``MaskRCNN`` (for ``find_last`` and ``get_imagenet_weights``).
+        spec: "none", "last", "imagenet", "coco" or a path.
+        coco_path: where the COCO weights are, or are downloaded to.
+
+    Returns:
+        The path, or None for "none".
+
+    Raises:
+        InputError: no checkpoint for "last", a failed download, a missing file.
+    """
+    keyword = spec.lower()
+    if keyword == "none":
+        return None
+    if keyword == "last":
+        try:
+            return model.find_last()
+        except FileNotFoundError as err:
+            fail(f"--weights=last: no checkpoint of '{model.config.NAME}' found under "
+                 f"{model.model_dir} ({err.strerror or err}); train first or give a path")
+    if keyword == "imagenet":
+        try:
+            return model.get_imagenet_weights()
+        except RuntimeError as err:
+            fail(f"--weights=imagenet needs network access: {one_line(err)}")
+    if keyword == "coco":
+        if not os.path.isfile(coco_path):
+            try:
+                utils.download_trained_weights(coco_path)
+            except RuntimeError as err:
+                fail(f"--weights=coco needs network access: {one_line(err)}")
+        return coco_path
+    check_weights_spec(spec)
+    return spec
+
+
+def load_weights(model, spec: str, exclude_heads: bool = False,
+                 coco_path: str = COCO_WEIGHTS_PATH) -> str | None:
+    """Resolve ``spec`` and load it into ``model`` by layer name, as Matterport's samples.
+
+    Args:
+        model: the ``MaskRCNN``.
+        spec: see ``resolve_weights``.
+        exclude_heads: with "coco", skip the class-specific ``HEAD_LAYERS`` (the target
+            dataset has other classes).
+        coco_path: see ``resolve_weights``.
+
+    Returns:
+        The path loaded, or None ("none": the model keeps its random initialization).
+
+    Raises:
+        InputError: see ``resolve_weights``; or the file does not fit the model.
+    """
+    path = resolve_weights(model, spec, coco_path)
+    if path is None:
+        print("Weights: none (random initialization)")
+        return None
+    from mrcnn import model as modellib
+
+    exclude = list(HEAD_LAYERS) if exclude_heads and spec.lower() == "coco" else None
+    # Our checkpoints and Matterport-format files load by layer name (lenient, as
+    # Matterport's samples did); a Keras 3 .weights.h5 file can only be loaded whole.
+    by_name = not modellib.is_keras3_weights_file(path)
+    print(f"Loading weights {path}")
+    try:
+        model.load_weights(path, by_name=by_name, exclude=exclude if by_name else None)
+    except (ValueError, OSError) as err:
+        fail(f"cannot load weights {path}: {one_line(err)}")
+    return path
+
+
+def setup_model(mode: str, base: type[Config], weights: str, model_dir: str,
+                tiny: bool = False, exclude_heads: bool = False, **overrides: Any):
+    """What every sample command does before its work: config, model, weights.
+
+    ``make_config`` (NORM following the weights, tiny variant with ``tiny``), print the
+    config, build ``MaskRCNN(mode, config, model_dir)`` and ``load_weights``.
+
+    Args:
+        mode: "training" or "inference".
+        base: the sample's Config class.
+        weights: the --weights (--model) value.
+        model_dir: the --logs folder.
+        tiny: --tiny.
+        exclude_heads: see ``load_weights``.
+        **overrides: Config attributes, e.g. NUM_CLASSES.
+
+    Returns:
+        The ``MaskRCNN``.
+    """
+    config = make_config(base, tiny, weights=weights, model_dir=model_dir, **overrides)
+    config.display()
+    model = build_model(mode, config, model_dir)
+    if load_weights(model, weights, exclude_heads=exclude_heads) is None and \
+            mode == "inference":
+        print("Warning: no weights loaded: the results of an untrained model mean nothing")
+    return model
+
+
+def run_schedule(model, dataset_train, dataset_val, stages: Sequence[tuple], *,
+                 augmentation=None) -> None:
+    """Train stage by stage, each up to its epoch; stages already done are skipped.
+
+    Args:
+        model: a training ``MaskRCNN``.
+        dataset_train, dataset_val: prepared datasets.
+        stages: (description, layers, epochs, learning_rate) per stage.
+        augmentation: albumentations transform or None.
+    """
+    for description, layers, epochs, learning_rate in stages:
+        if epochs <= model.epoch:
+            print(f"Skipping '{description}': already at epoch {model.epoch} >= {epochs}")
+            continue
+        print(f"{description} (layers={layers!r}, up to epoch {epochs}, lr={learning_rate})")
+        model.train(dataset_train, dataset_val, learning_rate=learning_rate, epochs=epochs,
+                    layers=layers, augmentation=augmentation)

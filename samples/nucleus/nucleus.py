@@ -1,0 +1,662 @@
+"""Mask R-CNN on the nuclei of the 2018 Data Science Bowl (Matterport's samples/nucleus).
+
+Train on the Kaggle DSB2018 stage 1 training images, write a submission in the
+competition's run-length format, and measure AP on a validation split::
+
+    # Train from scratch (no download needed), heads then all layers
+    python samples/nucleus/nucleus.py train --dataset=/path/to/dsb2018 --subset=train --weights=none
+
+    # Resume the last run
+    python samples/nucleus/nucleus.py train --dataset=/path/to/dsb2018 --subset=train --weights=last
+
+    # Submission file (submit.csv) and overlay pictures in results/nucleus/submit_<time>/
+    python samples/nucleus/nucleus.py detect --dataset=/path/to/dsb2018 --subset=stage1_test --weights=last
+
+    # AP@0.5 and AP@[.5:.95] on the validation images
+    python samples/nucleus/nucleus.py evaluate --dataset=/path/to/dsb2018 --subset=val --weights=last
+
+Dataset layout (as Kaggle ships it)::
+
+    <dataset>/<subset>/<image_id>/images/<image_id>.png
+    <dataset>/<subset>/<image_id>/masks/*.png        one PNG per nucleus (training subsets)
+
+Subsets: "stage1_train", "stage1_test", "stage2_test" (folders), and "train" / "val":
+stage1_train split into training and validation images (Matterport's 25 VAL_IMAGE_IDS
+when they are there, otherwise a seeded 10 %; see ``--val-ids`` and ``--val-fraction``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Any, Sequence
+
+import numpy as np
+
+ROOT_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+if ROOT_DIR not in sys.path:
+    sys.path.append(ROOT_DIR)
+
+from mrcnn import utils  # noqa: E402
+from mrcnn.config import Config  # noqa: E402
+from samples import common  # noqa: E402
+from samples.common import fail  # noqa: E402
+
+# Submission files and overlay pictures go to a timestamped folder under this one.
+RESULTS_DIR = os.path.join(ROOT_DIR, "results", "nucleus")
+
+# The dataset has no standard train/val split; Matterport picked these stage1_train
+# images (a variety of imaging types) as the validation set.
+VAL_IMAGE_IDS = [
+    "0c2550a23b8a0f29a7575de8c61690d3c31bc897dd5ba66caec201d201a278c2",
+    "92f31f591929a30e4309ab75185c96ff4314ce0a7ead2ed2c2171897ad1da0c7",
+    "1e488c42eb1a54a3e8412b1f12cde530f950f238d71078f2ede6a85a02168e1f",
+    "c901794d1a421d52e5734500c0a2a8ca84651fb93b19cec2f411855e70cae339",
+    "8e507d58f4c27cd2a82bee79fe27b069befd62a46fdaed20970a95a2ba819c7b",
+    "60cb718759bff13f81c4055a7679e81326f78b6a193a2d856546097c949b20ff",
+    "da5f98f2b8a64eee735a398de48ed42cd31bf17a6063db46a9e0783ac13cd844",
+    "9ebcfaf2322932d464f15b5662cae4d669b2d785b8299556d73fffcae8365d32",
+    "1b44d22643830cd4f23c9deadb0bd499fb392fb2cd9526d81547d93077d983df",
+    "97126a9791f0c1176e4563ad679a301dac27c59011f579e808bbd6e9f4cd1034",
+    "e81c758e1ca177b0942ecad62cf8d321ffc315376135bcbed3df932a6e5b40c0",
+    "f29fd9c52e04403cd2c7d43b6fe2479292e53b2f61969d25256d2d2aca7c6a81",
+    "0ea221716cf13710214dcd331a61cea48308c3940df1d28cfc7fd817c83714e1",
+    "3ab9cab6212fabd723a2c5a1949c2ded19980398b56e6080978e796f45cbbc90",
+    "ebc18868864ad075548cc1784f4f9a237bb98335f9645ee727dac8332a3e3716",
+    "bb61fc17daf8bdd4e16fdcf50137a8d7762bec486ede9249d92e511fcb693676",
+    "e1bcb583985325d0ef5f3ef52957d0371c96d4af767b13e48102bca9d5351a9b",
+    "947c0d94c8213ac7aaa41c4efc95d854246550298259cf1bb489654d0e969050",
+    "cbca32daaae36a872a11da4eaff65d1068ff3f154eedc9d3fc0c214a4e5d32bd",
+    "f4c4db3df4ff0de90f44b027fc2e28c16bf7e5c75ea75b0a9762bbb7ac86e7a3",
+    "4193474b2f1c72f735b13633b219d9cabdd43c21d9c2bb4dfc4809f104ba4c06",
+    "f73e37957c74f554be132986f38b6f1d75339f636dfe2b681a0cf3f88d2733af",
+    "a4c44fc5f5bf213e2be6091ccaed49d8bf039d78f6fbd9c4d7b7428cfcb2eda4",
+    "cab4875269f44a701c5e58190a1d2f6fcb577ea79d842522dcab20ccb39b7ad2",
+    "8ecdb93582b2d5270457b36651b62776256ade3aaa2d7432ae65c14f07432d49",
+]
+
+# Subsets whose images must come with masks.
+TRAINING_SUBSETS = ("train", "val", "stage1_train")
+
+# Without Matterport's validation images (another dataset in the same layout), this share
+# of stage1_train, drawn with VAL_SEED, is the validation set.
+DEFAULT_VAL_FRACTION = 0.1
+VAL_SEED = 0
+
+
+############################################################
+#  Configurations
+############################################################
+
+class NucleusConfig(Config):
+    """Training on the nucleus dataset: random 512x512 crops of images upscaled 2x."""
+
+    NAME = "nucleus"
+
+    # Adjust to your GPU memory: six 512x512 crops fit in about 12 GB with ResNet-50.
+    IMAGES_PER_GPU = 6
+
+    # Background + nucleus.
+    NUM_CLASSES = 1 + 1
+
+    # Matterport's values for stage1_train (657 images, 25 for validation). The command
+    # line recomputes both from the dataset it loads.
+    STEPS_PER_EPOCH = (657 - len(VAL_IMAGE_IDS)) // IMAGES_PER_GPU
+    VALIDATION_STEPS = max(1, len(VAL_IMAGE_IDS) // IMAGES_PER_GPU)
+
+    # Keep every detection: with two classes the softmax already picks nucleus vs BG,
+    # and the competition metric rewards recall.
+    DETECTION_MIN_CONFIDENCE = 0
+
+    BACKBONE = "resnet50"
+
+    # No pretrained weights can be downloaded here, so the default is training from
+    # scratch, where GroupNorm (batch-size independent) works and frozen BatchNorm does
+    # not. To fine-tune Matterport's ImageNet/COCO weights instead, set NORM = None
+    # (frozen BN, as Matterport trained).
+    NORM = "gn"
+
+    # Random 512x512 crops of images scaled up at least 2x (nuclei are small).
+    IMAGE_RESIZE_MODE = "crop"
+    IMAGE_MIN_DIM = 512
+    IMAGE_MAX_DIM = 512
+    IMAGE_MIN_SCALE = 2.0
+
+    # Small anchors for small objects.
+    RPN_ANCHOR_SCALES = (8, 16, 32, 64, 128)
+
+    # Crowded images: many proposals, and a high NMS threshold so that neighbouring
+    # nuclei each keep theirs.
+    POST_NMS_ROIS_TRAINING = 1000
+    POST_NMS_ROIS_INFERENCE = 2000
+    RPN_NMS_THRESHOLD = 0.9
+
+    RPN_TRAIN_ANCHORS_PER_IMAGE = 64
+
+    # Mean pixel (RGB) of the stage 1 training images.
+    MEAN_PIXEL = np.array([43.53, 39.56, 48.22])
+
+    USE_MINI_MASK = True
+    MINI_MASK_SHAPE = (56, 56)
+
+    TRAIN_ROIS_PER_IMAGE = 128
+
+    # Some images have hundreds of nuclei.
+    MAX_GT_INSTANCES = 200
+    DETECTION_MAX_INSTANCES = 400
+
+
+class NucleusInferenceConfig(NucleusConfig):
+    """Whole images, one at a time, padded to multiples of 64 rather than cropped."""
+
+    GPU_COUNT = 1
+    IMAGES_PER_GPU = 1
+    IMAGE_RESIZE_MODE = "pad64"
+    RPN_NMS_THRESHOLD = 0.7
+
+
+############################################################
+#  Dataset
+############################################################
+
+def read_mask_png(path: str) -> np.ndarray:
+    """Read one instance mask PNG as bool [H, W]: any non-zero pixel is the nucleus.
+
+    Gray, RGB, RGBA and 16-bit files are accepted. The alpha channel is ignored unless
+    the color channels are empty (a mask drawn only in alpha).
+
+    Raises:
+        OSError: the file cannot be decoded (the message names it).
+    """
+    import skimage.io
+
+    try:
+        mask = np.asarray(skimage.io.imread(path))
+    except Exception as err:  # decoders raise many types
+        raise OSError(f"cannot read mask {path}: {common.one_line(err)}") from err
+    if mask.ndim == 3:
+        color = mask[..., :-1] if mask.shape[-1] in (2, 4) else mask
+        mask = color if color.any() or mask.shape[-1] not in (2, 4) else mask[..., -1:]
+        mask = mask.any(axis=-1)
+    if mask.ndim != 2:
+        raise OSError(f"cannot read mask {path}: unexpected array shape {mask.shape}")
+    return mask != 0
+
+
+def mask_files(image_dir: str) -> list[str]:
+    """Sorted paths of ``<image_dir>/masks/*.png``."""
+    mask_dir = os.path.join(image_dir, "masks")
+    if not os.path.isdir(mask_dir):
+        return []
+    return [os.path.join(mask_dir, f) for f in sorted(os.listdir(mask_dir))
+            if f.lower().endswith(".png")]
+
+
+def verify_image_and_masks(image_path: str, mask_paths: Sequence[str]) -> None:
+    """Decode-check an image and its mask PNGs, and that the masks have its size.
+
+    Raises:
+        InputError: naming the first bad file.
+    """
+    size = common.verify_image(image_path)
+    for path in mask_paths:
+        mask_size = common.verify_image(path)
+        if mask_size != size:
+            fail(f"mask {path} is {mask_size[0]}x{mask_size[1]} pixels but its image "
+                 f"{image_path} is {size[0]}x{size[1]}")
+
+
+def read_val_ids(path: str) -> list[str]:
+    """Image ids from a text file, one per line (blank lines and # comments ignored)."""
+    common.require_file(path, "validation id file")
+    with open(path, encoding="utf-8") as f:
+        ids = [line.split("#", 1)[0].strip() for line in f]
+    ids = [i for i in ids if i]
+    if not ids:
+        fail(f"validation id file {path} lists no image ids")
+    return ids
+
+
+def split_val_ids(all_ids: Sequence[str], val_ids: Sequence[str] | None = None,
+                  val_fraction: float = DEFAULT_VAL_FRACTION,
+                  seed: int = VAL_SEED) -> list[str]:
+    """The validation images among the stage1_train ids.
+
+    Args:
+        all_ids: the image ids of stage1_train.
+        val_ids: explicit validation ids (all must exist), or None.
+        val_fraction: share of the images used when neither ``val_ids`` nor Matterport's
+            VAL_IMAGE_IDS are there; at least one image, and one image is left for training.
+        seed: seed of that draw.
+
+    Returns:
+        The validation ids.
+    """
+    available = set(all_ids)
+    if val_ids is not None:
+        missing = [i for i in val_ids if i not in available]
+        if missing:
+            fail(f"{len(missing)} validation id(s) are not image folders of stage1_train, "
+                 f"e.g. {missing[0]!r}")
+        return list(dict.fromkeys(val_ids))
+    present = [i for i in VAL_IMAGE_IDS if i in available]
+    if present:
+        return present
+    if not 0 < val_fraction < 1:
+        fail(f"--val-fraction must be in (0, 1), got {val_fraction}")
+    ordered = sorted(all_ids)
+    count = int(round(val_fraction * len(ordered)))
+    count = max(1, min(count, len(ordered) - 1))
+    rng = np.random.default_rng(seed)
+    picked = rng.choice(len(ordered), size=count, replace=False)
+    return [ordered[i] for i in sorted(picked)]
+
+
+class NucleusDataset(utils.Dataset):
+    """DSB2018 nuclei: one class, one mask PNG per instance."""
+
+    def load_nucleus(self, dataset_dir: str, subset: str, val_ids: Sequence[str] | None = None,
+                     val_fraction: float = DEFAULT_VAL_FRACTION, seed: int = VAL_SEED,
+                     require_masks: bool | None = None, verify: bool = False) -> None:
+        """Register the images of a subset.
+
+        Args:
+            dataset_dir: root folder of the dataset.
+            subset: a folder name ("stage1_train", "stage1_test", "stage2_test", ...), or
+                "train" (stage1_train minus the validation images) or "val".
+            val_ids, val_fraction, seed: the validation split, see ``split_val_ids``.
+            require_masks: every image must have at least one mask PNG; default: for
+                "train", "val" and "stage1_train".
+            verify: decode-check every image and mask file now, and that the masks have
+                the image's size (names the bad file at once, not hours into training).
+
+        Raises:
+            InputError: missing folders or files, an image without masks, a corrupt image.
+        """
+        self.add_class("nucleus", 1, "nucleus")
+        common.require_dir(dataset_dir, "dataset folder")
+        folder = "stage1_train" if subset in ("train", "val") else subset
+        subset_dir = os.path.join(dataset_dir, folder)
+        if not os.path.isdir(subset_dir):
+            fail(f"subset folder not found: {subset_dir} (subset {subset!r})")
+        all_ids = sorted(d for d in os.listdir(subset_dir)
+                         if os.path.isdir(os.path.join(subset_dir, d)))
+        if subset in ("train", "val"):
+            val = set(split_val_ids(all_ids, val_ids, val_fraction, seed)) if all_ids else set()
+            image_ids = [i for i in all_ids if (i in val) == (subset == "val")]
+        else:
+            image_ids = all_ids
+        if not image_ids:
+            fail(f"no image folders for subset {subset!r} in {subset_dir}")
+        if require_masks is None:
+            require_masks = subset in TRAINING_SUBSETS
+        for image_id in image_ids:
+            image_dir = os.path.join(subset_dir, image_id)
+            path = os.path.join(image_dir, "images", f"{image_id}.png")
+            if not os.path.isfile(path):
+                fail(f"image file not found: {path} (expected "
+                     "<subset>/<image_id>/images/<image_id>.png)")
+            masks = mask_files(image_dir)
+            if require_masks and not masks:
+                fail(f"image {image_id} has no masks: no .png file in "
+                     f"{os.path.join(image_dir, 'masks')} (subset {subset!r} is used for "
+                     "training or evaluation and needs one mask PNG per nucleus)")
+            if verify:
+                verify_image_and_masks(path, masks)
+            self.add_image("nucleus", image_id=image_id, path=path, mask_paths=masks)
+
+    def load_mask(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
+        """Instance masks from the image's mask PNGs.
+
+        Returns:
+            masks: bool [H, W, N], one channel per mask file (empty files are dropped).
+            class_ids: int32 [N] of ones.
+        """
+        info = self.image_info[image_id]
+        if info["source"] != "nucleus":
+            return super().load_mask(image_id)
+        masks = [read_mask_png(p) for p in info["mask_paths"]]
+        shapes = {m.shape for m in masks}
+        if len(shapes) > 1:
+            raise ValueError(f"masks of image {info['id']} have different sizes {sorted(shapes)}")
+        # An image without masks: [0, 0, 0] as the base class (the size is not read here).
+        return common.stack_instance_masks(masks, *(shapes.pop() if shapes else (0, 0)))
+
+    def image_reference(self, image_id: int) -> str:
+        """The image id (the folder name)."""
+        info = self.image_info[image_id]
+        if info["source"] == "nucleus":
+            return info["id"]
+        return super().image_reference(image_id)
+
+
+def load_datasets(dataset_dir: str, subset: str, val_ids: Sequence[str] | None = None,
+                  val_fraction: float = DEFAULT_VAL_FRACTION,
+                  verify: bool = True) -> tuple[NucleusDataset, NucleusDataset]:
+    """Prepared training (``subset``) and validation ("val") datasets."""
+    datasets = []
+    for name in (subset, "val"):
+        dataset = NucleusDataset()
+        dataset.load_nucleus(dataset_dir, name, val_ids=val_ids, val_fraction=val_fraction,
+                             require_masks=True, verify=verify)
+        dataset.prepare()
+        datasets.append(dataset)
+    return datasets[0], datasets[1]
+
+
+############################################################
+#  Training
+############################################################
+
+def build_augmentation():
+    """Matterport's nucleus augmentation in albumentations.
+
+    Matterport: ``iaa.SomeOf((0, 2), [Fliplr(0.5), Flipud(0.5), OneOf([rotate 90, 180,
+    270]), Multiply((0.8, 1.5)), GaussianBlur(sigma=(0.0, 5.0))])``: 0, 1 or 2 of the five
+    (chosen with equal chance), each applied as configured. The rotations are exact
+    (pixel-exact on the square training crops), the brightness factor is one number per
+    image, and nothing changes the image shape.
+    """
+    import albumentations as A
+    import cv2
+
+    def members():
+        return [
+            A.HorizontalFlip(p=0.5),
+            A.VerticalFlip(p=0.5),
+            A.OneOf([A.Rotate(limit=(angle, angle), border_mode=cv2.BORDER_CONSTANT, p=1)
+                     for angle in (90, 180, 270)], p=1),
+            A.MultiplicativeNoise(multiplier=(0.8, 1.5), per_channel=False, elementwise=False,
+                                  p=1),
+            A.GaussianBlur(blur_limit=0, sigma_limit=(0.0, 5.0), p=1),
+        ]
+
+    # OneOf picks one child with equal chance: none, one or two of the five.
+    return A.OneOf([A.NoOp(p=1), A.SomeOf(members(), n=1, p=1),
+                    A.SomeOf(members(), n=2, p=1)], p=1)
+
+
+def train(model, dataset_train: NucleusDataset, dataset_val: NucleusDataset,
+          heads_epochs: int = 20, all_epochs: int = 40, learning_rate: float | None = None,
+          augmentation: Any = "default") -> None:
+    """Matterport's schedule: the heads up to ``heads_epochs``, then all layers up to
+    ``all_epochs`` (epochs to train up to, so 20 + 20 epochs by default).
+
+    Args:
+        model: a training ``MaskRCNN``.
+        dataset_train, dataset_val: prepared datasets.
+        heads_epochs, all_epochs: epoch to train up to in each stage.
+        learning_rate: default ``model.config.LEARNING_RATE``.
+        augmentation: an albumentations transform, None, or "default" (``build_augmentation``).
+    """
+    lr = learning_rate or model.config.LEARNING_RATE
+    if isinstance(augmentation, str) and augmentation == "default":
+        augmentation = build_augmentation()
+    common.run_schedule(model, dataset_train, dataset_val, [
+        ("Train network heads", "heads", heads_epochs, lr),
+        ("Train all layers", "all", all_epochs, lr),
+    ], augmentation=augmentation)
+
+
+############################################################
+#  Run-length encoding (the competition's submission format)
+############################################################
+
+def rle_encode(mask: np.ndarray) -> str:
+    """Run-length encode one mask in the DSB2018 format.
+
+    Pixels are numbered from 1, top to bottom then left to right (column-major, Fortran
+    order); the result is "start length start length ...". An empty mask gives "".
+
+    Args:
+        mask: [H, W] array, non-zero = foreground.
+
+    Returns:
+        The space-separated pairs.
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:
+        raise ValueError(f"rle_encode expects a [height, width] mask, got shape {mask.shape}")
+    flat = np.concatenate([[0], (mask != 0).flatten(order="F").astype(np.int8), [0]])
+    edges = np.flatnonzero(np.diff(flat)) + 1  # 1-based starts and ends (exclusive)
+    runs = edges.reshape(-1, 2)
+    runs[:, 1] -= runs[:, 0]
+    return " ".join(str(v) for v in runs.ravel())
+
+
+def rle_decode(rle: str, shape: Sequence[int]) -> np.ndarray:
+    """Decode ``rle_encode``'s format into a bool [H, W] mask.
+
+    Args:
+        rle: "start length ..." with 1-based, column-major starts ("" for no pixel).
+        shape: (height, width).
+
+    Returns:
+        bool [height, width].
+
+    Raises:
+        ValueError: odd number of values, non-positive lengths or runs outside the image.
+    """
+    height, width = int(shape[0]), int(shape[1])
+    values = np.array(rle.split(), dtype=np.int64)
+    if values.size % 2:
+        raise ValueError(f"run-length string has an odd number of values ({values.size})")
+    runs = values.reshape(-1, 2)
+    starts, lengths = runs[:, 0] - 1, runs[:, 1]
+    if np.any(starts < 0) or np.any(lengths < 1) or np.any(starts + lengths > height * width):
+        raise ValueError(f"run-length runs fall outside a {height}x{width} image or have "
+                         "non-positive lengths")
+    flat = np.zeros(height * width, dtype=bool)
+    for start, length in zip(starts, lengths):
+        flat[start:start + length] = True
+    return flat.reshape((height, width), order="F")
+
+
+def dedupe_masks(masks: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Make instance masks disjoint: a pixel claimed by several goes to the best score.
+
+    Args:
+        masks: [H, W, N] masks.
+        scores: [N] scores.
+
+    Returns:
+        masks: bool [H, W, K] in descending score order, without instances left empty.
+        order: [K] indices of those instances in the input.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    order = np.argsort(-np.asarray(scores, dtype=np.float64), kind="stable")
+    taken = np.zeros(masks.shape[:2], dtype=bool)
+    kept, kept_index = [], []
+    for i in order:
+        m = masks[:, :, i] & ~taken
+        if not m.any():
+            continue
+        taken |= m
+        kept.append(m)
+        kept_index.append(int(i))
+    out = np.stack(kept, axis=-1) if kept else np.zeros(masks.shape[:2] + (0,), dtype=bool)
+    return out, np.array(kept_index, dtype=np.int64)
+
+
+def mask_to_rle(image_id: str, mask: np.ndarray, scores: np.ndarray) -> str:
+    """Submission rows ("ImageId,EncodedPixels") for one image's instance masks.
+
+    Overlaps are removed first (``dedupe_masks``: each pixel belongs to the best-scoring
+    instance that covers it, as the competition requires); one row per remaining
+    instance, best score first. An image without any instance gets one row with empty
+    EncodedPixels ("<image_id>,").
+
+    Args:
+        image_id: the image's id.
+        mask: [H, W, N] masks.
+        scores: [N] scores.
+
+    Returns:
+        The rows, joined by newlines (no trailing newline).
+    """
+    mask = np.asarray(mask)
+    if mask.ndim != 3:
+        raise ValueError(f"mask_to_rle expects [H, W, count] masks, got shape {mask.shape}")
+    disjoint, _ = dedupe_masks(mask, scores)
+    if disjoint.shape[-1] == 0:
+        return f"{image_id},"
+    return "\n".join(f"{image_id},{rle_encode(disjoint[:, :, k])}"
+                     for k in range(disjoint.shape[-1]))
+
+
+############################################################
+#  Detection and evaluation
+############################################################
+
+def detect(model, dataset: NucleusDataset, results_dir: str = RESULTS_DIR,
+           overlays: bool = True, save_npz: bool = False) -> str:
+    """Detect nuclei in every image, write submit.csv (and pictures) to a new folder.
+
+    Args:
+        model: an inference ``MaskRCNN``.
+        dataset: prepared dataset.
+        results_dir: parent of the ``submit_<timestamp>`` folder.
+        overlays: save ``<image_id>.png`` pictures of the detections.
+        save_npz: save ``<image_id>.npz`` with the raw detections (rois, class_ids, scores,
+            masks) for debugging.
+
+    Returns:
+        The folder written.
+    """
+    from mrcnn import visualize
+
+    submit_dir = os.path.join(results_dir, f"submit_{common.timestamp()}")
+    os.makedirs(submit_dir, exist_ok=True)
+    rows = []
+    count = len(dataset.image_ids)
+    for k, image_id in enumerate(dataset.image_ids):
+        source_id = dataset.image_info[image_id]["id"]
+        image = common.load_dataset_image(dataset, image_id)
+        r = model.detect([image], verbose=0)[0]
+        rows.append(mask_to_rle(source_id, r["masks"], r["scores"]))
+        print(f"[{k + 1}/{count}] {source_id}: {len(r['scores'])} detections")
+        if save_npz:
+            np.savez_compressed(os.path.join(submit_dir, f"{source_id}.npz"), **r)
+        if overlays:
+            visualize.save_instances_image(
+                os.path.join(submit_dir, f"{source_id}.png"), image, r["rois"], r["masks"],
+                r["class_ids"], dataset.class_names, r["scores"], show_bbox=False,
+                title="Predictions")
+    path = os.path.join(submit_dir, "submit.csv")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("ImageId,EncodedPixels\n" + "\n".join(rows) + "\n")
+    print(f"Saved to {submit_dir}")
+    return submit_dir
+
+
+def evaluate(model, dataset: NucleusDataset, verbose: bool = True) -> dict[str, float]:
+    """Mask AP per image at IoU 0.5 and averaged over 0.5:0.95, then averaged over images.
+
+    Detection runs on the original images and is compared with their masks (not with the
+    crops or the upscaled images the model sees), with ``utils.compute_ap`` and
+    ``utils.compute_ap_range`` (Matterport's metrics, not the competition's).
+
+    Returns:
+        {"AP50": ..., "AP": ..., "images": N}.
+    """
+    ap50s, aps = [], []
+    for image_id in dataset.image_ids:
+        image = common.load_dataset_image(dataset, image_id)
+        gt_masks, gt_class_ids = dataset.load_mask(image_id)
+        gt_masks, gt_class_ids = utils.check_mask(gt_masks, gt_class_ids, image_id, image.shape)
+        gt_boxes = utils.extract_bboxes(gt_masks)
+        r = model.detect([image], verbose=0)[0]
+        args = (gt_boxes, gt_class_ids, gt_masks, r["rois"], r["class_ids"], r["scores"],
+                r["masks"])
+        ap50s.append(utils.compute_ap(*args, iou_threshold=0.5)[0])
+        aps.append(utils.compute_ap_range(*args, verbose=0))
+        if verbose:
+            print(f"{dataset.image_info[image_id]['id']}: {len(gt_class_ids)} nuclei, "
+                  f"{len(r['scores'])} detections, AP@0.5 {ap50s[-1]:.3f}, "
+                  f"AP@[.5:.95] {aps[-1]:.3f}")
+    result = {"AP50": float(np.mean(ap50s)), "AP": float(np.mean(aps)), "images": len(aps)}
+    if verbose:
+        print(f"AP@0.5: {result['AP50']:.4f}  ({result['images']} images)")
+        print(f"AP@[.5:.95]: {result['AP']:.4f}  ({result['images']} images)")
+    return result
+
+
+############################################################
+#  Command line
+############################################################
+
+DEFAULT_SUBSETS = {"train": "train", "detect": "stage1_test", "evaluate": "val"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nucleus.py",
+        description="Mask R-CNN for nuclei counting and segmentation (DSB2018).")
+    parser.add_argument("command", choices=("train", "detect", "evaluate"))
+    parser.add_argument("--dataset", required=True, metavar="/path/to/dataset/",
+                        help="root folder of the dataset (holds stage1_train/, ...)")
+    parser.add_argument("--subset", default=None,
+                        help="subset: train/val (split of stage1_train), stage1_train, "
+                             "stage1_test, stage2_test (default: train for train, "
+                             "stage1_test for detect, val for evaluate)")
+    common.add_weights_argument(parser)
+    common.add_common_arguments(parser)
+    common.add_schedule_arguments(parser, [
+        (["--heads-epochs"], "train: the heads up to this epoch (default 20)"),
+        (["--all-epochs"], "train: then all layers up to this epoch (default 40)")])
+    parser.add_argument("--val-ids", default=None, metavar="FILE",
+                        help="text file of validation image ids, one per line")
+    parser.add_argument("--val-fraction", type=float, default=DEFAULT_VAL_FRACTION,
+                        help="validation share of stage1_train when Matterport's validation "
+                             "ids are absent and --val-ids is not given (default 0.1)")
+    parser.add_argument("--results", default=RESULTS_DIR,
+                        help=f"detect: parent folder of submit_<time>/ (default {RESULTS_DIR})")
+    parser.add_argument("--no-overlays", action="store_true",
+                        help="detect: do not save pictures of the detections")
+    parser.add_argument("--save-npz", action="store_true",
+                        help="detect: also save the raw detections as <image_id>.npz")
+    return parser
+
+
+def run(args: argparse.Namespace) -> Any:
+    """Run a parsed command line (errors of the input raise ``InputError``)."""
+    tiny = common.tiny_requested(args)
+    common.check_weights_spec(args.weights, NucleusConfig, args.logs, tiny)
+    subset = args.subset or DEFAULT_SUBSETS[args.command]
+    val_ids = read_val_ids(args.val_ids) if args.val_ids else None
+    print(f"Command: {args.command}  Dataset: {args.dataset}  Subset: {subset}  "
+          f"Weights: {args.weights}  Logs: {args.logs}")
+
+    if args.command == "train":
+        heads_epochs, all_epochs = common.stage_epochs(
+            [args.heads_epochs, args.all_epochs], [20, 40], tiny)
+        dataset_train, dataset_val = load_datasets(args.dataset, subset, val_ids,
+                                                   args.val_fraction)
+        per_batch = NucleusConfig.IMAGES_PER_GPU * NucleusConfig.GPU_COUNT
+        model = common.setup_model(
+            "training", NucleusConfig, args.weights, args.logs, tiny, exclude_heads=True,
+            STEPS_PER_EPOCH=max(1, len(dataset_train.image_ids) // per_batch),
+            VALIDATION_STEPS=max(1, len(dataset_val.image_ids) // per_batch))
+        return train(model, dataset_train, dataset_val, heads_epochs, all_epochs, args.lr)
+
+    dataset = NucleusDataset()
+    dataset.load_nucleus(args.dataset, subset, val_ids=val_ids, val_fraction=args.val_fraction,
+                         require_masks=True if args.command == "evaluate" else None,
+                         verify=True)
+    dataset.prepare()
+    model = common.setup_model("inference", NucleusInferenceConfig, args.weights, args.logs,
+                               tiny, exclude_heads=True)
+    if args.command == "detect":
+        return detect(model, dataset, args.results, overlays=not args.no_overlays,
+                      save_npz=args.save_npz)
+    return evaluate(model, dataset)
+
+
+def main(argv: Sequence[str] | None = None) -> Any:
+    """Command line entry point; see the module docstring."""
+    return common.run_main(build_parser(), run, argv)
+
+
+if __name__ == "__main__":
+    main()

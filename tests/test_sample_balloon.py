@@ -1,0 +1,251 @@
+"""samples/balloon: VIA annotations, color splash, and the CLI end to end.
+
+``train --tiny`` runs in-process; ``splash`` runs as a real subprocess
+(``python samples/balloon/balloon.py ...``, tiny through ``MRCNN_TINY=1``) to prove the
+script entry point works.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import h5py
+import numpy as np
+import pytest
+
+from samples import common
+from samples.balloon import balloon
+from tests import sample_data as sd
+
+
+@pytest.fixture(scope="module")
+def via(tmp_path_factory):
+    """train/ (regions as lists, VIA 2.x) and val/ (regions as dicts, VIA 1.x)."""
+    return sd.write_balloon_dataset(str(tmp_path_factory.mktemp("balloon")))
+
+
+@pytest.fixture(scope="module")
+def trained(via, tmp_path_factory):
+    logs = str(tmp_path_factory.mktemp("balloon_logs"))
+    code, _, out, err = sd.run_cli(balloon.main, [
+        "train", f"--dataset={via['root']}", "--weights=none", "--tiny", f"--logs={logs}"])
+    assert code == 0, err[-2000:]
+    checkpoints = glob.glob(os.path.join(logs, "tinyballoon*", "mask_rcnn_tinyballoon_0001.h5"))
+    assert len(checkpoints) == 1, os.listdir(logs)
+    return {"logs": logs, "checkpoint": checkpoints[0], "stdout": out}
+
+
+def iou(a, b):
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+############################################################
+#  VIA annotations
+############################################################
+
+def test_regions_as_dict_and_as_list_read_the_same(tmp_path):
+    region = sd.via_polygon([10, 30, 20], [5, 5, 25])
+    for form, regions in (("list", [region, region]), ("dict", {"0": region, "1": region})):
+        path = tmp_path / f"{form}.json"
+        path.write_text(json.dumps({"a.jpg123": {"filename": "a.jpg", "size": 123,
+                                                 "regions": regions}}))
+        entries = balloon.read_via_annotations(str(path))
+        assert [e["filename"] for e in entries] == ["a.jpg"]
+        assert entries[0]["shapes"] == [region["shape_attributes"]] * 2
+
+
+def test_via2_project_file_and_images_without_regions(tmp_path):
+    region = sd.via_polygon([1, 8, 4], [1, 1, 9])
+    path = tmp_path / "project.json"
+    path.write_text(json.dumps({"_via_settings": {}, "_via_img_metadata": {
+        "a.jpg1": {"filename": "a.jpg", "regions": [region]},
+        "b.jpg1": {"filename": "b.jpg", "regions": []}}}))
+    with pytest.warns(UserWarning, match="b.jpg"):
+        entries = balloon.read_via_annotations(str(path))
+    assert [e["filename"] for e in entries] == ["a.jpg"]
+
+
+def test_masks_follow_the_polygons(via):
+    for subset, masks_of in via["subsets"].items():
+        d = balloon.BalloonDataset()
+        d.load_balloon(via["root"], subset)
+        d.prepare()
+        assert len(d.image_ids) == len(masks_of)
+        for image_id in d.image_ids:
+            info = d.image_info[image_id]
+            want = masks_of[info["id"]]
+            masks, class_ids = d.load_mask(image_id)
+            image = d.load_image(image_id)
+            assert masks.shape == want.shape and image.shape[:2] == want.shape[:2]
+            np.testing.assert_array_equal(class_ids, np.ones(want.shape[-1]))
+            for k in range(want.shape[-1]):
+                assert iou(masks[..., k], want[..., k]) > 0.8
+
+
+def test_other_via_shapes_rasterize():
+    assert balloon.draw_shape({"name": "rect", "x": 2, "y": 3, "width": 4, "height": 2},
+                              10, 10).sum() == 8
+    circle = balloon.draw_shape({"name": "circle", "cx": 5, "cy": 5, "r": 3}, 12, 12)
+    assert circle[5, 5] and not circle[0, 0] and 20 < circle.sum() < 36
+    ellipse = balloon.draw_shape({"name": "ellipse", "cx": 6, "cy": 6, "rx": 5, "ry": 2},
+                                 12, 12)
+    assert ellipse[6, 2] and not ellipse[2, 6]
+
+
+def test_color_splash_keeps_color_only_under_the_masks():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, [20, 30, 3]).astype(np.uint8)
+    masks = np.zeros([20, 30, 2], bool)
+    masks[2:6, 3:9, 0] = True
+    masks[10:15, 20:28, 1] = True
+    out = balloon.color_splash(image, masks)
+    keep = masks.any(-1)
+    np.testing.assert_array_equal(out[keep], image[keep])
+    gray = out[~keep]
+    assert (gray[:, 0] == gray[:, 1]).all() and (gray[:, 1] == gray[:, 2]).all()
+    luma = image[~keep].astype(float) @ np.array([0.2125, 0.7154, 0.0721])
+    assert np.abs(gray[:, 0] - luma).max() <= 0.51
+    all_gray = balloon.color_splash(image, np.zeros([20, 30, 0], bool))
+    assert (all_gray[..., 0] == all_gray[..., 2]).all()
+
+
+def test_splash_video_with_a_stub_model(tmp_path):
+    path = str(tmp_path / "in.avi")
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 5, (40, 32))
+    for k in range(3):
+        writer.write(np.full([32, 40, 3], 60 * k, np.uint8))
+    writer.release()
+
+    class StubModel:
+        calls = 0
+
+        def detect(self, images, verbose=0):
+            StubModel.calls += 1
+            masks = np.zeros(images[0].shape[:2] + (1,), bool)
+            masks[4:10, 4:10] = True
+            return [{"rois": np.array([[4, 4, 10, 10]]), "class_ids": np.array([1]),
+                     "scores": np.array([0.99]), "masks": masks}]
+
+    output = str(tmp_path / "out.avi")
+    assert balloon.detect_and_color_splash(StubModel(), video_path=path, output=output) == output
+    assert StubModel.calls == 3
+    capture = cv2.VideoCapture(output)
+    frames = []
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            break
+        frames.append(frame)
+    capture.release()
+    assert len(frames) == 3 and frames[0].shape == (32, 40, 3)
+
+
+############################################################
+#  Weights and NORM
+############################################################
+
+def test_norm_follows_the_weights(tmp_path):
+    def weights_file(name, layer):
+        path = str(tmp_path / name)
+        with h5py.File(path, "w") as f:
+            f.attrs["layer_names"] = [layer.encode(), b"conv1"]
+        return path
+
+    bn, gn = weights_file("bn.h5", "bn_conv1"), weights_file("gn.h5", "gn_conv1")
+    logs = str(tmp_path)
+    assert balloon.BalloonConfig.NORM == "gn"
+    assert common.norm_for_weights("coco", balloon.BalloonConfig, logs) == {"NORM": None}
+    assert common.norm_for_weights("imagenet", balloon.BalloonConfig, logs) == {"NORM": None}
+    assert common.norm_for_weights(bn, balloon.BalloonConfig, logs) == {"NORM": None}
+    assert common.norm_for_weights(gn, balloon.BalloonConfig, logs) == {}
+    assert common.norm_for_weights("none", balloon.BalloonConfig, logs) == {}
+    assert common.norm_for_weights("coco", balloon.BalloonConfig, logs, tiny=True) == {}
+    config = common.make_config(balloon.BalloonConfig, weights=bn, model_dir=logs)
+    assert config.NORM == "frozen_bn"
+
+
+############################################################
+#  Bad input: one error line naming the path
+############################################################
+
+def assert_one_error_line(result, *fragments):
+    code, _, _, err = result
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("balloon.py: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_missing_dataset_folder(tmp_path):
+    missing = str(tmp_path / "nowhere")
+    assert_one_error_line(sd.run_cli(balloon.main, [
+        "train", f"--dataset={missing}", "--weights=none", "--tiny"]), missing)
+
+
+def test_missing_annotation_file(tmp_path):
+    (tmp_path / "train").mkdir()
+    assert_one_error_line(sd.run_cli(balloon.main, [
+        "train", f"--dataset={tmp_path}", "--weights=none", "--tiny"]),
+        str(tmp_path / "train" / "via_region_data.json"))
+
+
+def test_malformed_annotations(tmp_path):
+    sd.write_balloon_dataset(str(tmp_path), images={"train": 1, "val": 1})
+    path = tmp_path / "val" / "via_region_data.json"
+    data = json.loads(path.read_text())
+    entry = next(iter(data.values()))
+    entry["regions"]["0"]["shape_attributes"]["all_points_y"] = [1, 2]
+    path.write_text(json.dumps(data))
+    assert_one_error_line(sd.run_cli(balloon.main, [
+        "train", f"--dataset={tmp_path}", "--weights=none", "--tiny"]), str(path),
+        entry["filename"])
+    path.write_text("{not json")
+    assert_one_error_line(sd.run_cli(balloon.main, [
+        "train", f"--dataset={tmp_path}", "--weights=none", "--tiny"]), str(path))
+
+
+def test_missing_image_file(tmp_path):
+    sd.write_balloon_dataset(str(tmp_path), images={"train": 2, "val": 1})
+    image = tmp_path / "train" / "train_1.jpg"
+    image.unlink()
+    assert_one_error_line(sd.run_cli(balloon.main, [
+        "train", f"--dataset={tmp_path}", "--weights=none", "--tiny"]), str(image))
+
+
+def test_splash_of_an_unreadable_image(tmp_path):
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    assert_one_error_line(sd.run_cli(balloon.main, [
+        "splash", "--weights=none", f"--image={path}", "--tiny"]), str(path))
+    assert_one_error_line(sd.run_cli(balloon.main, ["splash", "--weights=none", "--tiny"]),
+                          "--image or --video")
+
+
+############################################################
+#  The command line end to end
+############################################################
+
+def test_train_writes_a_checkpoint(trained):
+    assert "layers='all'" in trained["stdout"]  # from scratch: all layers
+
+
+def test_splash_script_writes_an_image_of_the_input_size(via, trained, tmp_path):
+    image = os.path.join(via["root"], "val", "val_0.jpg")
+    output = str(tmp_path / "splash.png")
+    env = dict(os.environ, MRCNN_TINY="1")
+    script = os.path.join(sd.ROOT_DIR, "samples", "balloon", "balloon.py")
+    proc = subprocess.run(
+        [sys.executable, script, "splash", f"--weights={trained['checkpoint']}",
+         f"--image={image}", f"--output={output}", f"--logs={trained['logs']}"],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"Saved to {output}" in proc.stdout
+    written = cv2.imread(output)
+    assert written is not None and written.shape == cv2.imread(image).shape

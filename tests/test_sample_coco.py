@@ -1,0 +1,210 @@
+"""samples/coco: CocoDataset on pycocotools, COCO evaluation, and the CLI end to end.
+
+The mini COCO has polygon, uncompressed-RLE and compressed-RLE annotations, one crowd
+(RLE, iscrowd=1) per subset and an image without annotations. ``train --tiny`` and
+``evaluate --tiny`` run in-process.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import pytest
+
+from mrcnn import utils
+from samples import common
+from samples.coco import coco
+from tests import sample_data as sd
+
+# pycocotools' mask.decode under NumPy 2 (its own code, harmless).
+pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    return sd.write_coco_dataset(str(tmp_path_factory.mktemp("coco")))
+
+
+@pytest.fixture(scope="module")
+def trained(mini, tmp_path_factory):
+    logs = str(tmp_path_factory.mktemp("coco_logs"))
+    code, _, out, err = sd.run_cli(coco.main, [
+        "train", f"--dataset={mini['root']}", "--year=2017", "--model=none", "--tiny",
+        f"--logs={logs}"])
+    assert code == 0, err[-2000:]
+    checkpoints = glob.glob(os.path.join(logs, "tinycoco*", "mask_rcnn_tinycoco_0001.h5"))
+    assert len(checkpoints) == 1, os.listdir(logs)
+    return {"logs": logs, "checkpoint": checkpoints[0], "stdout": out}
+
+
+def load(mini, subset="val", **kwargs):
+    dataset = coco.CocoDataset()
+    result = dataset.load_coco(mini["root"], subset, year=mini["year"], **kwargs)
+    dataset.prepare()
+    return dataset, result
+
+
+def reference_mask(ann, height, width):
+    """The annotation's mask through pycocotools' own COCO.annToMask."""
+    from pycocotools.coco import COCO
+
+    ground_truth = COCO()
+    ground_truth.imgs = {ann["image_id"]: {"height": height, "width": width}}
+    return ground_truth.annToMask(ann).astype(bool)
+
+
+############################################################
+#  CocoDataset
+############################################################
+
+def test_load_coco_polygons_rle_and_crowds(mini):
+    dataset, ground_truth = load(mini, return_coco=True)
+    assert ground_truth is not None and len(ground_truth.getImgIds()) == 4
+    assert dataset.class_names == ["BG", "person", "car", "dog"]
+    # The image without annotations is left out, as in Matterport.
+    assert len(dataset.image_ids) == 3
+    anns = {a["id"]: a for a in mini["anns"]["val"]}
+    crowd_seen = False
+    for image_id in dataset.image_ids:
+        info = dataset.image_info[image_id]
+        masks, class_ids = dataset.load_mask(image_id)
+        assert masks.dtype == bool and masks.shape == (info["height"], info["width"],
+                                                        len(info["annotations"]))
+        for k, ann in enumerate(info["annotations"]):
+            ann = anns[ann["id"]]
+            internal = dataset.map_source_class_id(f"coco.{ann['category_id']}")
+            if ann["iscrowd"]:
+                assert class_ids[k] == -internal  # crowds: negative class ids
+                crowd_seen = True
+            else:
+                assert class_ids[k] == internal
+            np.testing.assert_array_equal(
+                masks[..., k], reference_mask(ann, info["height"], info["width"]))
+    assert crowd_seen
+    kinds = {type(a["segmentation"]).__name__ + (
+        "" if isinstance(a["segmentation"], list) else type(a["segmentation"]["counts"]).__name__)
+        for a in anns.values()}
+    assert kinds == {"list", "dictlist", "dictstr"}  # polygons, raw RLE, compressed RLE
+
+
+def test_class_subset(mini):
+    dataset, _ = load(mini, class_ids=[18])
+    assert dataset.class_names == ["BG", "dog"] and dataset.num_classes == 2
+    dogs = [a for a in mini["anns"]["val"] if a["category_id"] == 18]
+    assert [dataset.image_info[i]["id"] for i in dataset.image_ids] == \
+        sorted({a["image_id"] for a in dogs})
+    masks, class_ids = dataset.load_mask(dataset.image_ids[0])
+    assert masks.shape[-1] == len(dogs) and (class_ids == 1).all()
+    with pytest.raises(common.InputError, match="99"):
+        load(mini, class_ids=[18, 99])
+
+
+def test_build_coco_results_maps_classes_and_boxes(mini):
+    dataset, _ = load(mini)
+    masks = np.zeros([56, 64, 1], bool)
+    masks[10:20, 5:15, 0] = True
+    results = coco.build_coco_results(dataset, [123], np.array([[10, 5, 20, 15]]),
+                                      np.array([3]), np.array([0.75]), masks)
+    assert len(results) == 1
+    r = results[0]
+    assert r["image_id"] == 123 and r["category_id"] == 18 and r["score"] == 0.75
+    assert r["bbox"] == [5.0, 10.0, 10.0, 10.0]
+    from pycocotools import mask as mask_utils
+
+    np.testing.assert_array_equal(mask_utils.decode(r["segmentation"]).astype(bool),
+                                  masks[..., 0])
+
+
+class PerfectModel:
+    """Returns the ground truth (crowds left out) of whichever dataset image it is shown."""
+
+    def __init__(self, dataset):
+        self.by_pixels = {}
+        for image_id in dataset.image_ids:
+            image = dataset.load_image(image_id)
+            self.by_pixels[image.tobytes()] = dataset.load_mask(image_id)
+
+    def detect(self, images, verbose=0):
+        masks, class_ids = self.by_pixels[images[0].tobytes()]
+        keep = class_ids > 0
+        masks, class_ids = masks[..., keep], class_ids[keep]
+        return [{"rois": utils.extract_bboxes(masks), "class_ids": class_ids,
+                 "scores": np.ones(len(class_ids)), "masks": masks}]
+
+
+@pytest.mark.parametrize("eval_type", ["bbox", "segm"])
+def test_evaluate_coco_scores_the_ground_truth_perfectly(mini, eval_type, capsys):
+    dataset, ground_truth = load(mini, return_coco=True)
+    stats = coco.evaluate_coco(PerfectModel(dataset), dataset, ground_truth, eval_type)
+    assert stats.shape == (12,)
+    assert stats[0] > 0.95 and stats[1] == pytest.approx(1.0)  # AP, AP50
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all" in capsys.readouterr().out
+    limited = coco.evaluate_coco(PerfectModel(dataset), dataset, ground_truth, eval_type,
+                                 limit=1)
+    assert limited.shape == (12,)
+
+
+############################################################
+#  Bad input: one error line naming the path
+############################################################
+
+def assert_one_error_line(result, *fragments):
+    code, _, _, err = result
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("coco.py: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_missing_annotation_file(mini):
+    path = os.path.join(mini["root"], "annotations", "instances_val2014.json")
+    assert_one_error_line(sd.run_cli(coco.main, [
+        "evaluate", f"--dataset={mini['root']}", "--year=2014", "--model=none", "--tiny"]),
+        path.replace("val2014", "minival2014"))
+
+
+def test_malformed_annotation_file(tmp_path):
+    (tmp_path / "annotations").mkdir()
+    path = tmp_path / "annotations" / "instances_val2017.json"
+    path.write_text('{"images": [')
+    assert_one_error_line(sd.run_cli(coco.main, [
+        "evaluate", f"--dataset={tmp_path}", "--model=none", "--tiny"]), str(path))
+
+
+def test_download_without_network_fails_clearly(tmp_path, monkeypatch):
+    # Port 9 of localhost refuses the connection: a network failure, offline or not.
+    monkeypatch.setattr(coco, "IMAGES_URL", "http://127.0.0.1:9/zips/{subset}{year}.zip")
+    target = tmp_path / "coco"
+    assert_one_error_line(sd.run_cli(coco.main, [
+        "evaluate", f"--dataset={target}", "--model=none", "--tiny", "--download"]),
+        "download of http://127.0.0.1:9/zips/val2017.zip failed", str(target / "val2017.zip"))
+    assert not list(target.glob("*.part"))
+
+
+############################################################
+#  The command line end to end
+############################################################
+
+def test_train_uses_the_dataset_classes(trained):
+    # Background + the three categories of the annotation file, not COCO's 80.
+    assert any(line.split() == ["NUM_CLASSES", "4"] for line in trained["stdout"].splitlines())
+    assert "Skipping 'Fine tune all layers'" in trained["stdout"]
+
+
+def test_evaluate_returns_12_stats_for_boxes_and_masks(mini, trained, monkeypatch):
+    monkeypatch.setenv("MRCNN_TINY", "1")  # the environment switch instead of --tiny
+    code, stats, out, err = sd.run_cli(coco.main, [
+        "evaluate", f"--dataset={mini['root']}", "--year=2017", "--model=last",
+        f"--logs={trained['logs']}", "--limit=2"])
+    assert code == 0, err[-2000:]
+    assert set(stats) == {"bbox", "segm"}
+    for eval_type in ("bbox", "segm"):
+        assert np.shape(stats[eval_type]) == (12,)
+        assert all(-1 <= v <= 1 for v in stats[eval_type])
+        assert f"{eval_type} stats: " in out
+    assert "Running COCO evaluation on 2 images." in out
+    assert out.count("Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all") == 2
