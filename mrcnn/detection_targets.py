@@ -35,7 +35,14 @@ def _random_pick(candidates, count: int, seed_generator):
     """
     noise = keras.random.uniform(ops.shape(candidates), seed=seed_generator)
     key = ops.where(candidates, noise + 1.0, 0.0)  # candidates rank above everything else
+    num = candidates.shape[1]
+    if count > num:
+        # Fewer rows than slots (e.g. POST_NMS_ROIS_TRAINING < TRAIN_ROIS_PER_IMAGE):
+        # top_k needs k <= num, so pad with non-candidates; their slots come out not ok.
+        key = ops.pad(key, [[0, 0], [0, count - num]])
     values, indices = ops.top_k(key, k=count, sorted=True)
+    # Padding columns do not exist in the caller's arrays: point them at row 0 (masked).
+    indices = ops.where(indices < num, indices, 0)
     return ops.cast(indices, "int32"), values > 0.0
 
 
@@ -141,8 +148,10 @@ def _mask_targets(rois, roi_gt, roi_gt_boxes, gt_masks, config):
     crops = mops.crop_and_resize(flat_masks, ops.reshape(boxes, (-1, 4)),
                                  ops.reshape(box_index, (-1,)), tuple(config.MASK_SHAPE))
     crops = ops.reshape(crops, (-1, slots, *config.MASK_SHAPE))
-    # Round like Matterport so the BCE target is binary.
-    return ops.cast(crops >= 0.5, "float32")
+    # Round like Matterport (tf.round, half to even) so the BCE target is binary. On [0, 1]
+    # that is ``> 0.5``: a sample exactly halfway between a 0 and a 1 pixel is background
+    # (``>= 0.5`` rounded it up, unlike Matterport).
+    return ops.cast(crops > 0.5, "float32")
 
 
 class DetectionTargetLayer(layers.Layer):

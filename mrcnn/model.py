@@ -13,6 +13,7 @@ import datetime
 import errno
 import os
 import re
+import warnings
 from collections import OrderedDict
 from typing import Any, Sequence
 
@@ -57,6 +58,28 @@ from mrcnn.weights import (
 CHECKPOINT_PATTERN = re.compile(
     r".*[/\\][\w-]+(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})[/\\]mask\_rcnn\_[\w-]+(\d{4})"
     r"\.(?:weights\.)?h5$")
+
+
+def tensorboard_callbacks(log_dir: str) -> list:
+    """Keras' TensorBoard callback, where it can run.
+
+    It writes its summaries with ``tf.summary``, so on a machine without TensorFlow (the JAX
+    GPU machine) it fails at the first epoch; there training goes on without TensorBoard
+    logs (checkpoints and the History are unaffected).
+
+    Args:
+        log_dir: folder of the run.
+
+    Returns:
+        ``[TensorBoard]``, or ``[]`` with a warning when ``tensorflow.summary`` is missing.
+    """
+    try:
+        import tensorflow.summary  # noqa: F401
+    except ImportError:
+        warnings.warn("TensorFlow is not installed: training without TensorBoard logs.",
+                      stacklevel=3)
+        return []
+    return [keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False)]
 
 
 def log(text: str, array: Any = None) -> None:
@@ -295,6 +318,11 @@ class MaskRCNN:
         self.keras_model.compile(
             optimizer=build_optimizer(self.config, learning_rate, momentum),
             jit_compile=bool(self.config.JIT_COMPILE))
+        # Create the optimizer's slot variables now, for the layers just set trainable. On
+        # TensorFlow, Keras otherwise creates them inside the first traced train step, and a
+        # tf.function that creates variables is traced twice: the first step of every
+        # train() call took ~1.6x longer.
+        self.keras_model.optimizer.build(self.keras_model.trainable_variables)
 
     def train(self, train_dataset, val_dataset, learning_rate: float, epochs: int,
               layers: str, augmentation=None, custom_callbacks=None,
@@ -317,16 +345,23 @@ class MaskRCNN:
         if self.mode != "training":
             raise ValueError("Create the model in training mode to train it.")
         config = self.config
+        # The generators' shuffling is seeded from NumPy's global RNG, so that np.random.seed
+        # (or keras.utils.set_random_seed) makes the image order reproducible, as with
+        # Matterport's np.random.shuffle. (Unseeded, each run drew a fresh OS seed.)
         train_generator = DataGenerator(train_dataset, config, shuffle=True,
                                         augmentation=augmentation,
-                                        no_augmentation_sources=no_augmentation_sources)
+                                        no_augmentation_sources=no_augmentation_sources,
+                                        seed=int(np.random.randint(2**31 - 1)),
+                                        steps=config.STEPS_PER_EPOCH)
         val_generator = None
         if val_dataset is not None and config.VALIDATION_STEPS:
-            val_generator = DataGenerator(val_dataset, config, shuffle=True)
+            val_generator = DataGenerator(val_dataset, config, shuffle=True,
+                                          seed=int(np.random.randint(2**31 - 1)),
+                                          steps=config.VALIDATION_STEPS)
 
         os.makedirs(self.log_dir, exist_ok=True)
         callbacks = [
-            keras.callbacks.TensorBoard(log_dir=self.log_dir, write_graph=False),
+            *tensorboard_callbacks(self.log_dir),
             NamedCheckpoint(self.checkpoint_path),
             *schedule_callbacks(config, learning_rate, self.epoch, epochs),
             *(custom_callbacks or []),
@@ -543,6 +578,9 @@ class MaskRCNN:
         sub = keras.Model(model.inputs, list(named.values()))
         molded_images, metas, _ = self.mold_inputs(images)
         chunks = self._run_batches(molded_images, metas, model=sub)
+        # A functional model with one output returns that tensor, not a list of one: without
+        # this, c[0] below would take the first image of each chunk instead of the output.
+        chunks = [c if isinstance(c, (list, tuple)) else [c] for c in chunks]
         result = OrderedDict()
         for i, name in enumerate(named):
             result[name] = np.concatenate([np.asarray(c[i]) for c in chunks], axis=0)
