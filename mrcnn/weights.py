@@ -11,6 +11,8 @@ files are loaded by Keras itself, whole-model only.)
 
 from __future__ import annotations
 
+import warnings
+
 import os
 from collections import OrderedDict
 
@@ -141,13 +143,14 @@ def load_weights_by_name(model: keras.Model, filepath: str, exclude=None,
     exclude = set(exclude or [])
     stored = read_weights(filepath)
     targets = weighted_layers(model)
-    problems, assignments = [], []
+    problems, assignments, unmatched = [], [], []
     for name, layer in targets.items():
         if name in exclude:
             continue
         if name not in stored:
             if strict:
                 problems.append(f"  {name}: missing from the file")
+            unmatched.append(name)
             continue
         arrays = stored[name]
         expected = [tuple(w.shape) for w in layer.weights]
@@ -163,6 +166,18 @@ def load_weights_by_name(model: keras.Model, filepath: str, exclude=None,
     if not assignments:
         raise ValueError(f"Cannot load {filepath}: no layer name of the file matches the "
                          "model.")
+    if unmatched:
+        # Silent partial loads are the classic by-name trap (e.g. a GroupNorm model and a
+        # BatchNorm file share conv names but no norm layer): say what was left alone.
+        hint = ""
+        if any(n.startswith("gn") or "_gn" in n for n in unmatched) and any(
+                n.startswith("bn") for n in stored):
+            hint = (" The file has BatchNorm layers and the model GroupNorm ones: build the "
+                    "model with NORM='frozen_bn' (or 'bn') to use them.")
+        shown = ", ".join(unmatched[:8]) + (", ..." if len(unmatched) > 8 else "")
+        warnings.warn(f"{filepath}: {len(unmatched)} weighted layer(s) of the model are not in "
+                      f"the file and keep their current weights: {shown}.{hint}",
+                      stacklevel=2)
     for layer, arrays in assignments:
         layer.set_weights(arrays)
     return [layer.name for layer, _ in assignments]

@@ -263,3 +263,24 @@ def test_load_shape_mismatch_names_layer_and_shapes(matterport_model, tmp_path):
     assert (keras.ops.convert_to_numpy(keras_model.get_layer("fpn_c5p5").weights[0]) == 7).all()
     with pytest.raises(ValueError, match="missing"):
         model.load_weights(path)
+
+
+def test_by_name_load_warns_about_layers_left_alone(tmp_path):
+    """A GroupNorm model loading a BatchNorm file: convs load, the norm layers cannot, and
+    the user is told so (with the NORM hint) instead of silently keeping random norms."""
+    from mrcnn.weights import load_weights_by_name, save_weights_by_name
+
+    def small(norm_layer):
+        inputs = keras.Input((8, 8, 3))
+        x = keras.layers.Conv2D(4, 3, name="res2a_branch2a")(inputs)
+        return keras.Model(inputs, norm_layer(x))
+
+    bn_model = small(keras.layers.BatchNormalization(name="bn2a_branch2a"))
+    gn_model = small(keras.layers.GroupNormalization(2, name="gn2a_branch2a"))
+    path = str(tmp_path / "bn.h5")
+    save_weights_by_name(bn_model, path)
+    with pytest.warns(UserWarning, match=r"1 weighted layer\(s\).*gn2a_branch2a.*NORM="):
+        loaded = load_weights_by_name(gn_model, path)
+    assert loaded == ["res2a_branch2a"]
+    np.testing.assert_array_equal(gn_model.get_layer("res2a_branch2a").get_weights()[0],
+                                  bn_model.get_layer("res2a_branch2a").get_weights()[0])
