@@ -13,6 +13,7 @@ sample's ``main(argv)`` in-process and captures its exit status and output.
 from __future__ import annotations
 
 import contextlib
+import glob
 import io
 import json
 import os
@@ -330,6 +331,33 @@ def run_cli(main: Callable[[Sequence[str]], Any], argv: Sequence[str]) -> tuple[
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else 1
     return code, result, out.getvalue(), err.getvalue()
+
+
+def assert_one_error_line(result: tuple, prog: str, *fragments: str) -> str:
+    """A ``run_cli`` result that failed with exit status 2 and ONE stderr line
+    ``<prog>: error: ...`` containing every fragment (e.g. the offending path)."""
+    code, _, _, err = result
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"{prog}: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+    return lines[0]
+
+
+def train_tiny(main: Callable[[Sequence[str]], Any], argv: Sequence[str], logs: str,
+               name: str) -> dict:
+    """Run a sample's ``train ... --tiny --logs=<logs>`` in process and find its checkpoint.
+
+    Returns:
+        {"logs", "checkpoint" (the epoch-1 file of run ``tiny<name>``), "stdout"}.
+    """
+    code, _, out, err = run_cli(main, [*argv, "--tiny", f"--logs={logs}"])
+    assert code == 0, err[-2000:]
+    checkpoints = glob.glob(os.path.join(logs, f"tiny{name}*", f"mask_rcnn_tiny{name}_0001.h5"))
+    assert len(checkpoints) == 1, os.listdir(logs)
+    return {"logs": logs, "checkpoint": checkpoints[0], "stdout": out}
 
 
 class _Tee(io.TextIOBase):

@@ -7,7 +7,6 @@ script entry point works.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import subprocess
@@ -32,12 +31,8 @@ def via(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(via, tmp_path_factory):
     logs = str(tmp_path_factory.mktemp("balloon_logs"))
-    code, _, out, err = sd.run_cli(balloon.main, [
-        "train", f"--dataset={via['root']}", "--weights=none", "--tiny", f"--logs={logs}"])
-    assert code == 0, err[-2000:]
-    checkpoints = glob.glob(os.path.join(logs, "tinyballoon*", "mask_rcnn_tinyballoon_0001.h5"))
-    assert len(checkpoints) == 1, os.listdir(logs)
-    return {"logs": logs, "checkpoint": checkpoints[0], "stdout": out}
+    return sd.train_tiny(balloon.main, [
+        "train", f"--dataset={via['root']}", "--weights=none"], logs, "balloon")
 
 
 def iou(a, b):
@@ -174,13 +169,7 @@ def test_norm_follows_the_weights(tmp_path):
 ############################################################
 
 def assert_one_error_line(result, *fragments):
-    code, _, _, err = result
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("balloon.py: error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+    return sd.assert_one_error_line(result, "balloon.py", *fragments)
 
 
 def test_missing_dataset_folder(tmp_path):

@@ -7,7 +7,6 @@ The mini COCO has polygon, uncompressed-RLE and compressed-RLE annotations, one 
 
 from __future__ import annotations
 
-import glob
 import os
 
 import numpy as np
@@ -30,13 +29,8 @@ def mini(tmp_path_factory):
 @pytest.fixture(scope="module")
 def trained(mini, tmp_path_factory):
     logs = str(tmp_path_factory.mktemp("coco_logs"))
-    code, _, out, err = sd.run_cli(coco.main, [
-        "train", f"--dataset={mini['root']}", "--year=2017", "--model=none", "--tiny",
-        f"--logs={logs}"])
-    assert code == 0, err[-2000:]
-    checkpoints = glob.glob(os.path.join(logs, "tinycoco*", "mask_rcnn_tinycoco_0001.h5"))
-    assert len(checkpoints) == 1, os.listdir(logs)
-    return {"logs": logs, "checkpoint": checkpoints[0], "stdout": out}
+    return sd.train_tiny(coco.main, [
+        "train", f"--dataset={mini['root']}", "--year=2017", "--model=none"], logs, "coco")
 
 
 def load(mini, subset="val", **kwargs):
@@ -151,13 +145,7 @@ def test_evaluate_coco_scores_the_ground_truth_perfectly(mini, eval_type, capsys
 ############################################################
 
 def assert_one_error_line(result, *fragments):
-    code, _, _, err = result
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("coco.py: error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+    return sd.assert_one_error_line(result, "coco.py", *fragments)
 
 
 def test_missing_annotation_file(mini):

@@ -8,7 +8,6 @@ test's own run-length decoder (``sample_data.rle_decode_reference``).
 from __future__ import annotations
 
 import csv
-import glob
 import os
 import shutil
 
@@ -31,13 +30,9 @@ def dsb(tmp_path_factory):
 def trained(dsb, tmp_path_factory):
     """`nucleus.py train --tiny`: the logs folder and the checkpoint it wrote."""
     logs = str(tmp_path_factory.mktemp("nucleus_logs"))
-    code, _, out, err = sd.run_cli(nucleus.main, [
-        "train", f"--dataset={dsb['root']}", "--subset=train", "--weights=none", "--tiny",
-        f"--logs={logs}"])
-    assert code == 0, err[-2000:]
-    checkpoints = glob.glob(os.path.join(logs, "tinynucleus*", "mask_rcnn_tinynucleus_0001.h5"))
-    assert len(checkpoints) == 1, os.listdir(logs)
-    return {"logs": logs, "checkpoint": checkpoints[0], "stdout": out}
+    return sd.train_tiny(nucleus.main, [
+        "train", f"--dataset={dsb['root']}", "--subset=train", "--weights=none"],
+        logs, "nucleus")
 
 
 def copy_dataset(dsb, tmp_path) -> str:
@@ -238,14 +233,7 @@ def test_augmentation_moves_masks_with_the_image():
 ############################################################
 
 def assert_one_error_line(result, *fragments):
-    code, _, _, err = result
-    assert code == 2, err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("nucleus.py: error: "), lines[0]
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
-    return lines[0]
+    return sd.assert_one_error_line(result, "nucleus.py", *fragments)
 
 
 def test_missing_dataset_folder(tmp_path):
