@@ -1,6 +1,6 @@
 """Shapes convergence: train the shapes sample from scratch, report wall time and mAP@0.5.
 
-    python bench/shapes_convergence.py [--epochs 6] [--steps 100] [--eval-count 50]
+    python bench/shapes_convergence.py [--epochs 4] [--steps 100] [--eval-count 50]
     KERAS_BACKEND=jax python bench/shapes_convergence.py ...
 
 Uses ShapesConfig (the sample's defaults) with STEPS_PER_EPOCH overridden, trains all
@@ -28,7 +28,7 @@ from bench.common import print_table  # noqa: E402
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--steps", type=int, default=100, help="steps per epoch")
     parser.add_argument("--train-count", type=int, default=2000)
     parser.add_argument("--eval-count", type=int, default=50)

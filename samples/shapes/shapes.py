@@ -378,10 +378,19 @@ def _resolve_weights(model, weights: str) -> str | None:
     return model.find_last() if weights.lower() == "last" else weights
 
 
+def _make_config(args, base: type[Config], **overrides) -> Config:
+    """``base`` with ``overrides``; with --tiny, mrcnn.tiny's seconds-per-step variant."""
+    if getattr(args, "tiny", False):
+        from mrcnn.tiny import tiny_config
+
+        return tiny_config(base, **overrides)
+    return type(base.__name__, (base,), overrides)() if overrides else base()
+
+
 def _inference_model(args):
     from mrcnn import model as modellib
 
-    config = ShapesInferenceConfig()
+    config = _make_config(args, ShapesInferenceConfig)
     model = modellib.MaskRCNN("inference", config, args.logs)
     path = _resolve_weights(model, args.weights)
     if path is None:
@@ -396,9 +405,7 @@ def cmd_train(args) -> float:
     """Train from scratch (or from --weights), then evaluate and save a picture."""
     from mrcnn import model as modellib
 
-    class TrainConfig(ShapesConfig):
-        STEPS_PER_EPOCH = args.steps
-    config = TrainConfig()
+    config = _make_config(args, ShapesConfig, STEPS_PER_EPOCH=args.steps)
     config.display()
     train_set = make_dataset(args.train_count, TRAIN_SEED, config)
     val_set = make_dataset(max(args.val_count, 1), VAL_SEED, config)
@@ -446,8 +453,15 @@ def cmd_detect(args) -> None:
     print(f"Saved detections to {out}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Command line: ``train``, ``evaluate`` and ``detect`` on the shapes dataset."""
+def main(argv: list[str] | None = None) -> float | None:
+    """Command line: ``train``, ``evaluate`` and ``detect`` on the shapes dataset.
+
+    Args:
+        argv: arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        mAP@0.5 on the held-out images for ``train`` and ``evaluate``; None for ``detect``.
+    """
     import argparse
 
     parser = argparse.ArgumentParser(
@@ -458,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weights", default=None,
                         help="'none', 'last' or a checkpoint path (default: none for "
                              "train, last otherwise)")
-    parser.add_argument("--epochs", type=int, default=6, help="epochs to train up to")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs to train up to")
     parser.add_argument("--steps", type=int, default=ShapesConfig.STEPS_PER_EPOCH,
                         help="steps per epoch")
     parser.add_argument("--train-count", type=int, default=2000,
@@ -467,6 +481,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-count", type=int, default=50,
                         help="held-out images for the mAP")
     parser.add_argument("--image", default=None, help="image file for 'detect'")
+    parser.add_argument("--tiny", action="store_true",
+                        help="64 px five-conv model (mrcnn.tiny) that runs in seconds: for "
+                             "smoke tests of the command line, not for results")
     parser.add_argument("--output", default=os.path.join(ROOT_DIR, "samples", "shapes", "out"),
                         help="folder for the pictures")
     args = parser.parse_args(argv)
@@ -474,7 +491,8 @@ def main(argv: list[str] | None = None) -> None:
         args.weights = "none" if args.command == "train" else "last"
     if args.image and not os.path.isfile(args.image):
         parser.error(f"--image {args.image}: no such file")
-    {"train": cmd_train, "evaluate": cmd_evaluate, "detect": cmd_detect}[args.command](args)
+    return {"train": cmd_train, "evaluate": cmd_evaluate,
+            "detect": cmd_detect}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,66 @@
+"""The shapes command line end to end: train -> evaluate -> detect, with --tiny."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from samples.shapes import shapes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    logs = str(tmp_path_factory.mktemp("shapes_logs"))
+    out = str(tmp_path_factory.mktemp("shapes_out"))
+    m_ap = shapes.main(["train", "--tiny", "--epochs", "1", "--steps", "2",
+                        "--train-count", "8", "--val-count", "2", "--eval-count", "4",
+                        f"--logs={logs}", f"--output={out}"])
+    return {"logs": logs, "out": out, "map": m_ap}
+
+
+def test_train_writes_checkpoint_map_and_picture(trained):
+    runs = [d for d in os.listdir(trained["logs"]) if d.startswith("tinyshapes")]
+    assert len(runs) == 1, os.listdir(trained["logs"])
+    assert os.listdir(os.path.join(trained["logs"], runs[0])).count(
+        "mask_rcnn_tinyshapes_0001.h5") == 1
+    assert isinstance(trained["map"], float) and 0.0 <= trained["map"] <= 1.0
+    picture = Image.open(os.path.join(trained["out"], "shapes_detections.png"))
+    assert picture.size[0] > 100 and picture.size[1] > 100
+    # Not a blank canvas: the images themselves are drawn.
+    assert np.asarray(picture.convert("L")).std() > 5
+
+
+def test_evaluate_reuses_the_last_checkpoint(trained):
+    m_ap = shapes.main(["evaluate", "--tiny", "--eval-count", "4",
+                        f"--logs={trained['logs']}", f"--output={trained['out']}"])
+    # Same checkpoint, same held-out images, deterministic inference: same mAP.
+    assert m_ap == pytest.approx(trained["map"])
+
+
+def test_detect_on_an_image_file(trained, tmp_path):
+    image = shapes.make_dataset(1, 123, shapes.ShapesInferenceConfig()).load_image(0)
+    path = str(tmp_path / "mine.png")
+    Image.fromarray(image).save(path)
+    shapes.main(["detect", "--tiny", f"--image={path}", f"--logs={trained['logs']}",
+                 f"--output={tmp_path}"])
+    saved = Image.open(tmp_path / "detect_mine.png")
+    assert saved.size[0] > 0
+
+
+def test_bad_arguments_fail_with_a_message(trained, tmp_path):
+    missing = str(tmp_path / "nope.png")
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "samples", "shapes", "shapes.py"), "detect",
+         "--tiny", f"--image={missing}", f"--logs={trained['logs']}"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"--image {missing}: no such file" in result.stderr
+    with pytest.raises(SystemExit, match="--weights=none"):
+        shapes.main(["evaluate", "--tiny", "--weights=none", f"--logs={trained['logs']}"])
