@@ -340,6 +340,41 @@ def check_mask(
     return mask, class_ids
 
 
+def load_image_file(path: str) -> np.ndarray:
+    """Read an image file (or URL) as [H, W, 3] uint8 RGB, as ``Dataset.load_image`` does.
+
+    For images outside a dataset (a ``detect --image`` argument, a notebook's own picture):
+    grayscale, RGBA and 16-bit files are converted the same way.
+
+    Args:
+        path: file path or URL.
+
+    Returns:
+        uint8 array [height, width, 3].
+
+    Raises:
+        FileNotFoundError, IOError, ValueError: as ``Dataset.load_image``, naming the path.
+    """
+    return _read_rgb_uint8(path, f"path {path!r}")
+
+
+def _read_rgb_uint8(path: str, where: str) -> np.ndarray:
+    """Decode ``path`` and convert it to RGB uint8; errors name ``where``."""
+    is_url = isinstance(path, str) and "://" in path
+    if not is_url and not os.path.exists(path):
+        raise FileNotFoundError(f"Image file not found for {where}")
+    try:
+        import skimage.io  # lazy: skimage.io pulls in imageio plugins
+
+        image = skimage.io.imread(path)
+    except Exception as err:  # decoders raise many different types
+        raise IOError(f"Could not read image for {where}: {err}") from err
+    try:
+        return _to_rgb_uint8(np.asarray(image))
+    except ValueError as err:
+        raise ValueError(f"Unsupported image for {where}: {err}") from err
+
+
 class Dataset:
     """Base class for datasets.
 
@@ -509,19 +544,7 @@ class Dataset:
                 f"Cannot load {where}: no path was registered; override load_image() "
                 "for generated images"
             )
-        is_url = isinstance(path, str) and "://" in path
-        if not is_url and not os.path.exists(path):
-            raise FileNotFoundError(f"Image file not found for {where}")
-        try:
-            import skimage.io  # lazy: skimage.io pulls in imageio plugins
-
-            image = skimage.io.imread(path)
-        except Exception as err:  # decoders raise many different types
-            raise IOError(f"Could not read image for {where}: {err}") from err
-        try:
-            return _to_rgb_uint8(np.asarray(image))
-        except ValueError as err:
-            raise ValueError(f"Unsupported image for {where}: {err}") from err
+        return _read_rgb_uint8(path, where)
 
     def load_mask(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
         """Load the instance masks of an image. Subclasses MUST override this.

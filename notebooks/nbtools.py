@@ -18,7 +18,6 @@ import os
 import sys
 from typing import Any
 
-import numpy as np
 
 NOTEBOOKS_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT_DIR = os.path.dirname(NOTEBOOKS_DIR)
@@ -100,15 +99,6 @@ def shapes_dataset(count: int, config, seed: int, height: int | None = None,
                         int(width or config.IMAGE_SHAPE[1]), seed=seed)
     dataset.prepare()
     return dataset
-
-
-def load_image_file(path: str) -> np.ndarray:
-    """Read an image file as RGB uint8 [H, W, 3] (gray, RGBA and 16-bit files too)."""
-    from mrcnn import utils
-
-    files = utils.Dataset()
-    files.add_image("file", image_id=0, path=path)
-    return files.load_image(0)
 
 
 # ---------------------------------------------------------------------------- checkpoints

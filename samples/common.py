@@ -155,14 +155,19 @@ def verify_image(path: str) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def load_dataset_image(dataset: utils.Dataset, image_id: int) -> np.ndarray:
-    """``dataset.load_image`` with read errors turned into ``InputError`` naming the file."""
+def _read_or_fail(read, path) -> np.ndarray:
+    """``read()`` with read errors turned into ``InputError`` naming the file."""
     try:
-        return dataset.load_image(image_id)
+        return read()
     except (OSError, ValueError) as err:
-        path = dataset.image_info[image_id].get("path")
         cause = err.__cause__ or err
         fail(f"cannot read image {path}: {one_line(cause) or type(cause).__name__}")
+
+
+def load_dataset_image(dataset: utils.Dataset, image_id: int) -> np.ndarray:
+    """``dataset.load_image`` with read errors turned into ``InputError`` naming the file."""
+    return _read_or_fail(lambda: dataset.load_image(image_id),
+                         dataset.image_info[image_id].get("path"))
 
 
 def read_image(path: str) -> np.ndarray:
@@ -172,9 +177,7 @@ def read_image(path: str) -> np.ndarray:
         InputError: the file is missing or cannot be decoded.
     """
     require_file(path, "image file")
-    files = utils.Dataset()  # the base class reads files the library's way
-    files.add_image("file", image_id=0, path=path)
-    return load_dataset_image(files, 0)
+    return _read_or_fail(lambda: utils.load_image_file(path), path)
 
 
 def timestamp() -> str:

@@ -111,6 +111,8 @@ def test_load_image_16bit_rescaled_by_dtype_range(tmp_path):
     expected = np.round(values / 65535 * 255).astype(np.uint8)  # [[0, 1, 4], [128, 254, 255]]
     for c in range(3):
         np.testing.assert_array_equal(out[..., c], expected)
+    # The same reader serves files outside a dataset.
+    np.testing.assert_array_equal(utils.load_image_file(str(path)), out)
 
 
 def test_to_uint8_float_and_16bit_rgb():
@@ -129,6 +131,8 @@ def test_load_image_missing_file_names_path_and_id(tmp_path):
     with pytest.raises(IOError) as info:
         ds.load_image(0)
     assert str(path) in str(info.value) and "image_id=0" in str(info.value)
+    with pytest.raises(FileNotFoundError, match="nope.jpg"):
+        utils.load_image_file(str(path))
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")  # imageio probing legacy plugins

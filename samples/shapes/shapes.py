@@ -437,9 +437,7 @@ def cmd_detect(args) -> None:
 
     model, config = _inference_model(args)
     if args.image:
-        files = utils.Dataset()  # the base class reads files (gray, RGBA, 16-bit too)
-        files.add_image("file", image_id=0, path=args.image)
-        image = files.load_image(0)
+        image = utils.load_image_file(args.image)  # gray, RGBA, 16-bit too
         name = os.path.splitext(os.path.basename(args.image))[0]
     else:
         image = make_dataset(1, TEST_SEED, config).load_image(0)
