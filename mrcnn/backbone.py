@@ -33,6 +33,17 @@ def _conv(filters: int, kernel: int | tuple, name: str, strides: int = 1,
                          use_bias=True, kernel_initializer=KERNEL_INIT)
 
 
+def _merge_shortcut(x, y, filters: int, stage: int, block: str, norm: str, gn_groups: int,
+                    strides: int, shortcut_conv: bool):
+    """relu(y + shortcut(x)): identity, or Matterport's 1x1 projection res*_branch1."""
+    shortcut = x
+    if shortcut_conv:
+        shortcut = _conv(filters, 1, f"res{stage}{block}_branch1", strides=strides)(x)
+        shortcut = norm_layer(norm, f"bn{stage}{block}_branch1", gn_groups)(shortcut)
+    y = layers.Add()([y, shortcut])
+    return layers.Activation("relu", name=f"res{stage}{block}_out")(y)
+
+
 def _bottleneck(x, kernel_size: int, filters: tuple[int, int, int], stage: int, block: str,
                 norm: str, gn_groups: int, strides: int = 1, shortcut_conv: bool = False):
     """Bottleneck residual block: 1x1 -> kxk -> 1x1 (+ 1x1 projection shortcut)."""
@@ -48,13 +59,7 @@ def _bottleneck(x, kernel_size: int, filters: tuple[int, int, int], stage: int, 
     y = layers.Activation("relu")(y)
     y = _conv(f3, 1, conv_name + "2c")(y)
     y = norm_layer(norm, bn_name + "2c", gn_groups, zero_init=True)(y)
-
-    shortcut = x
-    if shortcut_conv:
-        shortcut = _conv(f3, 1, conv_name + "1", strides=strides)(x)
-        shortcut = norm_layer(norm, bn_name + "1", gn_groups)(shortcut)
-    y = layers.Add()([y, shortcut])
-    return layers.Activation("relu", name=f"res{stage}{block}_out")(y)
+    return _merge_shortcut(x, y, f3, stage, block, norm, gn_groups, strides, shortcut_conv)
 
 
 def _basic_block(x, filters: int, stage: int, block: str, norm: str, gn_groups: int,
@@ -67,12 +72,7 @@ def _basic_block(x, filters: int, stage: int, block: str, norm: str, gn_groups: 
     y = layers.Activation("relu")(y)
     y = _conv(filters, 3, conv_name + "2b", padding="same")(y)
     y = norm_layer(norm, bn_name + "2b", gn_groups, zero_init=True)(y)
-    shortcut = x
-    if shortcut_conv:
-        shortcut = _conv(filters, 1, conv_name + "1", strides=strides)(x)
-        shortcut = norm_layer(norm, bn_name + "1", gn_groups)(shortcut)
-    y = layers.Add()([y, shortcut])
-    return layers.Activation("relu", name=f"res{stage}{block}_out")(y)
+    return _merge_shortcut(x, y, filters, stage, block, norm, gn_groups, strides, shortcut_conv)
 
 
 def resnet_graph(input_image, architecture: str, stage5: bool = True, norm: str = "frozen_bn",
