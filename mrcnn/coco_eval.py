@@ -262,6 +262,34 @@ def _map_image_ids(gt_list: Sequence[dict], det_list: Sequence[dict]):
     return gt_list, new_dets
 
 
+def load_results(coco_gt: COCO, results: Sequence[dict]) -> COCO:
+    """A COCO result set for ``results``, also when there is none.
+
+    pycocotools' ``loadRes`` indexes the first result, so it fails on an empty list (an
+    untrained model, or a threshold that removes everything). An empty result set is then
+    built directly; COCOeval scores it 0 where ground truth exists and -1 where it has
+    nothing to measure.
+
+    Args:
+        coco_gt: the ground truth.
+        results: COCO result dicts (image_id, category_id, score, bbox and/or
+            segmentation). They are copied: ``loadRes`` adds fields to the dicts it gets.
+
+    Returns:
+        A ``COCO`` object usable as ``COCOeval``'s detections.
+    """
+    if results:
+        return _silent(coco_gt.loadRes, copy.deepcopy(list(results)))
+    coco_dt = COCO()
+    coco_dt.dataset = {
+        "images": list(coco_gt.dataset["images"]),
+        "annotations": [],
+        "categories": copy.deepcopy(coco_gt.dataset["categories"]),
+    }
+    _silent(coco_dt.createIndex)
+    return coco_dt
+
+
 def evaluate(
     gt_list: Sequence[dict],
     det_list: Sequence[dict],
@@ -287,10 +315,9 @@ def evaluate(
         100 detections; NaN for a class without ground truth) and ``cocoeval`` (the
         ``COCOeval`` object, for further analysis).
 
-        With no detections at all, pycocotools' ``loadRes`` cannot be used (it indexes the
-        first result), so an empty result set is built directly: AP/AR are then 0 where
-        ground truth exists and -1 where COCOeval has nothing to measure (e.g. an area
-        range with no ground truth), exactly as COCOeval reports them.
+        With no detections at all (see ``load_results``), AP/AR are 0 where ground truth
+        exists and -1 where COCOeval has nothing to measure (e.g. an area range with no
+        ground truth), exactly as COCOeval reports them.
     """
     if iou_type not in ("bbox", "segm"):
         raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
@@ -314,17 +341,7 @@ def evaluate(
         # Masks are not needed for box AP; dropping them avoids decoding RLEs.
         results = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
 
-    if results:
-        # loadRes mutates the dicts it is given (adds id/area), so hand it copies.
-        coco_dt = _silent(coco_gt.loadRes, copy.deepcopy(results))
-    else:
-        coco_dt = COCO()
-        coco_dt.dataset = {
-            "images": list(coco_gt.dataset["images"]),
-            "annotations": [],
-            "categories": copy.deepcopy(coco_gt.dataset["categories"]),
-        }
-        _silent(coco_dt.createIndex)
+    coco_dt = load_results(coco_gt, results)
 
     cocoeval = COCOeval(coco_gt, coco_dt, iou_type)
     _silent(cocoeval.evaluate)

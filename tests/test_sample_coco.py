@@ -140,6 +140,27 @@ def test_evaluate_coco_scores_the_ground_truth_perfectly(mini, eval_type, capsys
     assert limited.shape == (12,)
 
 
+class BlindModel:
+    """Finds nothing: what a model fresh from one training step often does."""
+
+    def detect(self, images, verbose=0):
+        height, width = images[0].shape[:2]
+        return [{"rois": np.zeros((0, 4), np.int32), "class_ids": np.zeros(0, np.int32),
+                 "scores": np.zeros(0, np.float32), "masks": np.zeros((height, width, 0), bool)}]
+
+
+@pytest.mark.parametrize("eval_type", ["bbox", "segm"])
+def test_evaluate_coco_without_any_detection_still_runs_cocoeval(mini, eval_type, capsys):
+    dataset, ground_truth = load(mini, return_coco=True)
+    stats = coco.evaluate_coco(BlindModel(), dataset, ground_truth, eval_type)
+    # COCOeval's own answer for an empty result set: 0 where there is ground truth
+    # (AP and AR over all areas), -1 only where it has nothing to measure.
+    assert stats.shape == (12,)
+    assert stats[0] == 0 and stats[1] == 0 and stats[8] == 0
+    assert set(np.unique(stats)) <= {0.0, -1.0}
+    assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all" in capsys.readouterr().out
+
+
 ############################################################
 #  Bad input: one error line naming the path
 ############################################################

@@ -387,29 +387,26 @@ def coco_stats(coco, results: list[dict], eval_type: str,
                coco_image_ids: Sequence[int]) -> np.ndarray:
     """COCOeval of ``results`` against ``coco``; prints the standard table.
 
-    With no results at all (pycocotools' loadRes cannot take an empty list) nothing is
-    evaluated: a message is printed and the stats are all zeros.
+    With no results at all (an untrained model) the evaluation still runs on an empty
+    result set (``mrcnn.coco_eval.load_results``): AP/AR are 0 where there is ground truth
+    and -1 where COCOeval has nothing to measure.
 
     Returns:
         float64 [12]: COCOeval.stats (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100,
         ARs, ARm, ARl).
     """
     import contextlib
-    import copy
     import io
 
     from pycocotools.cocoeval import COCOeval
 
+    from mrcnn.coco_eval import load_results
+
     if eval_type not in ("bbox", "segm"):
         raise ValueError(f"eval_type must be 'bbox' or 'segm', got {eval_type!r}")
-    if not results:
-        print(f"No detections on the {len(coco_image_ids)} images: nothing to evaluate, "
-              f"{eval_type} stats are all 0.")
-        return np.zeros(len(STAT_NAMES))
     if eval_type == "bbox":
         results = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_results = coco.loadRes(copy.deepcopy(results))  # loadRes adds fields
+    coco_results = load_results(coco, results)
     coco_eval = COCOeval(coco, coco_results, eval_type)
     coco_eval.params.imgIds = list(coco_image_ids)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -434,7 +431,7 @@ def evaluate_coco(model, dataset: CocoDataset, coco, eval_type: str = "bbox", li
         image_ids: internal image ids to use (default: all of the dataset).
 
     Returns:
-        The 12 COCOeval stats (zeros when there is no detection at all).
+        The 12 COCOeval stats.
     """
     t_start = time.time()
     results, coco_image_ids, t_prediction = detect_coco(model, dataset, limit, image_ids)
