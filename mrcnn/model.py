@@ -21,6 +21,7 @@ import keras
 import numpy as np
 
 from mrcnn import utils
+from mrcnn.allocator import allocator_callbacks
 from mrcnn.anchors import compute_backbone_shapes, pyramid_anchors
 from mrcnn.data import (  # noqa: F401  (Matterport's modellib surface)
     DataGenerator,
@@ -366,6 +367,8 @@ class MaskRCNN:
             *schedule_callbacks(config, learning_rate, self.epoch, epochs),
             *(custom_callbacks or []),
         ]
+        if keras.backend.backend() == "tensorflow":
+            callbacks += allocator_callbacks(config)
         print(f"\nStarting at epoch {self.epoch}. LR={learning_rate}\n")
         print(f"Checkpoint Path: {self.checkpoint_path}")
         self.set_trainable(resolve_layer_regex(layers))

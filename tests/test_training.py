@@ -22,10 +22,12 @@ import keras
 import numpy as np
 import pytest
 
+from mrcnn import allocator
 from mrcnn.config import LOSS_NAMES
 from mrcnn.data import DataGenerator
 from mrcnn.model import MaskRCNN
 from mrcnn.weights import read_weights, weighted_layers
+from tests.test_allocator import PROBE_AVAILABLE, Probe
 from tests.tiny import TinyFastConfig, shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -129,10 +131,15 @@ def tf_run(tmp_path_factory):
     heads = model.train(dataset, None, learning_rate=LEARNING_RATE, epochs=1, layers="heads")
     after_heads = snapshot(model.keras_model)
     log_dir = model.log_dir
-    full = model.train(dataset, None, learning_rate=LEARNING_RATE, epochs=8, layers="all")
+    # A low mmap threshold, as tf.data leaves it: train() must raise it for its steps.
+    probe = Probe() if PROBE_AVAILABLE else None
+    if probe is not None:
+        allocator.set_mmap_threshold(64 * 1024)
+    full = model.train(dataset, None, learning_rate=LEARNING_RATE, epochs=8, layers="all",
+                       custom_callbacks=[probe] if probe is not None else None)
     return SimpleNamespace(model=model, model_dir=model_dir, log_dir=log_dir, heads=heads,
                            full=full, start=start, after_heads=after_heads,
-                           end=snapshot(model.keras_model))
+                           end=snapshot(model.keras_model), probe=probe)
 
 
 def test_heads_training_leaves_backbone_bit_identical(tf_run):
@@ -194,6 +201,13 @@ def test_epochs_continue_and_checkpoints_are_named_by_epoch(tf_run):
     for name, arrays in tf_run.after_heads.items():
         for a, b in zip(arrays, stored[name]):
             np.testing.assert_array_equal(a, b)
+
+
+def test_train_holds_glibc_mmap_threshold(tf_run):
+    if tf_run.probe is None:
+        pytest.skip("glibc >= 2.33 only (mallopt, mallinfo2)")
+    # Config.MALLOC_MMAP_THRESHOLD (32 MiB) is in force: 1 MiB blocks stay in the heap.
+    assert len(tf_run.probe.seen) == 7 and not any(tf_run.probe.seen)
 
 
 def test_find_last_prefers_the_newest_run(tf_run, tmp_path):
