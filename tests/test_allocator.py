@@ -1,7 +1,9 @@
 """mrcnn.allocator: glibc's mmap threshold, held through ``fit`` on a PyDataset.
 
 The probe is glibc's own bookkeeping: ``mallinfo2().hblks`` counts the chunks that live in
-their own mmap. A 1 MiB ``malloc`` adds one exactly when the threshold is below 1 MiB.
+their own mmap. glibc consults the threshold only when no free chunk of the heap can serve
+a request, so "mmapped below the threshold" is probed with a block larger than all free
+heap memory, and "not mmapped above it" with 1 MiB.
 """
 
 from __future__ import annotations
@@ -29,15 +31,25 @@ class MallInfo2(ctypes.Structure):
         "fordblks", "keepcost")]
 
 
-def probe_is_mmapped() -> bool:
-    """Whether a fresh 1 MiB malloc gets its own mmap."""
+def _mallinfo() -> MallInfo2:
     libc.mallinfo2.restype = MallInfo2
+    return libc.mallinfo2()
+
+
+def beyond_free_heap() -> int:
+    """A size no free heap chunk can serve (all arenas' free bytes, top chunks included)."""
+    return _mallinfo().fordblks + PROBE_BYTES
+
+
+def probe_is_mmapped(nbytes: int = PROBE_BYTES) -> bool:
+    """Whether a fresh ``nbytes`` malloc gets its own mmap."""
     libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
     libc.free.argtypes = [ctypes.c_void_p]
-    before = libc.mallinfo2().hblks
-    pointer = libc.malloc(PROBE_BYTES)
+    before = _mallinfo().hblks
+    pointer = libc.malloc(nbytes)
     try:
-        return libc.mallinfo2().hblks == before + 1
+        return _mallinfo().hblks == before + 1
     finally:
         libc.free(pointer)
 
@@ -50,7 +62,7 @@ def restore_threshold():
 
 def test_threshold_moves_a_1mib_block_between_mmap_and_heap():
     assert allocator.set_mmap_threshold(64 * 1024)
-    assert probe_is_mmapped()
+    assert probe_is_mmapped(beyond_free_heap())
     assert allocator.set_mmap_threshold(8 * 1024 * 1024)
     assert not probe_is_mmapped()
 
@@ -76,17 +88,27 @@ class Batches(keras.utils.PyDataset):
 
 
 class Probe(keras.callbacks.Callback):
-    """Records, during each train and validation batch, whether 1 MiB is mmapped."""
+    """Records, after each train and validation batch, whether a block is mmapped.
 
-    def __init__(self):
+    Args:
+        beyond_free: probe with a block larger than all free heap memory (it is mmapped
+            exactly when the threshold is below its size) instead of 1 MiB.
+    """
+
+    def __init__(self, beyond_free: bool = False):
         super().__init__()
+        self.beyond_free = beyond_free
         self.seen = []
 
+    def _probe(self):
+        self.seen.append(probe_is_mmapped(beyond_free_heap() if self.beyond_free
+                                          else PROBE_BYTES))
+
     def on_train_batch_end(self, batch, logs=None):
-        self.seen.append(probe_is_mmapped())
+        self._probe()
 
     def on_test_batch_end(self, batch, logs=None):
-        self.seen.append(probe_is_mmapped())
+        self._probe()
 
 
 def test_callback_holds_the_threshold_through_fit_and_validation():
@@ -98,9 +120,10 @@ def test_callback_holds_the_threshold_through_fit_and_validation():
               callbacks=[allocator.MmapThresholdCallback(8 * 1024 * 1024), probe])
     assert len(probe.seen) == 2 * (4 + 4) and not any(probe.seen)
 
-    # Without the callback the low threshold stays: the probe sees mmapped blocks.
+    # Without the callback the low threshold stays: blocks beyond the heap's free memory
+    # are mmapped.
     allocator.set_mmap_threshold(64 * 1024)
-    probe = Probe()
+    probe = Probe(beyond_free=True)
     model.fit(Batches(), epochs=1, verbose=0, callbacks=[probe])
     assert all(probe.seen)
 
