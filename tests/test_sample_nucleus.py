@@ -321,6 +321,7 @@ def test_detect_with_a_stub_model_writes_exact_rows(dsb, tmp_path):
     folder = nucleus.detect(StubModel(), d, str(tmp_path), overlays=False, save_npz=True)
     rows = read_submission(os.path.join(folder, "submit.csv"))
     check_submission(rows, folder, dsb)
+    assert sum(1 for _, rle in rows if rle) >= 2 * len(dsb["test_ids"])  # overlaps may eat one
 
 
 def check_submission(rows, folder, dsb):
@@ -351,8 +352,9 @@ def test_detect_writes_a_submission_that_decodes_to_the_detections(dsb, trained,
     assert code == 0, err[-2000:]
     assert os.path.dirname(folder) == str(tmp_path)
     rows = read_submission(os.path.join(folder, "submit.csv"))
+    # A model after one tiny epoch may find nothing at all (then each image has one empty
+    # row, which check_submission verifies); non-empty rows are checked with the stub above.
     check_submission(rows, folder, dsb)
-    assert any(rle for _, rle in rows), "the tiny model detected nothing at all"
     for image_id in dsb["test_ids"]:
         assert os.path.getsize(os.path.join(folder, f"{image_id}.png")) > 0
 
