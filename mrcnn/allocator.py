@@ -76,11 +76,9 @@ class MmapThresholdCallback(keras.callbacks.Callback):
     def __init__(self, nbytes: int) -> None:
         super().__init__()
         self.nbytes = int(nbytes)
-        self.active = _glibc() is not None
 
     def _pin(self) -> None:
-        if self.active:
-            set_mmap_threshold(self.nbytes)
+        set_mmap_threshold(self.nbytes)  # a no-op off glibc
 
     def on_train_batch_begin(self, batch, logs=None):
         self._pin()
@@ -90,7 +88,8 @@ class MmapThresholdCallback(keras.callbacks.Callback):
 
 
 def allocator_callbacks(config) -> list[keras.callbacks.Callback]:
-    """The callback for ``config.MALLOC_MMAP_THRESHOLD`` (none when it is 0 or off glibc).
+    """The callback for ``config.MALLOC_MMAP_THRESHOLD``: none when it is 0, off glibc, or
+    on a backend other than TensorFlow (only TensorFlow's tf.data moves the threshold).
 
     Args:
         config: a ``Config``.
@@ -98,7 +97,7 @@ def allocator_callbacks(config) -> list[keras.callbacks.Callback]:
     Returns:
         A list with zero or one callback.
     """
-    nbytes = int(getattr(config, "MALLOC_MMAP_THRESHOLD", 0) or 0)
-    if nbytes <= 0 or _glibc() is None:
+    nbytes = int(config.MALLOC_MMAP_THRESHOLD)
+    if nbytes == 0 or _glibc() is None or keras.backend.backend() != "tensorflow":
         return []
     return [MmapThresholdCallback(nbytes)]

@@ -262,7 +262,7 @@ def _map_image_ids(gt_list: Sequence[dict], det_list: Sequence[dict]):
     return gt_list, new_dets
 
 
-def load_results(coco_gt: COCO, results: Sequence[dict]) -> COCO:
+def load_results(coco_gt: COCO, results: Sequence[dict], iou_type: str) -> COCO:
     """A COCO result set for ``results``, also when there is none.
 
     pycocotools' ``loadRes`` indexes the first result, so it fails on an empty list (an
@@ -274,10 +274,14 @@ def load_results(coco_gt: COCO, results: Sequence[dict]) -> COCO:
         coco_gt: the ground truth.
         results: COCO result dicts (image_id, category_id, score, bbox and/or
             segmentation). They are copied: ``loadRes`` adds fields to the dicts it gets.
+        iou_type: "bbox" drops the masks (box AP does not need them, and decoding their
+            RLEs is slow); "segm" keeps them.
 
     Returns:
         A ``COCO`` object usable as ``COCOeval``'s detections.
     """
+    if iou_type == "bbox":
+        results = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
     if results:
         return _silent(coco_gt.loadRes, copy.deepcopy(list(results)))
     coco_dt = COCO()
@@ -337,11 +341,7 @@ def evaluate(
     if unknown:
         raise ValueError(f"evaluate: detections for image ids {sorted(unknown)} not in gt_list")
     results = build_coco_results(det_list)
-    if iou_type == "bbox":
-        # Masks are not needed for box AP; dropping them avoids decoding RLEs.
-        results = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
-
-    coco_dt = load_results(coco_gt, results)
+    coco_dt = load_results(coco_gt, results, iou_type)
 
     cocoeval = COCOeval(coco_gt, coco_dt, iou_type)
     _silent(cocoeval.evaluate)

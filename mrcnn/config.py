@@ -353,7 +353,8 @@ class Config:
         if not (isinstance(self.MALLOC_MMAP_THRESHOLD, numbers.Integral)
                 and not isinstance(self.MALLOC_MMAP_THRESHOLD, bool)
                 and 0 <= self.MALLOC_MMAP_THRESHOLD <= MAX_MMAP_THRESHOLD):
-            fail("MALLOC_MMAP_THRESHOLD", "expected an integer number of bytes in [0, 33554432]")
+            fail("MALLOC_MMAP_THRESHOLD",
+                 f"expected an integer number of bytes in [0, {MAX_MMAP_THRESHOLD}]")
         for attr in ("VALIDATION_STEPS", "DATA_WORKERS", "LR_PLATEAU_PATIENCE"):
             value = getattr(self, attr)
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:

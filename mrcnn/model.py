@@ -366,9 +366,8 @@ class MaskRCNN:
             NamedCheckpoint(self.checkpoint_path),
             *schedule_callbacks(config, learning_rate, self.epoch, epochs),
             *(custom_callbacks or []),
+            *allocator_callbacks(config),
         ]
-        if keras.backend.backend() == "tensorflow":
-            callbacks += allocator_callbacks(config)
         print(f"\nStarting at epoch {self.epoch}. LR={learning_rate}\n")
         print(f"Checkpoint Path: {self.checkpoint_path}")
         self.set_trainable(resolve_layer_regex(layers))

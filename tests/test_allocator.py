@@ -60,7 +60,7 @@ def restore_threshold():
     allocator.set_mmap_threshold(MAX_MMAP_THRESHOLD)  # the fast setting, for later tests
 
 
-def test_threshold_moves_a_1mib_block_between_mmap_and_heap():
+def test_threshold_moves_blocks_between_mmap_and_heap():
     assert allocator.set_mmap_threshold(64 * 1024)
     assert probe_is_mmapped(beyond_free_heap())
     assert allocator.set_mmap_threshold(8 * 1024 * 1024)

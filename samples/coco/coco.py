@@ -404,9 +404,7 @@ def coco_stats(coco, results: list[dict], eval_type: str,
 
     if eval_type not in ("bbox", "segm"):
         raise ValueError(f"eval_type must be 'bbox' or 'segm', got {eval_type!r}")
-    if eval_type == "bbox":
-        results = [{k: v for k, v in r.items() if k != "segmentation"} for r in results]
-    coco_results = load_results(coco, results)
+    coco_results = load_results(coco, results, eval_type)
     coco_eval = COCOeval(coco, coco_results, eval_type)
     coco_eval.params.imgIds = list(coco_image_ids)
     with contextlib.redirect_stdout(io.StringIO()):
