@@ -62,5 +62,34 @@ def test_bad_arguments_fail_with_a_message(trained, tmp_path):
         capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert f"--image {missing}: no such file" in result.stderr
-    with pytest.raises(SystemExit, match="--weights=none"):
-        shapes.main(["evaluate", "--tiny", "--weights=none", f"--logs={trained['logs']}"])
+
+
+def _one_error_line(capsys, argv) -> str:
+    with pytest.raises(SystemExit) as exit_info:
+        shapes.main(argv)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("shapes.py: error: ")
+    return lines[0]
+
+
+def test_evaluate_without_weights_is_one_line(trained, capsys):
+    line = _one_error_line(capsys, ["evaluate", "--tiny", "--weights=none",
+                                    f"--logs={trained['logs']}"])
+    assert "--weights=none" in line
+
+
+def test_detect_with_no_checkpoint_is_one_line(tmp_path, capsys):
+    empty_logs = tmp_path / "logs"
+    empty_logs.mkdir()
+    line = _one_error_line(capsys, ["detect", "--tiny", "--weights=last",
+                                    f"--logs={empty_logs}", f"--output={tmp_path}"])
+    assert "--weights=last: no checkpoint" in line and str(empty_logs) in line
+
+
+def test_detect_with_a_missing_weights_file_is_one_line(tmp_path, capsys):
+    missing = tmp_path / "nope.h5"
+    line = _one_error_line(capsys, ["detect", "--tiny", f"--weights={missing}",
+                                    f"--logs={tmp_path}", f"--output={tmp_path}"])
+    assert f"--weights {missing}: no such file" in line

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import cv2
 import numpy as np
@@ -371,11 +371,26 @@ def save_detection_grid(model, dataset: ShapesDataset, path: str, count: int = 6
     return path
 
 
+def _input_error(message: str) -> NoReturn:
+    """Bad input ends the command with one line on stderr and exit status 2 (argparse's)."""
+    sys.stdout.flush()
+    print(f"shapes.py: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def _resolve_weights(model, weights: str) -> str | None:
     """'none' -> None, 'last' -> model.find_last(), else the path itself."""
     if weights.lower() == "none":
         return None
-    return model.find_last() if weights.lower() == "last" else weights
+    if weights.lower() != "last":
+        if not os.path.isfile(weights):
+            _input_error(f"--weights {weights}: no such file")
+        return weights
+    try:
+        return model.find_last()
+    except FileNotFoundError as err:
+        _input_error(f"--weights=last: no checkpoint to load ({err}); train first or "
+                     f"give a checkpoint path")
 
 
 def _make_config(args, base: type[Config], **overrides) -> Config:
@@ -394,8 +409,8 @@ def _inference_model(args):
     model = modellib.MaskRCNN("inference", config, args.logs)
     path = _resolve_weights(model, args.weights)
     if path is None:
-        raise SystemExit("error: --weights=none: evaluating an untrained model is pointless; "
-                         "give 'last' or a checkpoint path")
+        _input_error("--weights=none: evaluating an untrained model is pointless; give "
+                     "'last' or a checkpoint path")
     print(f"Loading weights {path}")
     model.load_weights(path)
     return model, config
