@@ -76,7 +76,8 @@ def test_lower_bounds_file_pins_every_declared_minimum():
         if line and not line.startswith("#"):
             name, version = line.split("==")
             pins[name.lower()] = version
-    for requirement in PROJECT["dependencies"] + PROJECT["optional-dependencies"]["tensorflow"]:
+    extras = PROJECT["optional-dependencies"]
+    for requirement in PROJECT["dependencies"] + extras["tensorflow"] + extras["jax"]:
         match = re.fullmatch(r"([A-Za-z0-9_.-]+)>=([0-9.]+)", requirement)
         assert match, f"{requirement!r}: declare runtime dependencies as NAME>=VERSION"
         name, minimum = match.group(1).lower(), match.group(2)
