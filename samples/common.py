@@ -189,6 +189,38 @@ def timestamp() -> str:
 #  Configuration
 ############################################################
 
+def add_images_argument(parser: argparse.ArgumentParser) -> None:
+    """--images DIR|GLOB for ``detect`` over image files."""
+    parser.add_argument("--images", default=None, metavar="DIR or GLOB",
+                        help="detect: image files to detect on (a folder or a glob such as "
+                             "'photos/*.jpg'); writes detect_<name>.png pictures and "
+                             "detections.json (COCO-style records)")
+
+
+def image_files(pattern: str) -> list[str]:
+    """The files of ``--images``, or one error line when there are none (before any model)."""
+    from mrcnn import predict
+
+    try:
+        return predict.list_images(pattern)
+    except FileNotFoundError as err:
+        fail(str(err))
+
+
+def detect_files(model, paths: Sequence[str], class_names: Sequence[str],
+                 output_dir: str) -> dict[str, Any]:
+    """``mrcnn.predict.detect_images`` with a summary line and one line per unreadable file."""
+    from mrcnn import predict
+
+    summary = predict.detect_images(model, paths, class_names, output_dir)
+    for error in summary["errors"]:
+        print(f"warning: skipped {error['file_name']}: {one_line(error['error'])}",
+              file=sys.stderr)
+    print(f"{summary['images']} images, {summary['detections']} detections; pictures in "
+          f"{output_dir}, results in {summary['result_file']}")
+    return summary
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     """--logs and --tiny."""
     parser.add_argument("--logs", default=DEFAULT_LOGS_DIR, metavar="/path/to/logs/",

@@ -238,3 +238,28 @@ def test_splash_script_writes_an_image_of_the_input_size(via, trained, tmp_path)
     assert f"Saved to {output}" in proc.stdout
     written = cv2.imread(output)
     assert written is not None and written.shape == cv2.imread(image).shape
+
+
+def test_detect_images_writes_pictures_and_results(via, trained, tmp_path):
+    import json
+
+    pattern = os.path.join(via["root"], "val", "*.jpg")
+    out = str(tmp_path / "detections")
+    code, summary, _, err = sd.run_cli(balloon.main, [
+        "detect", f"--images={pattern}", f"--weights={trained['checkpoint']}", "--tiny",
+        f"--logs={trained['logs']}", f"--output={out}"])
+    assert code == 0, err[-2000:]
+    paths = common.image_files(pattern)
+    data = json.loads(open(summary["result_file"]).read())
+    assert os.path.dirname(summary["result_file"]) == out
+    assert sorted(i["file_name"] for i in data["images"]) == sorted(paths)
+    assert {d["class_name"] for d in data["detections"]} <= {"balloon"}
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        assert os.path.getsize(os.path.join(out, f"detect_{stem}.png")) > 0
+
+
+def test_detect_without_images_is_one_line(trained):
+    sd.assert_one_error_line(sd.run_cli(balloon.main, [
+        "detect", f"--weights={trained['checkpoint']}", "--tiny",
+        f"--logs={trained['logs']}"]), "balloon.py", "--images")

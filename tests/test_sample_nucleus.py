@@ -368,3 +368,36 @@ def test_evaluate_prints_ap(dsb, trained):
     assert 0 <= result["AP50"] <= 1 and 0 <= result["AP"] <= 1
     assert f"AP@0.5: {result['AP50']:.4f}" in out
     assert f"AP@[.5:.95]: {result['AP']:.4f}" in out
+
+
+def _check_detections_json(summary, paths):
+    """The result file lists every image (and only those) with records of known classes."""
+    import json
+
+    data = json.loads(open(summary["result_file"]).read())
+    assert sorted(i["file_name"] for i in data["images"]) == sorted(paths)
+    assert len(data["detections"]) == summary["detections"]
+    assert all(d["file_name"] in paths for d in data["detections"])
+    return data
+
+
+def test_detect_images_of_a_folder(dsb, trained, tmp_path):
+    folder = os.path.join(dsb["root"], "stage1_test", dsb["test_ids"][0], "images")
+    code, summary, out, err = sd.run_cli(nucleus.main, [
+        "detect", f"--images={folder}", "--weights=last", "--tiny",
+        f"--logs={trained['logs']}", f"--results={tmp_path}"])
+    assert code == 0, err[-2000:]
+    paths = common.image_files(folder)
+    data = _check_detections_json(summary, paths)
+    assert {d["class_name"] for d in data["detections"]} <= {"nucleus"}
+    out_dir = os.path.dirname(summary["result_file"])
+    assert os.path.dirname(out_dir) == str(tmp_path)
+    for path in paths:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        assert os.path.getsize(os.path.join(out_dir, f"detect_{stem}.png")) > 0
+
+
+def test_detect_images_that_match_nothing_is_one_line(trained, tmp_path):
+    sd.assert_one_error_line(sd.run_cli(nucleus.main, [
+        "detect", f"--images={tmp_path}/*.png", "--weights=last", "--tiny",
+        f"--logs={trained['logs']}"]), "nucleus.py", "no image files", str(tmp_path))

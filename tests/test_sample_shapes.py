@@ -93,3 +93,21 @@ def test_detect_with_a_missing_weights_file_is_one_line(tmp_path, capsys):
     line = _one_error_line(capsys, ["detect", "--tiny", f"--weights={missing}",
                                     f"--logs={tmp_path}", f"--output={tmp_path}"])
     assert f"--weights {missing}: no such file" in line
+
+
+def test_detect_on_a_folder_of_images(trained, tmp_path):
+    import json
+
+    src = tmp_path / "pictures"
+    src.mkdir()
+    dataset = shapes.make_dataset(2, 321, shapes.ShapesInferenceConfig())
+    for k in range(2):
+        Image.fromarray(dataset.load_image(k)).save(src / f"s{k}.png")
+    out = tmp_path / "out"
+    shapes.main(["detect", "--tiny", f"--images={src}", f"--logs={trained['logs']}",
+                 f"--output={out}"])
+    data = json.loads((out / "detections.json").read_text())
+    assert sorted(i["file_name"] for i in data["images"]) == [str(src / "s0.png"),
+                                                               str(src / "s1.png")]
+    assert {d["class_name"] for d in data["detections"]} <= set(shapes.SHAPE_CLASSES)
+    assert (out / "detect_s0.png").is_file() and (out / "detect_s1.png").is_file()

@@ -42,6 +42,7 @@ if ROOT_DIR not in sys.path:
 
 from mrcnn import utils  # noqa: E402
 from mrcnn.config import Config  # noqa: E402
+from mrcnn.progress import Progress  # noqa: E402
 from samples import common  # noqa: E402
 from samples.common import fail  # noqa: E402
 
@@ -342,6 +343,9 @@ def splash_video(model, video_path: str, output: str) -> int:
         capture.release()
         fail(f"cannot write video {output} with codec {codec} (use .avi or .mp4)")
     count = 0
+    # The container's frame count can be missing (0) or approximate: then no ETA.
+    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    progress = Progress(frames, label="splash", unit="frame")
     try:
         while True:
             ok, frame = capture.read()
@@ -352,8 +356,9 @@ def splash_video(model, video_path: str, output: str) -> int:
             splash = color_splash(image, r["masks"])
             writer.write(np.ascontiguousarray(splash[..., ::-1]))
             count += 1
-            print(f"frame {count}: {len(r['scores'])} balloons")
+            progress.update()
     finally:
+        progress.close()
         capture.release()
         writer.release()
     if count == 0:
@@ -401,7 +406,7 @@ def detect_and_color_splash(model, image_path: str | None = None,
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="balloon.py", description="Train Mask R-CNN to detect balloons; color splash.")
-    parser.add_argument("command", choices=("train", "splash"))
+    parser.add_argument("command", choices=("train", "splash", "detect"))
     parser.add_argument("--dataset", metavar="/path/to/balloon/dataset/",
                         help="train: folder with train/ and val/")
     common.add_weights_argument(parser)
@@ -411,7 +416,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--video", metavar="path to video",
                         help="splash: video to apply the color splash effect on")
     parser.add_argument("--output", default=None,
-                        help="splash: output file (default splash_<time>.png / .avi)")
+                        help="splash: output file (default splash_<time>.png / .avi); "
+                             "detect: output folder (default detect_<time>)")
+    common.add_images_argument(parser)
     parser.add_argument("--layers", default=None,
                         help="train: layers to train: heads, 3+, 4+, 5+, all or a regex "
                              "(default: heads from pretrained weights, all with --weights=none)")
@@ -433,6 +440,14 @@ def run(args: argparse.Namespace) -> Any:
                                    exclude_heads=True)
         return train(model, args.dataset, epochs, layers, args.lr)
 
+    if args.command == "detect":
+        if not args.images:
+            fail("detect needs --images DIR or GLOB")
+        paths = common.image_files(args.images)
+        model = common.setup_model("inference", BalloonInferenceConfig, args.weights,
+                                   args.logs, tiny, exclude_heads=True)
+        out = args.output or f"detect_{common.timestamp()}"
+        return common.detect_files(model, paths, ("BG", "balloon"), out)
     if bool(args.image) == bool(args.video):
         fail("splash needs --image or --video (one of them)")
     if args.image:

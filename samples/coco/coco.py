@@ -42,6 +42,7 @@ if ROOT_DIR not in sys.path:
 
 from mrcnn import utils  # noqa: E402
 from mrcnn.config import Config  # noqa: E402
+from mrcnn.progress import track  # noqa: E402
 from samples import common  # noqa: E402
 from samples.common import fail  # noqa: E402
 
@@ -373,7 +374,7 @@ def detect_coco(model, dataset: CocoDataset, limit: int = 0,
         image_ids = image_ids[:limit]
     coco_image_ids = [dataset.image_info[i]["id"] for i in image_ids]
     results, t_prediction = [], 0.0
-    for k, image_id in enumerate(image_ids):
+    for k, image_id in enumerate(track(image_ids, label="detect", unit="img")):
         image = common.load_dataset_image(dataset, image_id)
         t = time.time()
         r = model.detect([image], verbose=0)[0]

@@ -40,6 +40,7 @@ if ROOT_DIR not in sys.path:
 
 from mrcnn import utils  # noqa: E402
 from mrcnn.config import Config  # noqa: E402
+from mrcnn.progress import track  # noqa: E402
 from samples import common  # noqa: E402
 from samples.common import fail  # noqa: E402
 
@@ -529,13 +530,11 @@ def detect(model, dataset: NucleusDataset, results_dir: str = RESULTS_DIR,
     submit_dir = os.path.join(results_dir, f"submit_{common.timestamp()}")
     os.makedirs(submit_dir, exist_ok=True)
     rows = []
-    count = len(dataset.image_ids)
-    for k, image_id in enumerate(dataset.image_ids):
+    for image_id in track(dataset.image_ids, label="detect", unit="img"):
         source_id = dataset.image_info[image_id]["id"]
         image = common.load_dataset_image(dataset, image_id)
         r = model.detect([image], verbose=0)[0]
         rows.append(mask_to_rle(source_id, r["masks"], r["scores"]))
-        print(f"[{k + 1}/{count}] {source_id}: {len(r['scores'])} detections")
         if save_npz:
             np.savez_compressed(os.path.join(submit_dir, f"{source_id}.npz"), **r)
         if overlays:
@@ -561,7 +560,8 @@ def evaluate(model, dataset: NucleusDataset, verbose: bool = True) -> dict[str, 
         {"AP50": ..., "AP": ..., "images": N}.
     """
     ap50s, aps = [], []
-    for image_id in dataset.image_ids:
+    for image_id in track(dataset.image_ids, label="evaluate", unit="img",
+                          verbose=int(verbose)):
         image = common.load_dataset_image(dataset, image_id)
         gt_masks, gt_class_ids = dataset.load_mask(image_id)
         gt_masks, gt_class_ids = utils.check_mask(gt_masks, gt_class_ids, image_id, image.shape)
@@ -571,10 +571,6 @@ def evaluate(model, dataset: NucleusDataset, verbose: bool = True) -> dict[str, 
                 r["masks"])
         ap50s.append(utils.compute_ap(*args, iou_threshold=0.5)[0])
         aps.append(utils.compute_ap_range(*args, verbose=0))
-        if verbose:
-            print(f"{dataset.image_info[image_id]['id']}: {len(gt_class_ids)} nuclei, "
-                  f"{len(r['scores'])} detections, AP@0.5 {ap50s[-1]:.3f}, "
-                  f"AP@[.5:.95] {aps[-1]:.3f}")
     result = {"AP50": float(np.mean(ap50s)), "AP": float(np.mean(aps)), "images": len(aps)}
     if verbose:
         print(f"AP@0.5: {result['AP50']:.4f}  ({result['images']} images)")
@@ -594,8 +590,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nucleus.py",
         description="Mask R-CNN for nuclei counting and segmentation (DSB2018).")
     parser.add_argument("command", choices=("train", "detect", "evaluate"))
-    parser.add_argument("--dataset", required=True, metavar="/path/to/dataset/",
-                        help="root folder of the dataset (holds stage1_train/, ...)")
+    parser.add_argument("--dataset", default=None, metavar="/path/to/dataset/",
+                        help="root folder of the dataset (holds stage1_train/, ...); "
+                             "required except for detect --images")
     parser.add_argument("--subset", default=None,
                         help="subset: train/val (split of stage1_train), stage1_train, "
                              "stage1_test, stage2_test (default: train for train, "
@@ -616,6 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="detect: do not save pictures of the detections")
     parser.add_argument("--save-npz", action="store_true",
                         help="detect: also save the raw detections as <image_id>.npz")
+    common.add_images_argument(parser)
     return parser
 
 
@@ -623,6 +621,16 @@ def run(args: argparse.Namespace) -> Any:
     """Run a parsed command line (errors of the input raise ``InputError``)."""
     tiny = common.tiny_requested(args)
     common.check_weights_spec(args.weights, NucleusConfig, args.logs, tiny)
+    if args.images:
+        if args.command != "detect":
+            fail(f"--images is for detect, not {args.command}")
+        paths = common.image_files(args.images)
+        model = common.setup_model("inference", NucleusInferenceConfig, args.weights,
+                                   args.logs, tiny, exclude_heads=True)
+        out = os.path.join(args.results, f"detect_{common.timestamp()}")
+        return common.detect_files(model, paths, ("BG", "nucleus"), out)
+    if not args.dataset:
+        fail(f"{args.command} needs --dataset (or detect --images DIR)")
     subset = args.subset or DEFAULT_SUBSETS[args.command]
     val_ids = read_val_ids(args.val_ids) if args.val_ids else None
     print(f"Command: {args.command}  Dataset: {args.dataset}  Subset: {subset}  "

@@ -33,6 +33,7 @@ if ROOT_DIR not in sys.path:
 
 from mrcnn import utils  # noqa: E402
 from mrcnn.config import Config  # noqa: E402
+from mrcnn.progress import track  # noqa: E402
 
 # Class names in id order (id 0 is the background). The ids are fixed so that load_mask
 # works before prepare(); with this dataset as the only source they equal the internal ids.
@@ -332,7 +333,8 @@ def evaluate_map(model, dataset: ShapesDataset, config: Config,
     aps = []
     ids = list(dataset.image_ids)
     bs = config.BATCH_SIZE
-    for start in range(0, len(ids), bs):
+    batches = range(0, len(ids), bs)
+    for start in track(batches, label="evaluate", unit="batch", verbose=int(verbose)):
         batch_ids = ids[start:start + bs]
         gts = [modellib.load_image_gt(dataset, config, i) for i in batch_ids]
         results = model.detect([gt[0] for gt in gts])
@@ -451,6 +453,14 @@ def cmd_detect(args) -> None:
     from mrcnn import visualize
 
     model, config = _inference_model(args)
+    if args.images:
+        from mrcnn import predict
+
+        summary = predict.detect_images(model, args.images, ("BG",) + SHAPE_CLASSES,
+                                        args.output)
+        print(f"{summary['images']} images, {summary['detections']} detections; results "
+              f"in {summary['result_file']}")
+        return None
     if args.image:
         image = utils.load_image_file(args.image)  # gray, RGBA, 16-bit too
         name = os.path.splitext(os.path.basename(args.image))[0]
@@ -494,6 +504,9 @@ def main(argv: list[str] | None = None) -> float | None:
     parser.add_argument("--eval-count", type=int, default=50,
                         help="held-out images for the mAP")
     parser.add_argument("--image", default=None, help="image file for 'detect'")
+    parser.add_argument("--images", default=None, metavar="DIR or GLOB",
+                        help="detect: image files (a folder or a glob); writes "
+                             "detect_<name>.png pictures and detections.json to --output")
     parser.add_argument("--tiny", action="store_true",
                         help="64 px five-conv model (mrcnn.tiny) that runs in seconds: for "
                              "smoke tests of the command line, not for results")
@@ -504,6 +517,13 @@ def main(argv: list[str] | None = None) -> float | None:
         args.weights = "none" if args.command == "train" else "last"
     if args.image and not os.path.isfile(args.image):
         parser.error(f"--image {args.image}: no such file")
+    if args.images:
+        from mrcnn import predict
+
+        try:
+            args.images = predict.list_images(args.images)
+        except FileNotFoundError as err:
+            parser.error(str(err))
     return {"train": cmd_train, "evaluate": cmd_evaluate,
             "detect": cmd_detect}[args.command](args)
 
