@@ -289,16 +289,17 @@ class MaskRCNN:
             The local path of the weights file.
 
         Raises:
-            RuntimeError: when the file cannot be downloaded (no network).
+            RuntimeError (``mrcnn.download.DownloadError``): the file cannot be downloaded
+                (no network); the message names the URL and where to place the file.
         """
+        from mrcnn.download import download
+
         url = ("https://github.com/fchollet/deep-learning-models/releases/download/v0.2/"
                "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
-        try:
-            return keras.utils.get_file(os.path.basename(url), url, cache_subdir="models",
-                                        md5_hash="a268eb855778b3df3c7506639542a6af")
-        except Exception as err:  # network errors vary by platform
-            raise RuntimeError(f"Could not download the ImageNet weights from {url} ({err}). "
-                               "Download the file by hand and pass its path instead.") from err
+        # Keras' cache folder, where Matterport's keras.utils.get_file call put it.
+        cache = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
+        return download(url, os.path.join(cache, "models", os.path.basename(url)),
+                        file_hash="a268eb855778b3df3c7506639542a6af")
 
     # --------------------------------------------------------------------------- training
     def set_trainable(self, layer_regex: str, keras_model: keras.Model | None = None,

@@ -16,10 +16,6 @@ Conventions used throughout:
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-import urllib.error
-import urllib.request
 import warnings
 from typing import Any, Iterable, Sequence
 
@@ -1229,39 +1225,24 @@ def compute_recall(
 
 
 def download_trained_weights(coco_model_path: str, verbose: int = 1) -> None:
-    """Download Matterport's COCO-trained weights (``COCO_MODEL_URL``).
+    """Download Matterport's COCO-trained weights (``COCO_MODEL_URL``) if not there yet.
 
-    The file is written to a temporary name next to ``coco_model_path`` and renamed when
-    complete, so an interrupted download never leaves a truncated .h5 behind.
+    Through ``mrcnn.download.download``: Keras' progress bar, a temporary ``.part`` file
+    renamed when complete (an interrupted download never leaves a truncated .h5), and an
+    existing file is never overwritten.
 
     Args:
         coco_model_path: where to save ``mask_rcnn_coco.h5``.
-        verbose: print progress messages when non-zero.
+        verbose: progress when non-zero.
 
     Raises:
-        RuntimeError: the download failed (no network, HTTP error, ...). Download the file
-            yourself and place it at ``coco_model_path``.
+        RuntimeError (``mrcnn.download.DownloadError``): the download failed (no network,
+            HTTP error, ...); the message names the URL and the path to place the file at.
     """
-    coco_model_path = os.fspath(coco_model_path)
+    from mrcnn.download import download
+
     if verbose > 0:
         print(f"Downloading pretrained model to {coco_model_path} ...")
-    directory = os.path.dirname(os.path.abspath(coco_model_path))
-    tmp_path = None
-    try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp_path = tempfile.mkstemp(suffix=".part", dir=directory)
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(COCO_MODEL_URL) as resp:
-            shutil.copyfileobj(resp, out)
-        os.chmod(tmp_path, 0o644)  # mkstemp creates 0600 files
-        os.replace(tmp_path, coco_model_path)
-        tmp_path = None
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        raise RuntimeError(
-            f"Downloading the pretrained COCO weights from {COCO_MODEL_URL} failed ({err}). "
-            f"Download the file manually and place it at {coco_model_path}."
-        ) from err
-    finally:
-        if tmp_path is not None and os.path.exists(tmp_path):
-            os.remove(tmp_path)
+    download(COCO_MODEL_URL, coco_model_path, verbose=verbose)
     if verbose > 0:
         print("... done downloading pretrained model!")

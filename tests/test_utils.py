@@ -1,9 +1,7 @@
 """Tests for the NumPy utilities in mrcnn.utils (geometry, resizing, anchors, metrics)."""
 
-import io
 import subprocess
 import sys
-import urllib.error
 
 import numpy as np
 import pytest
@@ -600,35 +598,3 @@ def test_compute_recall():
     np.testing.assert_array_equal(positive_ids, [0, 1])
     recall, positive_ids = utils.compute_recall(np.zeros((0, 4)), GT_BOXES, 0.5)
     assert recall == 0.0 and positive_ids.size == 0
-
-
-# ----------------------------------------------------------------------------- download
-
-
-def test_download_trained_weights_failure_is_clear(tmp_path, monkeypatch):
-    def no_network(*args, **kwargs):
-        raise urllib.error.URLError("no network here")
-
-    monkeypatch.setattr(utils.urllib.request, "urlopen", no_network)
-    target = tmp_path / "mask_rcnn_coco.h5"
-    with pytest.raises(RuntimeError) as info:
-        utils.download_trained_weights(str(target), verbose=0)
-    message = str(info.value)
-    assert "failed" in message and str(target) in message and "manually" in message
-    assert list(tmp_path.iterdir()) == []  # no partial file left behind
-
-
-def test_download_trained_weights_success(tmp_path, monkeypatch):
-    seen = []
-
-    def fake_urlopen(url, *args, **kwargs):
-        seen.append(url)
-        return io.BytesIO(b"HDF5 payload")
-
-    monkeypatch.setattr(utils.urllib.request, "urlopen", fake_urlopen)
-    target = tmp_path / "weights.h5"
-    utils.download_trained_weights(str(target), verbose=0)
-    assert seen == [utils.COCO_MODEL_URL]
-    assert utils.COCO_MODEL_URL.endswith("mask_rcnn_coco.h5")
-    assert target.read_bytes() == b"HDF5 payload"
-    assert [p.name for p in tmp_path.iterdir()] == ["weights.h5"]

@@ -26,11 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import time
-import urllib.error
-import urllib.request
 import zipfile
 from typing import Any, Sequence
 
@@ -118,19 +115,14 @@ def annotation_file(dataset_dir: str, subset: str, year: str) -> str:
 
 
 def _download(url: str, path: str) -> None:
-    """Download ``url`` to ``path`` (through a temporary file); InputError on failure."""
-    print(f"Downloading {url} to {path} ...")
-    tmp = path + ".part"
+    """Download ``url`` to ``path`` (``mrcnn.download``: progress, .part file); InputError
+    on failure."""
+    from mrcnn.download import DownloadError, download
+
     try:
-        with urllib.request.urlopen(url) as response, open(tmp, "wb") as out:
-            shutil.copyfileobj(response, out)
-        os.replace(tmp, path)
-    except (urllib.error.URLError, OSError, ValueError) as err:
-        fail(f"download of {url} failed ({common.one_line(err)}); without network, download "
-             f"the file by hand to {path}")
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        download(url, path)
+    except DownloadError as err:
+        fail(str(err))
 
 
 def _unzip(zip_path: str, target_dir: str) -> None:
