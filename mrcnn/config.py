@@ -485,9 +485,38 @@ class Config:
             out[name] = value
         return out
 
+    def to_json_dict(self) -> dict[str, Any]:
+        """``to_dict()`` with JSON types only: what a run folder's ``config.json`` holds.
+
+        Tuples become lists, NumPy scalars Python numbers, and anything JSON cannot hold
+        (an object a user put in a Config) its ``repr``; the keys and values are otherwise
+        exactly those ``display()`` prints.
+
+        Returns:
+            A dict that ``json.dumps`` accepts.
+        """
+        return {key: _json_safe(value) for key, value in self.to_dict().items()}
+
     def display(self) -> None:
         """Print every setting, one per line, as Matterport's ``Config.display()`` did."""
         print("\nConfigurations:")
         for key, value in self.to_dict().items():
             print(f"{key:30} {value}")
         print("\n")
+
+
+def _json_safe(value: Any) -> Any:
+    """A JSON-compatible copy of a Config value (see ``Config.to_json_dict``)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return [_json_safe(v) for v in value.tolist()]
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    return repr(value)

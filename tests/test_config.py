@@ -144,3 +144,30 @@ def test_to_dict_and_display(capsys):
     assert lines["BATCH_SIZE"].split()[1] == "8"
     assert lines["RPN_ANCHOR_SCALES"].endswith("(8, 16, 32, 64, 128)")
     assert set(d) <= set(lines)
+
+
+def test_json_dict_holds_what_display_shows():
+    import json
+
+    class Odd(ShapesConfig):
+        LOSS_WEIGHTS = {"rpn_class_loss": np.float32(2.0), "rpn_bbox_loss": 1,
+                        "mrcnn_class_loss": 1.0, "mrcnn_bbox_loss": 1.0,
+                        "mrcnn_mask_loss": 1.0}
+        BACKBONE_STRIDES = (4, 8, 16, 32, 64)
+
+    config = Odd()
+    saved = json.loads(json.dumps(config.to_json_dict()))
+    shown = config.to_dict()
+    assert list(saved) == list(shown)
+
+    def as_json(value):  # the one change JSON makes: tuples are lists
+        if isinstance(value, (list, tuple)):
+            return [as_json(v) for v in value]
+        if isinstance(value, dict):
+            return {k: as_json(v) for k, v in value.items()}
+        return value
+
+    for key, value in shown.items():
+        assert saved[key] == as_json(value), key
+    assert saved["LOSS_WEIGHTS"]["rpn_class_loss"] == 2.0
+    assert saved["BACKBONE_STRIDES"] == [4, 8, 16, 32, 64]
