@@ -17,9 +17,11 @@ This module imports only NumPy, so datasets and scripts can use it without Tenso
 
 from __future__ import annotations
 
+import ast
+import difflib
 import inspect
 import numbers
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -520,3 +522,41 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _json_safe(v) for k, v in value.items()}
     return repr(value)
+
+
+def parse_overrides(pairs: Sequence[str], base: type[Config] = Config) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (a command line's ``--set``) -> Config attribute overrides.
+
+    Detectron2's convention: each VALUE is read as a Python literal (``0.01``, ``(8, 16)``,
+    ``None``, ``True``, ``{"rpn_class_loss": 2.0}``); a bare word that is not a literal is a
+    string (``BACKBONE=resnet18``). Values are validated when the Config is built.
+
+    Args:
+        pairs: e.g. ``["BACKBONE=resnet18", "IMAGE_MIN_DIM=256"]``.
+        base: the Config class the keys must belong to.
+
+    Returns:
+        {KEY: value}, in the given order (a key given twice keeps the last value).
+
+    Raises:
+        ValueError: a pair without "=", or a KEY that is not an upper-case attribute of
+            ``base``; the message names it (and suggests close names).
+    """
+    known = {name for name in dir(base) if name.isupper() and not name.startswith("_")}
+    overrides: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ValueError(f"--set {pair!r}: expected KEY=VALUE, e.g. IMAGE_MIN_DIM=256")
+        if key not in known:
+            close = difflib.get_close_matches(key.upper(), sorted(known), n=3)
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ValueError(f"--set {pair!r}: {key} is not a setting of "
+                             f"{base.__name__}{hint}")
+        try:
+            value = ast.literal_eval(text.strip())
+        except (ValueError, SyntaxError):
+            value = text.strip()  # a bare word: a string such as resnet18 or square
+        overrides[key] = value
+    return overrides

@@ -221,14 +221,34 @@ def detect_files(model, paths: Sequence[str], class_names: Sequence[str],
     return summary
 
 
+def add_set_argument(parser: argparse.ArgumentParser) -> None:
+    """--set KEY=VALUE ... (Config overrides, detectron2's convention)."""
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override Config settings, e.g. --set BACKBONE=resnet18 "
+                             "IMAGE_MIN_DIM=256 STEPS_PER_EPOCH=50 (values are Python "
+                             "literals; bare words are strings); shown in the config "
+                             "display and saved with the run")
+
+
+def settings(args: Any, base: type[Config]) -> dict[str, Any]:
+    """The ``--set`` overrides of ``args`` for ``base``; one error line for a bad key."""
+    from mrcnn.config import parse_overrides
+
+    try:
+        return parse_overrides(getattr(args, "set", None) or [], base)
+    except ValueError as err:
+        fail(str(err))
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """--logs and --tiny."""
+    """--logs, --tiny and --set."""
     parser.add_argument("--logs", default=DEFAULT_LOGS_DIR, metavar="/path/to/logs/",
                         help=f"logs and checkpoints folder (default: {DEFAULT_LOGS_DIR})")
     parser.add_argument("--tiny", action="store_true",
                         help="smoke-test mode: a seconds-per-step tiny model (64 px, five-conv "
                              f"backbone), one step per epoch; also {TINY_ENV}=1. Results are "
                              "meaningless; it checks that data, training and outputs work")
+    add_set_argument(parser)
 
 
 def add_schedule_arguments(parser: argparse.ArgumentParser,
@@ -261,7 +281,8 @@ def tiny_overrides(base: type[Config]) -> dict[str, Any]:
 
 
 def make_config(base: type[Config], tiny: bool = False, *, weights: str | None = None,
-                model_dir: str = DEFAULT_LOGS_DIR, **overrides: Any) -> Config:
+                model_dir: str = DEFAULT_LOGS_DIR, settings: dict[str, Any] | None = None,
+                **overrides: Any) -> Config:
     """Instantiate ``base`` with class-attribute overrides (or its tiny test variant).
 
     Config computes derived attributes in ``__init__``, so overrides are applied on a
@@ -275,6 +296,7 @@ def make_config(base: type[Config], tiny: bool = False, *, weights: str | None =
             ``--logs`` (``--weights=last`` with ``--tiny`` finds the last tiny run).
         weights: the --weights value; NORM then follows the weights (``norm_for_weights``).
         model_dir: the --logs folder (to find "last").
+        settings: the user's ``--set`` overrides, applied last (they win over everything).
         **overrides: attribute values, e.g. STEPS_PER_EPOCH=100 (tiny settings win).
 
     Returns:
@@ -289,7 +311,9 @@ def make_config(base: type[Config], tiny: bool = False, *, weights: str | None =
         if tiny:
             from mrcnn.tiny import tiny_config
 
-            return tiny_config(base, **{**overrides, **tiny_overrides(base)})
+            return tiny_config(base, **{**overrides, **tiny_overrides(base),
+                                        **(settings or {})})
+        overrides = {**overrides, **(settings or {})}
         cls = type(base.__name__, (base,), overrides) if overrides else base
         return cls()
     except ValueError as err:
@@ -539,7 +563,8 @@ def load_weights(model, spec: str, exclude_heads: bool = False,
 
 
 def setup_model(mode: str, base: type[Config], weights: str, model_dir: str,
-                tiny: bool = False, exclude_heads: bool = False, **overrides: Any):
+                tiny: bool = False, exclude_heads: bool = False,
+                settings: dict[str, Any] | None = None, **overrides: Any):
     """What every sample command does before its work: config, model, weights.
 
     ``make_config`` (NORM following the weights, tiny variant with ``tiny``), print the
@@ -552,12 +577,14 @@ def setup_model(mode: str, base: type[Config], weights: str, model_dir: str,
         model_dir: the --logs folder.
         tiny: --tiny.
         exclude_heads: see ``load_weights``.
+        settings: the user's ``--set`` overrides (``settings(args, base)``), applied last.
         **overrides: Config attributes, e.g. NUM_CLASSES.
 
     Returns:
         The ``MaskRCNN``.
     """
-    config = make_config(base, tiny, weights=weights, model_dir=model_dir, **overrides)
+    config = make_config(base, tiny, weights=weights, model_dir=model_dir, settings=settings,
+                         **overrides)
     config.display()
     model = build_model(mode, config, model_dir)
     if load_weights(model, weights, exclude_heads=exclude_heads) is None and \

@@ -171,3 +171,49 @@ def test_json_dict_holds_what_display_shows():
         assert saved[key] == as_json(value), key
     assert saved["LOSS_WEIGHTS"]["rpn_class_loss"] == 2.0
     assert saved["BACKBONE_STRIDES"] == [4, 8, 16, 32, 64]
+
+
+# ----------------------------------------------------------------------------- --set
+
+
+def test_parse_overrides_reads_python_literals_and_bare_words():
+    from mrcnn.config import parse_overrides
+
+    got = parse_overrides(["BACKBONE=resnet18", "IMAGE_MIN_DIM=256", "LEARNING_RATE=2e-3",
+                           "RPN_ANCHOR_SCALES=(8, 16, 32, 64, 128)", "MIXED_PRECISION=None",
+                           "USE_MINI_MASK=False", "NAME='my run'", "IMAGE_MIN_DIM=320"])
+    assert got == {"BACKBONE": "resnet18", "IMAGE_MIN_DIM": 320, "LEARNING_RATE": 0.002,
+                   "RPN_ANCHOR_SCALES": (8, 16, 32, 64, 128), "MIXED_PRECISION": None,
+                   "USE_MINI_MASK": False, "NAME": "my run"}
+    assert list(got)[0] == "BACKBONE"
+
+
+@pytest.mark.parametrize("pair, fragment", [
+    ("LEARNING_RATES=0.1", "LEARNING_RATES is not a setting of ShapesConfig (did you mean "
+                           "LEARNING_RATE"),
+    ("IMAGE_MIN_DIM", "expected KEY=VALUE"),
+    ("=3", "expected KEY=VALUE"),
+    ("display=1", "display is not a setting"),
+])
+def test_parse_overrides_names_a_bad_pair(pair, fragment):
+    from mrcnn.config import parse_overrides
+
+    with pytest.raises(ValueError) as info:
+        parse_overrides([pair], ShapesConfig)
+    assert fragment in str(info.value) and repr(pair) in str(info.value)
+
+
+def test_shapes_cli_set_reaches_the_config_and_bad_values_are_one_line(tmp_path, capsys):
+    from samples.shapes import shapes
+
+    with pytest.raises(SystemExit) as info:
+        shapes.main(["detect", "--tiny", "--set", "DETECTION_MIN_CONFIDENCE=2",
+                     f"--logs={tmp_path}"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "DETECTION_MIN_CONFIDENCE" in err[0]
+    args = type("Args", (), {"tiny": True, "set": ["DETECTION_MIN_CONFIDENCE=0.3",
+                                                   "TRAIN_ROIS_PER_IMAGE=6"]})()
+    config = shapes._make_config(args, shapes.ShapesConfig)
+    assert config.DETECTION_MIN_CONFIDENCE == 0.3 and config.TRAIN_ROIS_PER_IMAGE == 6
+    assert config.NAME == "tinyshapes"

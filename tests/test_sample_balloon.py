@@ -263,3 +263,14 @@ def test_detect_without_images_is_one_line(trained):
     sd.assert_one_error_line(sd.run_cli(balloon.main, [
         "detect", f"--weights={trained['checkpoint']}", "--tiny",
         f"--logs={trained['logs']}"]), "balloon.py", "--images")
+
+
+def test_set_overrides_win_and_a_bad_key_is_one_line(via, tmp_path):
+    config = common.make_config(balloon.BalloonConfig, tiny=True,
+                                settings={"STEPS_PER_EPOCH": 7, "DETECTION_MIN_CONFIDENCE": 0.5})
+    assert config.STEPS_PER_EPOCH == 7  # over tiny's 1 step per epoch
+    assert config.DETECTION_MIN_CONFIDENCE == 0.5 and config.NAME == "tinyballoon"
+    sd.assert_one_error_line(sd.run_cli(balloon.main, [
+        "detect", f"--images={via['root']}/val", "--weights=none", "--tiny",
+        f"--logs={tmp_path}", "--set", "DETECTION_MAX_INSTANCE=5"]),
+        "balloon.py", "DETECTION_MAX_INSTANCE is not a setting", "DETECTION_MAX_INSTANCES")

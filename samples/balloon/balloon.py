@@ -437,6 +437,7 @@ def run(args: argparse.Namespace) -> Any:
         layers = args.layers or ("all" if args.weights.lower() == "none" else "heads")
         load_datasets(args.dataset)  # validate the annotations before building the model
         model = common.setup_model("training", BalloonConfig, args.weights, args.logs, tiny,
+                                   settings=common.settings(args, BalloonConfig),
                                    exclude_heads=True)
         return train(model, args.dataset, epochs, layers, args.lr)
 
@@ -445,7 +446,9 @@ def run(args: argparse.Namespace) -> Any:
             fail("detect needs --images DIR or GLOB")
         paths = common.image_files(args.images)
         model = common.setup_model("inference", BalloonInferenceConfig, args.weights,
-                                   args.logs, tiny, exclude_heads=True)
+                                   args.logs, tiny,
+                                   settings=common.settings(args, BalloonInferenceConfig),
+                                   exclude_heads=True)
         out = args.output or f"detect_{common.timestamp()}"
         return common.detect_files(model, paths, ("BG", "balloon"), out)
     if bool(args.image) == bool(args.video):
@@ -455,7 +458,9 @@ def run(args: argparse.Namespace) -> Any:
     else:
         common.require_file(args.video, "video file")
     model = common.setup_model("inference", BalloonInferenceConfig, args.weights, args.logs,
-                               tiny, exclude_heads=True)
+                               tiny,
+                               settings=common.settings(args, BalloonInferenceConfig),
+                               exclude_heads=True)
     return detect_and_color_splash(model, image_path=args.image, video_path=args.video,
                                    output=args.output)
 

@@ -492,6 +492,7 @@ def run(args: argparse.Namespace) -> Any:
 
         num_classes = dataset_train.num_classes
         model = common.setup_model("training", CocoConfig, args.model, args.logs, tiny,
+                                   settings=common.settings(args, CocoConfig),
                                    exclude_heads=_exclude_heads(args.model, num_classes),
                                    NUM_CLASSES=num_classes)
         import albumentations as A
@@ -510,6 +511,7 @@ def run(args: argparse.Namespace) -> Any:
     dataset_val.prepare()
     num_classes = dataset_val.num_classes
     model = common.setup_model("inference", CocoInferenceConfig, args.model, args.logs, tiny,
+                               settings=common.settings(args, CocoInferenceConfig),
                                exclude_heads=_exclude_heads(args.model, num_classes),
                                NUM_CLASSES=num_classes)
     eval_types = ("bbox", "segm") if args.eval_type == "both" else (args.eval_type,)

@@ -626,7 +626,9 @@ def run(args: argparse.Namespace) -> Any:
             fail(f"--images is for detect, not {args.command}")
         paths = common.image_files(args.images)
         model = common.setup_model("inference", NucleusInferenceConfig, args.weights,
-                                   args.logs, tiny, exclude_heads=True)
+                                   args.logs, tiny,
+                                   settings=common.settings(args, NucleusInferenceConfig),
+                                   exclude_heads=True)
         out = os.path.join(args.results, f"detect_{common.timestamp()}")
         return common.detect_files(model, paths, ("BG", "nucleus"), out)
     if not args.dataset:
@@ -643,7 +645,8 @@ def run(args: argparse.Namespace) -> Any:
                                                    args.val_fraction)
         per_batch = NucleusConfig.IMAGES_PER_GPU * NucleusConfig.GPU_COUNT
         model = common.setup_model(
-            "training", NucleusConfig, args.weights, args.logs, tiny, exclude_heads=True,
+            "training", NucleusConfig, args.weights, args.logs, tiny,
+            settings=common.settings(args, NucleusConfig), exclude_heads=True,
             STEPS_PER_EPOCH=max(1, len(dataset_train.image_ids) // per_batch),
             VALIDATION_STEPS=max(1, len(dataset_val.image_ids) // per_batch))
         return train(model, dataset_train, dataset_val, heads_epochs, all_epochs, args.lr)
@@ -654,7 +657,9 @@ def run(args: argparse.Namespace) -> Any:
                          verify=True)
     dataset.prepare()
     model = common.setup_model("inference", NucleusInferenceConfig, args.weights, args.logs,
-                               tiny, exclude_heads=True)
+                               tiny,
+                               settings=common.settings(args, NucleusInferenceConfig),
+                               exclude_heads=True)
     if args.command == "detect":
         return detect(model, dataset, args.results, overlays=not args.no_overlays,
                       save_npz=args.save_npz)

@@ -396,12 +396,18 @@ def _resolve_weights(model, weights: str) -> str | None:
 
 
 def _make_config(args, base: type[Config], **overrides) -> Config:
-    """``base`` with ``overrides``; with --tiny, mrcnn.tiny's seconds-per-step variant."""
-    if getattr(args, "tiny", False):
-        from mrcnn.tiny import tiny_config
+    """``base`` with ``overrides`` then ``--set``; with --tiny, mrcnn.tiny's variant."""
+    from mrcnn.config import parse_overrides
 
-        return tiny_config(base, **overrides)
-    return type(base.__name__, (base,), overrides)() if overrides else base()
+    try:
+        overrides = {**overrides, **parse_overrides(getattr(args, "set", None) or [], base)}
+        if getattr(args, "tiny", False):
+            from mrcnn.tiny import tiny_config
+
+            return tiny_config(base, **overrides)
+        return type(base.__name__, (base,), overrides)() if overrides else base()
+    except ValueError as err:  # an unknown key or a value Config rejects
+        _input_error(str(err))
 
 
 def _inference_model(args):
@@ -507,6 +513,9 @@ def main(argv: list[str] | None = None) -> float | None:
     parser.add_argument("--images", default=None, metavar="DIR or GLOB",
                         help="detect: image files (a folder or a glob); writes "
                              "detect_<name>.png pictures and detections.json to --output")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="override ShapesConfig settings, e.g. --set BACKBONE=resnet34 "
+                             "LEARNING_RATE=0.002 (Python literals; bare words are strings)")
     parser.add_argument("--tiny", action="store_true",
                         help="64 px five-conv model (mrcnn.tiny) that runs in seconds: for "
                              "smoke tests of the command line, not for results")
