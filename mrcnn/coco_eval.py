@@ -300,6 +300,7 @@ def evaluate(
     iou_type: str = "bbox",
     class_names: Sequence[str] | None = None,
     verbose: bool = True,
+    max_dets: int = 100,
 ) -> dict[str, Any]:
     """Run COCOeval on mrcnn ground truth and detections.
 
@@ -310,6 +311,11 @@ def evaluate(
         iou_type: "bbox" or "segm" ("segm" needs ``masks`` in both lists).
         class_names: see ``build_coco_gt``.
         verbose: print the standard COCOeval summary table.
+        max_dets: detections per image that count (COCO's 100). Dense scenes (nuclei,
+            cells, crowds) have more objects than that, and AP with 100 caps their recall:
+            set it above the largest instance count. AP and AP50 then count up to
+            ``max_dets`` detections; ``AR_max`` is the recall at ``max_dets`` (COCOeval's
+            own ``AR100`` stays at 100 detections, -1 when 100 is not evaluated).
 
     Returns:
         A dict with ``stats`` (float array of the 12 COCOeval stats), the same values under
@@ -344,6 +350,9 @@ def evaluate(
     coco_dt = load_results(coco_gt, results, iou_type)
 
     cocoeval = COCOeval(coco_gt, coco_dt, iou_type)
+    if int(max_dets) < 1:
+        raise ValueError(f"evaluate: max_dets must be >= 1, got {max_dets}")
+    cocoeval.params.maxDets = [1, 10, int(max_dets)]
     _silent(cocoeval.evaluate)
     _silent(cocoeval.accumulate)
     if verbose:
@@ -354,6 +363,15 @@ def evaluate(
         _silent(cocoeval.summarize)
 
     stats = np.asarray(cocoeval.stats, dtype=np.float64)
+    if int(max_dets) != 100:
+        # COCOeval's summary computes AP@[.5:.95] at a hard-coded 100 detections (-1 when
+        # 100 is not evaluated); recompute it at max_dets like its other AP stats.
+        precision_all = cocoeval.eval["precision"][:, :, :, 0, -1]
+        valid = precision_all[precision_all > -1]
+        stats[0] = float(valid.mean()) if valid.size else -1.0
+        if verbose:
+            print(f"AP @[ IoU=0.50:0.95 | area=   all | maxDets={int(max_dets)} ] = "
+                  f"{stats[0]:.3f} (the first line above is at 100 detections)")
     out: dict[str, Any] = {"stats": stats}
     out.update({name: float(v) for name, v in zip(STAT_NAMES, stats)})
 
@@ -369,6 +387,10 @@ def evaluate(
         p50 = precision[t50, :, k, 0, -1]
         valid50 = p50[p50 > -1]
         per_class50[int(cat_id)] = float(valid50.mean()) if valid50.size else float("nan")
+    # Average recall at the largest maxDets (area "all"), whatever its value.
+    recall = cocoeval.eval["recall"][:, :, 0, -1]
+    valid = recall[recall > -1]
+    out["AR_max"] = float(valid.mean()) if valid.size else -1.0
     out["per_class_ap"] = per_class
     out["per_class_ap50"] = per_class50
     out["cocoeval"] = cocoeval

@@ -161,6 +161,30 @@ def test_perfect_detections_score_one(iou_type):
 
 
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_max_dets_lifts_the_recall_cap_of_dense_images(iou_type):
+    # 150 disjoint 4x4 squares, all found exactly: with COCO's 100 detections per image
+    # only 100 can match (recall 2/3, precision 1 up to there: AP = 67/101 of the 101
+    # recall points), with max_dets=200 all do (AP 1).
+    masks = np.zeros((60, 100, 150), bool)
+    for k in range(150):
+        y, x = divmod(k, 15)
+        masks[6 * y:6 * y + 4, 6 * x + 4:6 * x + 8, k] = True
+    boxes = utils.extract_bboxes(masks)
+    ids = np.ones(150, np.int32)
+    gt = [dict(image_id=1, height=60, width=100, boxes=boxes, class_ids=ids, masks=masks)]
+    det = [dict(image_id=1, rois=boxes, class_ids=ids, scores=np.linspace(1, 0.5, 150),
+                masks=masks)]
+    capped = coco_eval.evaluate(gt, det, iou_type, verbose=False)
+    full = coco_eval.evaluate(gt, det, iou_type, verbose=False, max_dets=200)
+    assert capped["AP50"] == pytest.approx(67 / 101)
+    assert capped["AR100"] == pytest.approx(100 / 150) == capped["AR_max"]
+    assert full["AP50"] == pytest.approx(1.0) and full["AP"] == pytest.approx(1.0)
+    assert full["AR_max"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="max_dets"):
+        coco_eval.evaluate(gt, det, iou_type, verbose=False, max_dets=0)
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
 @pytest.mark.parametrize("seed", [3, 11])
 def test_matches_pycocotools_on_hand_built_json(tmp_path, iou_type, seed):
     gt_list, det_list = make_case(seed)
