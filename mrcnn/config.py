@@ -23,6 +23,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from mrcnn.transform import image_meta_size
+
 # glibc caps its mmap threshold at HEAP_MAX_SIZE / 2 (32 MiB on 64-bit).
 MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
 
@@ -316,8 +318,9 @@ class Config:
             self.IMAGE_SHAPE = np.array(
                 [self.IMAGE_MAX_DIM, self.IMAGE_MAX_DIM, self.IMAGE_CHANNEL_COUNT])
 
-        # id + original shape (3) + image shape (3) + window (4) + scale + active class ids.
-        self.IMAGE_META_SIZE = 1 + 3 + 3 + 4 + 1 + self.NUM_CLASSES
+        # id + original shape (3) + image shape (3) + window (4) + scale + active class ids
+        # (the layout is transform.META_LAYOUT).
+        self.IMAGE_META_SIZE = image_meta_size(self.NUM_CLASSES)
 
         if self.NORM is None:
             self.NORM = "frozen_bn" if self.TRAIN_BN is False else "bn"

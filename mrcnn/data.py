@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterator, Sequence
 import keras
 import numpy as np
 
-from mrcnn import utils
+from mrcnn import transform, utils
 from mrcnn.anchors import compute_backbone_shapes, pyramid_anchors
 
 # albumentations 2.x checks PyPI for a newer version on import. Training machines are often
@@ -57,102 +57,12 @@ ROI_FOREGROUND_IOU = 0.5
 ############################################################
 
 
-def compose_image_meta(
-    image_id: int,
-    original_image_shape: Sequence[int],
-    image_shape: Sequence[int],
-    window: Sequence[int],
-    scale: float,
-    active_class_ids: Sequence[int],
-) -> np.ndarray:
-    """Pack the attributes of an image into one flat array (the model's ``input_image_meta``).
-
-    Args:
-        image_id: internal image id in the dataset.
-        original_image_shape: [H, W, C] before resizing or padding.
-        image_shape: [H, W, C] of the image fed to the model (after resizing and padding).
-        window: (y1, x1, y2, x2) in pixels of the real image inside the padded one.
-        scale: scale factor applied to the original image.
-        active_class_ids: [NUM_CLASSES] 1 for the classes of the image's source, else 0.
-            Needed when training on several datasets whose classes differ.
-
-    Returns:
-        float64 array [1 + 3 + 3 + 4 + 1 + NUM_CLASSES] (= config.IMAGE_META_SIZE).
-    """
-    parts = [
-        [image_id],
-        list(original_image_shape),
-        list(image_shape),
-        list(window),
-        [scale],
-        list(active_class_ids),
-    ]
-    # float64 keeps large image ids and odd scales exact; the model input casts to float32.
-    return np.concatenate([np.asarray(p, dtype=np.float64).ravel() for p in parts])
-
-
-def parse_image_meta(meta: np.ndarray) -> dict[str, np.ndarray]:
-    """Unpack image metadata made by ``compose_image_meta`` (NumPy version).
-
-    Args:
-        meta: [batch, IMAGE_META_SIZE] (a single [IMAGE_META_SIZE] row is accepted too and
-            gives un-batched values).
-
-    Returns:
-        dict with ``image_id`` int32 [B], ``original_image_shape`` int32 [B, 3],
-        ``image_shape`` int32 [B, 3], ``window`` int32 [B, 4] (y1, x1, y2, x2),
-        ``scale`` float32 [B] and ``active_class_ids`` int32 [B, NUM_CLASSES].
-    """
-    meta = np.asarray(meta)
-    single = meta.ndim == 1
-    if single:
-        meta = meta[np.newaxis]
-
-    def ints(values: np.ndarray) -> np.ndarray:
-        # Round before the cast: a computed window such as 6.9999995 must become 7.
-        return np.rint(values).astype(np.int32)
-
-    out = {
-        "image_id": ints(meta[:, 0]),
-        "original_image_shape": ints(meta[:, 1:4]),
-        "image_shape": ints(meta[:, 4:7]),
-        "window": ints(meta[:, 7:11]),
-        "scale": meta[:, 11].astype(np.float32),
-        "active_class_ids": ints(meta[:, 12:]),
-    }
-    if single:
-        out = {key: value[0] for key, value in out.items()}
-    return out
-
-
-def mold_image(images: np.ndarray, config: Any) -> np.ndarray:
-    """Subtract the mean pixel: uint8 RGB images -> float32 model input.
-
-    Args:
-        images: [..., H, W, C] images (any numeric dtype).
-        config: provides ``MEAN_PIXEL`` [C].
-
-    Returns:
-        float32 array of the same shape.
-    """
-    return np.asarray(images).astype(np.float32) - np.asarray(config.MEAN_PIXEL, np.float32)
-
-
-def unmold_image(normalized_images: np.ndarray, config: Any) -> np.ndarray:
-    """Inverse of ``mold_image``: add the mean pixel back and return uint8 images.
-
-    Unlike Matterport's plain ``astype`` this rounds and clips, so that
-    ``unmold_image(mold_image(x))`` gives ``x`` back exactly.
-
-    Args:
-        normalized_images: [..., H, W, C] molded images.
-        config: provides ``MEAN_PIXEL`` [C].
-
-    Returns:
-        uint8 array of the same shape.
-    """
-    restored = np.asarray(normalized_images, np.float64) + np.asarray(config.MEAN_PIXEL)
-    return np.clip(np.rint(restored), 0, 255).astype(np.uint8)
+# The meta layout and molding live in mrcnn.transform; Matterport's names stay here (and
+# in mrcnn.model).
+compose_image_meta = transform.compose_image_meta
+parse_image_meta = transform.parse_image_meta
+mold_image = transform.mold_image
+unmold_image = transform.unmold_image
 
 
 ############################################################
