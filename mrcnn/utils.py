@@ -56,7 +56,7 @@ def extract_bboxes(mask: np.ndarray) -> np.ndarray:
     if count == 0 or height == 0 or width == 0:
         return boxes
     mask = mask.astype(bool, copy=False)
-    rows = mask.any(axis=1)  # [H, N]: does row y contain the instance?
+    rows = transform.any_over_width(mask)  # [H, N]: does row y contain the instance?
     cols = mask.any(axis=0)  # [W, N]
     present = rows.any(axis=0)
     # argmax returns the first True; on the reversed array it finds the last one.
@@ -698,8 +698,8 @@ def minimize_mask(bbox: np.ndarray, mask: np.ndarray, mini_shape: Sequence[int])
                 f"minimize_mask: instance {i} has an empty box {(y1, x1, y2, x2)} "
                 "(zero area); drop empty instances before building mini masks"
             )
-        # Bilinear on 0/1 floats then round, as Matterport (skimage rejects bool + order 1).
-        resized = resize(m.astype(np.float32), mini_shape)
+        # Bilinear on 0/1 floats then round, as Matterport (OpenCV with skimage's border).
+        resized = transform.resize_bilinear(m.astype(np.float32), mini_shape)
         mini_mask[:, :, i] = np.around(resized).astype(bool)
     return mini_mask
 
@@ -723,7 +723,7 @@ def expand_mask(bbox: np.ndarray, mini_mask: np.ndarray, image_shape: Sequence[i
         h, w = y2 - y1, x2 - x1
         if h <= 0 or w <= 0:
             continue
-        resized = resize(mini_mask[:, :, i].astype(np.float32), (h, w))
+        resized = transform.resize_bilinear(mini_mask[:, :, i].astype(np.float32), (h, w))
         mask[y1:y2, x1:x2, i] = np.around(resized).astype(bool)
     return mask
 
