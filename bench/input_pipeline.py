@@ -26,15 +26,15 @@ the same machine load. Asserts nothing.
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing
 import os
-import subprocess
 import sys
-import tempfile
 import time
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+sys.path.insert(0, ROOT)
+
+from bench.common import run_at_commit  # noqa: E402
 
 
 def usable_cores() -> int:
@@ -170,25 +170,13 @@ def measure(case: str, images: int, worker_counts: list[int]) -> dict:
 
 def run_before(commit: str, args: argparse.Namespace, worker_counts: list[int]) -> dict:
     """``measure`` on an older commit's mrcnn and samples, in a subprocess."""
-    folder = tempfile.mkdtemp(prefix="mrcnn_before_")
-    archive = subprocess.run(["git", "-C", ROOT, "archive", commit, "mrcnn", "samples"],
-                             check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", folder], input=archive, check=True)
-    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); sys.path.insert(1, sys.argv[2]);"
-            "from bench_input_pipeline_module import measure;"
-            "print('RESULT' + json.dumps({c: measure(c, int(sys.argv[3]), "
-            "json.loads(sys.argv[4])) for c in sys.argv[5].split(',')}))")
-    # This file is importable under a module name that cannot clash with the old tree.
-    module_dir = tempfile.mkdtemp(prefix="bench_module_")
-    with open(os.path.join(module_dir, "bench_input_pipeline_module.py"), "w") as f:
-        with open(os.path.abspath(__file__)) as source:
-            f.write(source.read())
-    env = dict(os.environ, PYTHONPATH=folder)
-    out = subprocess.run([sys.executable, "-c", code, folder, module_dir, str(args.images),
-                          json.dumps(worker_counts), args.cases], check=True,
-                         capture_output=True, text=True, env=env).stdout
-    line = next(l for l in out.splitlines() if l.startswith("RESULT"))
-    return json.loads(line[len("RESULT"):])
+    return run_at_commit(commit, __file__, "measure_cases",
+                         [args.cases, args.images, worker_counts])
+
+
+def measure_cases(cases: str, images: int, worker_counts: list[int]) -> dict:
+    """``measure`` for each comma-separated case."""
+    return {case: measure(case, images, worker_counts) for case in cases.split(",")}
 
 
 def main() -> None:
@@ -201,12 +189,11 @@ def main() -> None:
     parser.add_argument("--no-before", action="store_true", help="skip the 'before' columns")
     args = parser.parse_args()
 
-    sys.path.insert(0, ROOT)
     from bench.common import print_table
 
     cores = usable_cores()
     worker_counts = sorted({cores if w == "all" else int(w) for w in args.workers.split(",")})
-    after = {case: measure(case, args.images, worker_counts) for case in args.cases.split(",")}
+    after = measure_cases(args.cases, args.images, worker_counts)
     before = None if args.no_before else run_before(args.before, args, worker_counts)
 
     rows = []
