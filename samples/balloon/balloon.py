@@ -430,7 +430,7 @@ def run(args: argparse.Namespace) -> Any:
         layers = args.layers or ("all" if args.weights.lower() == "none" else "heads")
         load_datasets(args.dataset)  # validate the annotations before building the model
         model = common.setup_model("training", BalloonConfig, args.weights, args.logs, tiny,
-                                   exclude_heads=True)
+                                   exclude_heads=True, **common.workers_override(args))
         return train(model, args.dataset, epochs, layers, args.lr)
 
     if bool(args.image) == bool(args.video):

@@ -500,7 +500,7 @@ def run(args: argparse.Namespace) -> Any:
         num_classes = dataset_train.num_classes
         model = common.setup_model("training", CocoConfig, args.model, args.logs, tiny,
                                    exclude_heads=_exclude_heads(args.model, num_classes),
-                                   NUM_CLASSES=num_classes)
+                                   NUM_CLASSES=num_classes, **common.workers_override(args))
         import albumentations as A
 
         lr = args.lr or model.config.LEARNING_RATE
