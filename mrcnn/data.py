@@ -961,9 +961,7 @@ class DataGenerator(keras.utils.PyDataset):
         for b, image_id in enumerate(image_ids):
             ex = self._load_example_or_substitute(int(image_id), rng)
             count = ex["gt_class_ids"].shape[0]  # <= MAX_GT_INSTANCES (load_image_gt)
-            # mold_image, written in place (no float32 temporary of the whole image).
-            np.subtract(ex["image"], np.asarray(config.MEAN_PIXEL, np.float32), out=images[b],
-                        casting="unsafe")
+            transform.subtract_mean(ex["image"], config.MEAN_PIXEL, images[b])  # mold_image
             image_meta[b] = ex["image_meta"]
             rpn_match[b, :, 0] = ex["rpn_match"]
             rpn_bbox[b] = ex["rpn_bbox"]

@@ -392,7 +392,8 @@ class MaskRCNN:
         Images of different molded sizes (pad64 / none modes) are zero-padded bottom/right
         to the largest one (their windows are unchanged, their metas give the padded
         shape). ``detect`` does not use this padded batch: it runs each molded shape as
-        its own batch (``transform.mold_inputs``), so an image gets the same detections
+        its own batch (``transform.resize_inputs`` / ``mold_batch``), so an image gets the
+        same detections
         in any company.
 
         Args:
@@ -401,15 +402,7 @@ class MaskRCNN:
         Returns:
             molded_images [N, h, w, C] float32, image_metas [N, META], windows [N, 4].
         """
-        molded, metas, windows = transform.mold_inputs(images, self.config)
-        height = max(m.shape[0] for m in molded)
-        width = max(m.shape[1] for m in molded)
-        batch = np.zeros((len(molded), height, width, molded[0].shape[2]), np.float32)
-        for i, m in enumerate(molded):
-            batch[i, :m.shape[0], :m.shape[1]] = m
-        image_shape = transform.META_SLICES["image_shape"]
-        metas[:, image_shape] = batch.shape[1:]
-        return batch, metas, windows
+        return transform.mold_inputs(images, self.config)
 
     def unmold_detections(self, detections: np.ndarray, mrcnn_mask: np.ndarray,
                           original_image_shape, image_shape, window):
@@ -476,10 +469,12 @@ class MaskRCNN:
                 log("image", image)
         # Each molded shape runs as its own batch: padding an image to a larger batch
         # shape would change what the model sees (and so its detections).
-        molded, image_metas, windows = transform.mold_inputs(images, self.config)
+        resized, image_metas, windows = transform.resize_inputs(images, self.config)
+        shapes = image_metas[:, transform.META_SLICES["image_shape"]]
         results: list[dict] = [{}] * len(images)
-        for group in transform.group_by_shape(molded):
-            molded_images = np.stack([molded[i] for i in group])
+        for group in transform.group_by_shape(shapes):
+            molded_images = transform.mold_batch([resized[i] for i in group],
+                                                 shapes[group[0]], self.config)
             if verbose:
                 log("molded_images", molded_images)
                 log("image_metas", image_metas[group])

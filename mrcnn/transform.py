@@ -30,6 +30,7 @@ NumPy and OpenCV only (no Keras, TensorFlow or JAX import, no ``mrcnn.config`` i
 from __future__ import annotations
 
 import functools
+import mmap
 from typing import Any, Sequence
 
 import numpy as np
@@ -169,7 +170,12 @@ def mold_image(images: np.ndarray, config: Any) -> np.ndarray:
     Returns:
         float32 array of the same shape.
     """
-    return np.asarray(images).astype(np.float32) - np.asarray(config.MEAN_PIXEL, np.float32)
+    images = np.asarray(images)
+    if images.ndim == 3:
+        out = np.empty(images.shape, np.float32)
+        subtract_mean(images, config.MEAN_PIXEL, out)
+        return out
+    return images.astype(np.float32) - np.asarray(config.MEAN_PIXEL, np.float32)
 
 
 def unmold_image(normalized_images: np.ndarray, config: Any) -> np.ndarray:
@@ -533,34 +539,58 @@ def mold_mask(mask: np.ndarray, mask_shape: Sequence[int]) -> np.ndarray:
     return resize_bilinear(mask.astype(np.float32), shape) >= 0.5
 
 
+def _zeros_untouched(shape: Sequence[int]) -> np.ndarray:
+    """bool zeros whose pages cost nothing until written (anonymous mmap when large).
+
+    ``np.zeros`` may come from malloc's heap (glibc raises its mmap threshold up to
+    32 MiB as programs run) and then memsets every byte: 5 ms for 100 masks of a
+    640x480 image, of which the boxes cover a few percent.
+    """
+    size = int(np.prod(shape))
+    if size < (4 << 20):
+        return np.zeros(shape, dtype=bool)
+    return np.frombuffer(mmap.mmap(-1, size), dtype=bool).reshape(shape)
+
+
 def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_shape: Sequence[int],
                 threshold: float = 0.5) -> np.ndarray:
-    """Paste mask-head outputs into full-image masks, one ``cv2.resize`` per instance.
+    """Paste mask-head outputs into full-image masks, one ``cv2.warpAffine`` per instance.
+
+    Each mask is resampled bilinearly onto its box with half-pixel centres and a zero
+    border (what ``skimage.transform.resize(mode="constant")`` gave), straight into the
+    part of the box inside the image, then thresholded.
 
     Args:
         masks: [N, mask_h, mask_w] float masks in 0..1.
         boxes: [N, (y1, x1, y2, x2)] integer boxes in the image (may cross its border).
         image_shape: shape of the image; the first two entries are used.
-        threshold: a pixel is in the mask when its resized value is >= threshold.
+        threshold: a pixel is in the mask when its resampled value is >= threshold.
 
     Returns:
         bool [height, width, N] (a view of an [N, height, width] array: pages outside the
         boxes are never written, so large images with many detections stay cheap). Empty
         boxes give empty masks; parts of a box outside the image are dropped.
     """
+    cv2 = _cv2()
     height, width = int(image_shape[0]), int(image_shape[1])
     masks = np.asarray(masks, dtype=np.float32)
     boxes = np.asarray(boxes).reshape(-1, 4).astype(np.int64)
-    full = np.zeros((boxes.shape[0], height, width), dtype=bool)
-    clipped = np.stack([np.maximum(boxes[:, 0], 0), np.maximum(boxes[:, 1], 0),
-                        np.minimum(boxes[:, 2], height), np.minimum(boxes[:, 3], width)], 1)
-    for i in np.flatnonzero((boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])):
-        y1, x1, y2, x2 = boxes[i]
-        ty1, tx1, ty2, tx2 = clipped[i]
-        if ty2 <= ty1 or tx2 <= tx1:
+    full = _zeros_untouched((boxes.shape[0], height, width))
+    if not boxes.shape[0]:
+        return np.moveaxis(full, 0, -1)
+    mask_h, mask_w = masks.shape[1:3]
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    for i, (y1, x1, y2, x2) in enumerate(boxes.tolist()):
+        ty1, tx1, ty2, tx2 = max(y1, 0), max(x1, 0), min(y2, height), min(x2, width)
+        if y2 <= y1 or x2 <= x1 or ty2 <= ty1 or tx2 <= tx1:
             continue
-        small = resize_bilinear(masks[i], (y2 - y1, x2 - x1))
-        full[i, ty1:ty2, tx1:tx2] = small[ty1 - y1:ty2 - y1, tx1 - x1:tx2 - x1] >= threshold
+        # Source pixel of output pixel v of the clipped region: (v + t1 - b1 + 0.5) / s - 0.5.
+        sy, sx = (y2 - y1) / mask_h, (x2 - x1) / mask_w
+        matrix = np.array([[1 / sx, 0, (tx1 - x1 + 0.5) / sx - 0.5],
+                           [0, 1 / sy, (ty1 - y1 + 0.5) / sy - 0.5]])
+        small = cv2.warpAffine(masks[i], matrix, (tx2 - tx1, ty2 - ty1), flags=flags,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        full[i, ty1:ty2, tx1:tx2] = small >= threshold
     return np.moveaxis(full, 0, -1)
 
 
@@ -586,75 +616,128 @@ def unmold_mask(mask: np.ndarray, bbox: Sequence[int], image_shape: Sequence[int
 ############################################################
 
 
-def mold_one(image: np.ndarray, config: Any) -> tuple[np.ndarray, np.ndarray, tuple]:
-    """Resize and mold one image the way inference sees it alone.
+def subtract_mean(image: np.ndarray, mean_pixel: Sequence[float], out: np.ndarray) -> None:
+    """``out[...] = image - mean_pixel`` in float32 (``mold_image`` into a given buffer).
+
+    ``cv2.subtract`` converts and subtracts in one pass, 7x faster than NumPy's mixed-type
+    subtraction; NumPy serves what OpenCV cannot take (more than 4 channels, other
+    dtypes).
 
     Args:
         image: [H, W, C] image.
+        mean_pixel: [C] values to subtract (config.MEAN_PIXEL).
+        out: float32 [H, W, C] destination (may be a view into a batch).
+    """
+    mean = np.asarray(mean_pixel, np.float32).reshape(-1)
+    channels = image.shape[2] if image.ndim == 3 else 1
+    if channels <= 4 and image.dtype in (np.uint8, np.uint16, np.int16, np.float32):
+        cv2 = _cv2()
+        scalar = tuple(float(v) for v in np.broadcast_to(mean, (channels,))) + (0.0,) * (
+            4 - channels)
+        result = cv2.subtract(image, scalar, dst=out, dtype=cv2.CV_32F)
+        if result is not out:  # OpenCV could not write in place (e.g. an odd layout)
+            out[...] = result.reshape(out.shape)
+        return
+    np.subtract(image, mean, out=out, casting="unsafe")
+
+
+def resize_inputs(images: Sequence[np.ndarray], config: Any
+                  ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
+    """Resize images for inference, each as it would be alone (not molded yet).
+
+    Args:
+        images: list of [H, W, C] images.
         config: provides IMAGE_MIN_DIM, IMAGE_MAX_DIM, IMAGE_MIN_SCALE, IMAGE_RESIZE_MODE,
-            IMAGE_CHANNEL_COUNT, MEAN_PIXEL and NUM_CLASSES.
+            IMAGE_CHANNEL_COUNT and NUM_CLASSES.
 
     Returns:
-        molded: float32 [h, w, C], h and w multiples of 64 ("none" mode is zero-padded
-            at the bottom/right, as the backbone needs).
-        meta: float64 [IMAGE_META_SIZE] (image id 0, no active classes).
-        window: (y1, x1, y2, x2) of the image inside ``molded``.
+        resized: list of [h_i, w_i, C] images (``resize_image``'s output).
+        metas: float64 [N, IMAGE_META_SIZE]; each image_shape is that image's molded shape,
+            its size rounded up to multiples of 64 (the backbone needs them; "none" mode
+            pads at the bottom/right).
+        windows: int [N, 4] (y1, x1, y2, x2) of each image in its molded image.
 
     Raises:
-        ValueError: the image is not [H, W, IMAGE_CHANNEL_COUNT].
+        ValueError: an image is not [H, W, IMAGE_CHANNEL_COUNT].
     """
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[2] != config.IMAGE_CHANNEL_COUNT:
-        raise ValueError(f"detect() expects images of shape [H, W, "
-                         f"{config.IMAGE_CHANNEL_COUNT}] (config.IMAGE_CHANNEL_COUNT), "
-                         f"got {image.shape}")
-    resized, window, scale, _padding, _crop = resize_image(
-        image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
-        max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE)
-    h, w = resized.shape[:2]
-    height, width = -(-h // 64) * 64, -(-w // 64) * 64
-    molded = np.zeros((height, width, resized.shape[2]), np.float32)
-    np.subtract(resized, np.asarray(config.MEAN_PIXEL, np.float32), out=molded[:h, :w],
-                casting="unsafe")
-    meta = compose_image_meta(0, image.shape, molded.shape, window, scale,
-                              np.zeros([config.NUM_CLASSES], dtype=np.int32))
-    return molded, meta, window
+    resized, metas, windows = [], [], []
+    for index, image in enumerate(images):
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != config.IMAGE_CHANNEL_COUNT:
+            raise ValueError(f"detect() expects images of shape [H, W, "
+                             f"{config.IMAGE_CHANNEL_COUNT}] (config.IMAGE_CHANNEL_COUNT), "
+                             f"got {image.shape} for image {index}")
+        out, window, scale, _padding, _crop = resize_image(
+            image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
+            max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE)
+        h, w = out.shape[:2]
+        molded_shape = (-(-h // 64) * 64, -(-w // 64) * 64, out.shape[2])
+        resized.append(out)
+        windows.append(window)
+        metas.append(compose_image_meta(0, image.shape, molded_shape, window, scale,
+                                        np.zeros([config.NUM_CLASSES], dtype=np.int32)))
+    return resized, np.stack(metas), np.asarray(windows)
+
+
+def mold_batch(resized: Sequence[np.ndarray], shape: Sequence[int], config: Any) -> np.ndarray:
+    """Mold resized images into one zero-padded float32 batch (padding bottom/right).
+
+    Args:
+        resized: [h_i, w_i, C] images no larger than ``shape``.
+        shape: (H, W) of the batch.
+        config: provides MEAN_PIXEL.
+
+    Returns:
+        float32 [N, H, W, C].
+    """
+    height, width = int(shape[0]), int(shape[1])
+    channels = resized[0].shape[2]
+    batch = np.empty((len(resized), height, width, channels), np.float32)
+    for i, image in enumerate(resized):
+        h, w = image.shape[:2]
+        subtract_mean(image, config.MEAN_PIXEL, batch[i, :h, :w])
+        batch[i, h:] = 0
+        batch[i, :h, w:] = 0
+    return batch
 
 
 def mold_inputs(images: Sequence[np.ndarray], config: Any
-                ) -> tuple[list[np.ndarray], np.ndarray, np.ndarray]:
-    """Resize and mold images for inference, each at its own molded shape.
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Resize and mold images into one batch (Matterport's ``MaskRCNN.mold_inputs``).
+
+    Images of different molded sizes ("pad64" / "none" modes) are zero-padded at the
+    bottom/right to the largest one, and their metas give that shape. To detect each
+    image as it is detected alone, run each molded shape as its own batch instead
+    (``resize_inputs``, ``group_by_shape``, ``mold_batch``: what ``detect`` does).
 
     Args:
         images: list of [H, W, C] images.
         config: the inference ``Config``.
 
     Returns:
-        molded: list of float32 [h_i, w_i, C] (equal shapes in "square" mode).
-        metas: float64 [N, IMAGE_META_SIZE], each describing its own molded image.
+        molded_images: float32 [N, H, W, C].
+        image_metas: float64 [N, IMAGE_META_SIZE].
         windows: int [N, 4].
     """
-    molded, metas, windows = [], [], []
-    for image in images:
-        m, meta, window = mold_one(image, config)
-        molded.append(m)
-        metas.append(meta)
-        windows.append(window)
-    return molded, np.stack(metas), np.asarray(windows)
+    resized, metas, windows = resize_inputs(images, config)
+    shapes = metas[:, META_SLICES["image_shape"]]
+    shape = shapes.max(axis=0)
+    metas[:, META_SLICES["image_shape"]] = shape
+    return mold_batch(resized, shape, config), metas, windows
 
 
-def group_by_shape(arrays: Sequence[np.ndarray]) -> list[list[int]]:
-    """Indices of arrays with equal shapes, grouped, in order of first appearance.
+def group_by_shape(shapes: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Indices of equal shapes, grouped, in order of first appearance.
 
     Args:
-        arrays: arrays (e.g. molded images).
+        shapes: one shape per image (e.g. the image_shape column of the metas).
 
     Returns:
-        list of index lists covering range(len(arrays)).
+        list of index lists covering range(len(shapes)).
     """
     groups: dict[tuple, list[int]] = {}
-    for i, array in enumerate(arrays):
-        groups.setdefault(tuple(array.shape), []).append(i)
+    for i, shape in enumerate(shapes):
+        groups.setdefault(tuple(int(v) for v in shape), []).append(i)
     return list(groups.values())
 
 

@@ -326,8 +326,9 @@ def test_batched_detect_gives_each_image_what_it_gets_alone(tmp_path):
     rng = np.random.default_rng(7)
     images = [rng.integers(0, 256, shape, dtype=np.uint8)
               for shape in [(64, 64, 3), (100, 150, 3), (64, 64, 3), (64, 130, 3)]]
-    molded = transform.mold_inputs(images, model.config)[0]
-    assert len({m.shape for m in molded}) == 3  # really different molded sizes
+    metas = transform.resize_inputs(images, model.config)[1]
+    shapes = transform.parse_image_meta(metas)["image_shape"]
+    assert len({tuple(s) for s in shapes}) == 3  # really different molded sizes
     together = model.detect(images)
     total = 0
     for image, result in zip(images, together):
