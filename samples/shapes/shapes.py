@@ -401,12 +401,17 @@ def _inference_model(args):
     return model, config
 
 
+def _train_config(args) -> Config:
+    """ShapesConfig with --steps and --workers (DATA_WORKERS) applied."""
+    workers = {} if getattr(args, "workers", None) is None else {"DATA_WORKERS": args.workers}
+    return _make_config(args, ShapesConfig, STEPS_PER_EPOCH=args.steps, **workers)
+
+
 def cmd_train(args) -> float:
     """Train from scratch (or from --weights), then evaluate and save a picture."""
     from mrcnn import model as modellib
 
-    workers = {} if getattr(args, "workers", None) is None else {"DATA_WORKERS": args.workers}
-    config = _make_config(args, ShapesConfig, STEPS_PER_EPOCH=args.steps, **workers)
+    config = _train_config(args)
     config.display()
     train_set = make_dataset(args.train_count, TRAIN_SEED, config)
     val_set = make_dataset(max(args.val_count, 1), VAL_SEED, config)
