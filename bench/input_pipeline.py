@@ -13,7 +13,8 @@ Three cases, each a ``DataGenerator`` with batch size 1 over in-memory synthetic
 - shapes: the shapes sample at 128 (ShapesDataset, ShapesConfig).
 
 "1 core" runs the batches one after another in the main thread (cv2 limited to one thread)
-and reports ms per image. "k workers" maps the batches over a pool of k threads (what
+and reports ms per image, as CPU time of the process (robust to other load on the machine)
+and as wall time. "k workers" maps the batches over a pool of k threads (what
 ``keras.utils.PyDataset`` does with ``workers=k``) or, for "procs", k forked processes
 (``use_multiprocessing=True``) and reports images per second.
 
@@ -148,11 +149,12 @@ def measure(case: str, images: int, worker_counts: list[int]) -> dict:
     generator[0]  # warm up (anchor caches, imports)
 
     cv2.setNumThreads(1)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for idx in range(images):
         generator[idx]
-    result = {"ms_1core": (time.perf_counter() - start) / images * 1e3, "threads": {},
-              "procs": {}}
+    result = {"ms_1core": (time.perf_counter() - start) / images * 1e3,
+              "cpu_ms_1core": (time.process_time() - cpu_start) / images * 1e3,
+              "threads": {}, "procs": {}}
     cv2.setNumThreads(0)
     for k in worker_counts:
         with multiprocessing.dummy.Pool(k) as pool:
@@ -198,20 +200,19 @@ def main() -> None:
 
     rows = []
     for case, new in after.items():
-        old = before[case] if before else None
-        row = {"case": case}
-        if old:
-            row["before ms/img (1 core)"] = f"{old['ms_1core']:.1f}"
-        row["after ms/img (1 core)"] = f"{new['ms_1core']:.1f}"
-        for k in worker_counts:
-            if old:
-                row[f"before img/s {k} thr"] = f"{old['threads'][str(k)]:.1f}"
-            row[f"after img/s {k} thr"] = f"{new['threads'][k]:.1f}"
-        k = max(worker_counts)
-        if old:
-            row[f"before img/s {k} procs"] = f"{old['procs'][str(k)]:.1f}"
-        row[f"after img/s {k} procs"] = f"{new['procs'][k]:.1f}"
-        rows.append(row)
+        for label, result in (("before", before[case] if before else None), ("after", new)):
+            if result is None:
+                continue
+            row = {"case": case, "code": label,
+                   "CPU ms/img (1 core)": f"{result['cpu_ms_1core']:.1f}",
+                   "wall ms/img (1 core)": f"{result['ms_1core']:.1f}"}
+            threads = {int(k): v for k, v in result["threads"].items()}
+            for k in worker_counts:
+                row[f"img/s {k} thread{'s' if k > 1 else ''}"] = f"{threads[k]:.1f}"
+            procs = {int(k): v for k, v in result["procs"].items()}
+            k = max(worker_counts)
+            row[f"img/s {k} processes"] = f"{procs[k]:.1f}"
+            rows.append(row)
     print_table(f"Input pipeline (DataGenerator, batch 1, {args.images} images per "
                 f"measurement, {cores} usable cores; before = {args.before})", rows)
 

@@ -279,6 +279,28 @@ def test_unmold_detections_matches_the_previous_implementation():
         assert (new[3] != old[3]).sum() <= 0.005 * old[3].sum()
 
 
+def test_mold_batch_is_mold_image_zero_padded():
+    class Cfg:
+        MEAN_PIXEL = np.array([123.7, 116.8, 103.9])
+
+    rng = np.random.default_rng(8)
+    images = [rng.integers(0, 256, (40, 70, 3), dtype=np.uint8),
+              rng.integers(0, 256, (64, 50, 3), dtype=np.uint8)]
+    batch = transform.mold_batch(images, (64, 128), Cfg())
+    assert batch.shape == (2, 64, 128, 3) and batch.dtype == np.float32
+    for molded, image in zip(batch, images):
+        h, w = image.shape[:2]
+        reference = image.astype(np.float32) - Cfg.MEAN_PIXEL.astype(np.float32)
+        np.testing.assert_array_equal(molded[:h, :w], reference)
+        assert not molded[h:].any() and not molded[:, w:].any()
+    for channels in (1, 5):  # OpenCV's path (<= 4 channels) and NumPy's
+        image = rng.integers(0, 256, (9, 11, channels), dtype=np.uint8)
+        config = type("C", (), {"MEAN_PIXEL": rng.uniform(0, 255, channels)})
+        np.testing.assert_allclose(
+            transform.mold_image(image, config),
+            image.astype(np.float32) - config.MEAN_PIXEL.astype(np.float32), rtol=1e-6)
+
+
 ############################################################
 #  Image meta
 ############################################################
