@@ -21,9 +21,12 @@ import ast
 import difflib
 import inspect
 import numbers
+import os
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from mrcnn.transform import image_meta_size
 
 # glibc caps its mmap threshold at HEAP_MAX_SIZE / 2 (32 MiB on 64-bit).
 MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
@@ -281,9 +284,16 @@ class Config:
     # (which can take minutes for ResNet-101 on a CPU); turn off for quick debugging.
     JIT_COMPILE = True
 
-    # Data loading: worker threads (or processes) of the training PyDataset. 0 loads in the
-    # training loop. More workers hide image decoding and augmentation time.
-    DATA_WORKERS = 0
+    # Data loading: worker threads (or processes) of the training PyDataset, by default one
+    # per usable core, so that the host keeps the accelerator fed. 0 loads in the training
+    # loop (simplest to debug; 1 does the same in Keras). Batches are reproducible with any
+    # number of workers (each batch has its own seeded random state).
+    DATA_WORKERS = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                    else os.cpu_count() or 1)
+    # Threads (False) or processes (True). OpenCV and NumPy release the GIL, so threads
+    # scale on the resize/mask/anchor work and share the dataset for free; processes get
+    # a pickled copy of the dataset each epoch and only pay off when a dataset's own
+    # Python code (decoding, annotation parsing) dominates. See bench/input_pipeline.py.
     DATA_USE_MULTIPROCESSING = False
 
     # glibc's mmap threshold (bytes) held during training on TensorFlow. tf.data's generator
@@ -318,8 +328,9 @@ class Config:
             self.IMAGE_SHAPE = np.array(
                 [self.IMAGE_MAX_DIM, self.IMAGE_MAX_DIM, self.IMAGE_CHANNEL_COUNT])
 
-        # id + original shape (3) + image shape (3) + window (4) + scale + active class ids.
-        self.IMAGE_META_SIZE = 1 + 3 + 3 + 4 + 1 + self.NUM_CLASSES
+        # id + original shape (3) + image shape (3) + window (4) + scale + active class ids
+        # (the layout is transform.META_LAYOUT).
+        self.IMAGE_META_SIZE = image_meta_size(self.NUM_CLASSES)
 
         if self.NORM is None:
             self.NORM = "frozen_bn" if self.TRAIN_BN is False else "bn"

@@ -7,26 +7,7 @@ from keras import layers, ops
 
 from mrcnn import ops as mops
 from mrcnn.proposals import clamp_deltas
-
-
-def parse_image_meta_graph(meta) -> dict:
-    """Split image meta tensors [B, META] into their parts (see data.compose_image_meta).
-
-    Args:
-        meta: [B, META] float tensor.
-
-    Returns:
-        dict of image_id [B], original_image_shape [B, 3], image_shape [B, 3],
-        window [B, 4] (pixels of the molded image), scale [B], active_class_ids [B, C].
-    """
-    return {
-        "image_id": meta[:, 0],
-        "original_image_shape": meta[:, 1:4],
-        "image_shape": meta[:, 4:7],
-        "window": meta[:, 7:11],
-        "scale": meta[:, 11],
-        "active_class_ids": meta[:, 12:],
-    }
+from mrcnn.transform import parse_image_meta_graph
 
 
 def refine_detections_graph(rois, probs, deltas, window, config):

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
-from mrcnn import utils
+from mrcnn import transform, utils  # noqa: F401  (modellib.utils: Matterport surface)
 from mrcnn.allocator import allocator_callbacks
 from mrcnn.anchors import compute_backbone_shapes, pyramid_anchors
 from mrcnn.data import (  # noqa: F401  (Matterport's modellib surface)
@@ -390,8 +390,12 @@ class MaskRCNN:
     def mold_inputs(self, images: Sequence[np.ndarray]):
         """Resize and normalize images into a batch the model takes.
 
-        Images of different molded sizes (pad64 mode) are zero-padded bottom/right to the
-        largest one; their windows are unchanged.
+        Images of different molded sizes (pad64 / none modes) are zero-padded bottom/right
+        to the largest one (their windows are unchanged, their metas give the padded
+        shape). ``detect`` does not use this padded batch: it runs each molded shape as
+        its own batch (``transform.resize_inputs`` / ``mold_batch``), so an image gets the
+        same detections
+        in any company.
 
         Args:
             images: list of [H, W, C] images.
@@ -399,34 +403,13 @@ class MaskRCNN:
         Returns:
             molded_images [N, h, w, C] float32, image_metas [N, META], windows [N, 4].
         """
-        molded, metas, windows, scales = [], [], [], []
-        for image in images:
-            image = np.asarray(image)
-            if image.ndim != 3 or image.shape[2] != self.config.IMAGE_CHANNEL_COUNT:
-                raise ValueError(f"detect() expects images of shape [H, W, "
-                                 f"{self.config.IMAGE_CHANNEL_COUNT}], got {image.shape}")
-            resized, window, scale, _padding, _crop = utils.resize_image(
-                image, min_dim=self.config.IMAGE_MIN_DIM, min_scale=self.config.IMAGE_MIN_SCALE,
-                max_dim=self.config.IMAGE_MAX_DIM, mode=self.config.IMAGE_RESIZE_MODE)
-            molded.append(mold_image(resized, self.config))
-            windows.append(window)
-            scales.append(scale)
-        height = max(m.shape[0] for m in molded)
-        width = max(m.shape[1] for m in molded)
-        if height % 64 or width % 64:
-            # "none" mode: the backbone needs sizes divisible by 64.
-            height, width = -(-height // 64) * 64, -(-width // 64) * 64
-        batch = np.zeros((len(molded), height, width, molded[0].shape[2]), np.float32)
-        for i, (image, m, window, scale) in enumerate(zip(images, molded, windows, scales)):
-            batch[i, :m.shape[0], :m.shape[1]] = m
-            metas.append(compose_image_meta(
-                0, np.asarray(image).shape, batch[i].shape, window, scale,
-                np.zeros([self.config.NUM_CLASSES], dtype=np.int32)))
-        return batch, np.stack(metas), np.stack(windows)
+        return transform.mold_inputs(images, self.config)
 
     def unmold_detections(self, detections: np.ndarray, mrcnn_mask: np.ndarray,
                           original_image_shape, image_shape, window):
         """Convert one image's padded detections to original-image boxes and full masks.
+
+        See ``transform.unmold_detections`` (masks are pasted with OpenCV).
 
         Args:
             detections: [D, (y1, x1, y2, x2, class_id, score)] normalized.
@@ -438,27 +421,8 @@ class MaskRCNN:
         Returns:
             boxes [N, 4] int32 pixels, class_ids [N] int32, scores [N], masks bool [H, W, N].
         """
-        zero_ix = np.where(detections[:, 4] == 0)[0]
-        n = zero_ix[0] if zero_ix.shape[0] > 0 else detections.shape[0]
-        boxes = detections[:n, :4]
-        class_ids = detections[:n, 4].astype(np.int32)
-        scores = detections[:n, 5]
-        masks = mrcnn_mask[np.arange(n), :, :, class_ids]
-
-        # Boxes are normalized to the molded image: map them to the window, then to the
-        # original image.
-        wy1, wx1, wy2, wx2 = utils.norm_boxes(np.asarray(window), image_shape[:2])
-        shift = np.array([wy1, wx1, wy1, wx1])
-        scale = np.array([wy2 - wy1, wx2 - wx1, wy2 - wy1, wx2 - wx1])
-        boxes = utils.denorm_boxes((boxes - shift) / scale, original_image_shape[:2])
-
-        keep = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 0
-        boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], masks[keep]
-        full = [utils.unmold_mask(masks[i], boxes[i], original_image_shape)
-                for i in range(len(boxes))]
-        full_masks = (np.stack(full, axis=-1) if full else
-                      np.zeros(tuple(original_image_shape[:2]) + (0,), dtype=bool))
-        return boxes, class_ids, scores, full_masks
+        return transform.unmold_detections(detections, mrcnn_mask, original_image_shape,
+                                           image_shape, window)
 
     def _predictor(self, model: keras.Model) -> _Predictor:
         key = id(model)
@@ -504,11 +468,22 @@ class MaskRCNN:
             print(f"Processing {len(images)} images")
             for image in images:
                 log("image", image)
-        molded_images, image_metas, windows = self.mold_inputs(images)
-        if verbose:
-            log("molded_images", molded_images)
-            log("image_metas", image_metas)
-        return self._detect_molded(images, molded_images, image_metas, windows)
+        # Each molded shape runs as its own batch: padding an image to a larger batch
+        # shape would change what the model sees (and so its detections).
+        resized, image_metas, windows = transform.resize_inputs(images, self.config)
+        shapes = image_metas[:, transform.META_SLICES["image_shape"]]
+        results: list[dict] = [{}] * len(images)
+        for group in transform.group_by_shape(shapes):
+            molded_images = transform.mold_batch([resized[i] for i in group],
+                                                 shapes[group[0]], self.config)
+            if verbose:
+                log("molded_images", molded_images)
+                log("image_metas", image_metas[group])
+            found = self._detect_molded([images[i] for i in group], molded_images,
+                                        image_metas[group], windows[group])
+            for i, result in zip(group, found):
+                results[i] = result
+        return results
 
     def _detect_molded(self, images, molded_images, image_metas, windows) -> list[dict]:
         results = []

@@ -15,6 +15,7 @@ from keras import ops
 
 from mrcnn import losses
 from mrcnn.config import LOSS_NAMES
+from mrcnn.transform import parse_image_meta_graph
 from mrcnn.weights import save_weights_by_name
 
 # Matterport's presets of train(layers=...), with GroupNorm names ("gn...") alongside BN ones.
@@ -57,7 +58,7 @@ class MaskRCNNTrainModel(keras.Model):
         if not isinstance(x, dict):
             x = dict(zip(self.mrcnn_input_names, x))
         meta = ops.cast(x["input_image_meta"], "float32")
-        active_class_ids = meta[:, 12:]
+        active_class_ids = parse_image_meta_graph(meta)["active_class_ids"]
         return {
             "rpn_class_loss": losses.rpn_class_loss(x["input_rpn_match"],
                                                     y_pred["rpn_class_logits"]),

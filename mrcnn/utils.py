@@ -21,6 +21,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from mrcnn import transform
+
 # Released Matterport weights trained on MS COCO (the HDF5 layout our loader understands).
 COCO_MODEL_URL = (
     "https://github.com/matterport/Mask_RCNN/releases/download/v2.0/mask_rcnn_coco.h5"
@@ -50,7 +52,7 @@ def extract_bboxes(mask: np.ndarray) -> np.ndarray:
     if count == 0 or height == 0 or width == 0:
         return boxes
     mask = mask.astype(bool, copy=False)
-    rows = mask.any(axis=1)  # [H, N]: does row y contain the instance?
+    rows = transform.any_over_width(mask)  # [H, N]: does row y contain the instance?
     cols = mask.any(axis=0)  # [W, N]
     present = rows.any(axis=0)
     # argmax returns the first True; on the reversed array it finds the last one.
@@ -657,146 +659,11 @@ def resize(
     )
 
 
-def resize_image(
-    image: np.ndarray,
-    min_dim: int | None = None,
-    max_dim: int | None = None,
-    min_scale: float | None = None,
-    mode: str = "square",
-) -> tuple[np.ndarray, tuple[int, int, int, int], float, list[tuple[int, int]], tuple | None]:
-    """Resize an image keeping its aspect ratio, then pad or crop it as ``mode`` says.
-
-    The scale is ``max(1, min_dim / min(h, w))`` (images are only scaled up to reach
-    ``min_dim``), raised to ``min_scale`` if that is larger; in "square" mode it is then
-    lowered so that the long side does not exceed ``max_dim``.
-
-    Modes:
-        "none": no resizing or padding; the image is returned as is.
-        "square": resize, then zero-pad (centred) to [max_dim, max_dim].
-        "pad64": resize, then zero-pad (centred) height and width up to multiples of 64.
-            ``min_dim`` must be a multiple of 64.
-        "crop": resize, then take a random [min_dim, min_dim] crop. The position comes from
-            ``np.random``, so seed NumPy to reproduce it. Training-time only.
-
-    Args:
-        image: [height, width, channels] (or [height, width]) array.
-        min_dim: minimum size of the short side (see above).
-        max_dim: maximum size of the long side ("square" mode).
-        min_scale: lower bound on the scale.
-        mode: one of "none", "square", "pad64", "crop".
-
-    Returns:
-        image: the resized image, same dtype as the input (float results of the
-            interpolation are cast back, i.e. truncated for integer dtypes, as Matterport).
-        window: (y1, x1, y2, x2) of the image inside the padded result (exclusive end).
-        scale: the scale factor applied.
-        padding: [(top, bottom), (left, right), (0, 0)] padding added.
-        crop: (y, x, h, w) of the crop in the resized image for "crop" mode, else None.
-    """
-    image = np.asarray(image)
-    image_dtype = image.dtype
-    h, w = image.shape[:2]
-    window = (0, 0, h, w)
-    scale: float = 1
-    padding = [(0, 0), (0, 0), (0, 0)]
-    crop = None
-
-    if mode not in ("none", "square", "pad64", "crop"):
-        raise ValueError(f"Mode {mode!r} not supported; use 'none', 'square', 'pad64' or 'crop'")
-    if mode == "none":
-        return image, window, scale, padding, crop
-    if mode == "square" and not max_dim:
-        raise ValueError("resize_image: 'square' mode needs max_dim")
-    if mode == "crop" and not min_dim:
-        raise ValueError("resize_image: 'crop' mode needs min_dim")
-    if mode == "pad64" and (not min_dim or min_dim % 64 != 0):
-        raise ValueError(
-            f"resize_image: 'pad64' mode needs min_dim to be a multiple of 64, got {min_dim}"
-        )
-
-    if min_dim:
-        scale = max(1, min_dim / min(h, w))
-    if min_scale and scale < min_scale:
-        scale = min_scale
-    if max_dim and mode == "square":
-        image_max = max(h, w)
-        if round(image_max * scale) > max_dim:
-            scale = max_dim / image_max
-
-    if scale != 1:
-        image = resize(image, (round(h * scale), round(w * scale)), preserve_range=True)
-
-    h, w = image.shape[:2]
-    if mode == "square":
-        top_pad = (max_dim - h) // 2
-        left_pad = (max_dim - w) // 2
-        padding = [(top_pad, max_dim - h - top_pad), (left_pad, max_dim - w - left_pad), (0, 0)]
-        image = np.pad(image, padding[: image.ndim], mode="constant", constant_values=0)
-        window = (top_pad, left_pad, h + top_pad, w + left_pad)
-    elif mode == "pad64":
-        pad_h = (-h) % 64
-        pad_w = (-w) % 64
-        top_pad, left_pad = pad_h // 2, pad_w // 2
-        padding = [(top_pad, pad_h - top_pad), (left_pad, pad_w - left_pad), (0, 0)]
-        image = np.pad(image, padding[: image.ndim], mode="constant", constant_values=0)
-        window = (top_pad, left_pad, h + top_pad, w + left_pad)
-    else:  # crop
-        if h < min_dim or w < min_dim:
-            raise ValueError(
-                f"resize_image: resized image {h}x{w} is smaller than the crop size {min_dim}"
-            )
-        y = int(np.random.randint(0, h - min_dim + 1))
-        x = int(np.random.randint(0, w - min_dim + 1))
-        crop = (y, x, min_dim, min_dim)
-        image = image[y : y + min_dim, x : x + min_dim]
-        window = (0, 0, min_dim, min_dim)
-    return image.astype(image_dtype), window, scale, padding, crop
-
-
-def _nearest_indices(in_size: int, out_size: int) -> np.ndarray:
-    """Source index of each output pixel for nearest-neighbour resampling.
-
-    Pixel centres are aligned the way ``skimage.transform.resize`` aligns them, so a
-    resized mask lands exactly where the resized image content is.
-    """
-    centers = (np.arange(out_size) + 0.5) * (in_size / out_size)
-    return np.clip(np.floor(centers).astype(np.int64), 0, max(in_size - 1, 0))
-
-
-def resize_mask(
-    mask: np.ndarray,
-    scale: float,
-    padding: Sequence[tuple[int, int]],
-    crop: tuple | None = None,
-) -> np.ndarray:
-    """Apply ``resize_image``'s geometry (scale, then crop or pad) to masks.
-
-    Args:
-        mask: [height, width, N] masks (of the original image).
-        scale: the ``scale`` returned by ``resize_image``.
-        padding: the ``padding`` returned by ``resize_image``.
-        crop: the ``crop`` returned by ``resize_image`` ("crop" mode), else None.
-
-    Returns:
-        bool masks with the same height and width as the resized image.
-    """
-    mask = np.asarray(mask)
-    h, w = mask.shape[:2]
-    out_h, out_w = round(h * scale), round(w * scale)
-    mask = mask.astype(bool, copy=False)
-    if (out_h, out_w) != (h, w):
-        # Nearest neighbour with skimage's pixel-centre alignment (Matterport used
-        # scipy.ndimage.zoom, whose corner-aligned grid can shift masks by up to half a
-        # pixel relative to the image).
-        mask = mask[_nearest_indices(h, out_h)][:, _nearest_indices(w, out_w)]
-    if crop is not None:
-        y, x, ch, cw = crop
-        mask = mask[y : y + ch, x : x + cw]
-    else:
-        pad = [tuple(p) for p in padding][: mask.ndim]
-        pad += [(0, 0)] * (mask.ndim - len(pad))
-        mask = np.pad(mask, pad, mode="constant", constant_values=False)
-    return mask
+# Image <-> model-input geometry lives in mrcnn.transform (OpenCV); Matterport's names stay
+# here. The wrappers keep their signatures (``mold_mask`` takes the config).
+resize_image = transform.resize_image
+resize_mask = transform.resize_mask
+_nearest_indices = transform.nearest_indices
 
 
 def minimize_mask(bbox: np.ndarray, mask: np.ndarray, mini_shape: Sequence[int]) -> np.ndarray:
@@ -827,8 +694,8 @@ def minimize_mask(bbox: np.ndarray, mask: np.ndarray, mini_shape: Sequence[int])
                 f"minimize_mask: instance {i} has an empty box {(y1, x1, y2, x2)} "
                 "(zero area); drop empty instances before building mini masks"
             )
-        # Bilinear on 0/1 floats then round, as Matterport (skimage rejects bool + order 1).
-        resized = resize(m.astype(np.float32), mini_shape)
+        # Bilinear on 0/1 floats then round, as Matterport (OpenCV with skimage's border).
+        resized = transform.resize_bilinear(m.astype(np.float32), mini_shape)
         mini_mask[:, :, i] = np.around(resized).astype(bool)
     return mini_mask
 
@@ -852,7 +719,7 @@ def expand_mask(bbox: np.ndarray, mini_mask: np.ndarray, image_shape: Sequence[i
         h, w = y2 - y1, x2 - x1
         if h <= 0 or w <= 0:
             continue
-        resized = resize(mini_mask[:, :, i].astype(np.float32), (h, w))
+        resized = transform.resize_bilinear(mini_mask[:, :, i].astype(np.float32), (h, w))
         mask[y1:y2, x1:x2, i] = np.around(resized).astype(bool)
     return mask
 
@@ -866,38 +733,12 @@ def mold_mask(mask: np.ndarray, config: Any) -> np.ndarray:
 
     Returns:
         bool [mask_h, mask_w] or [mask_h, mask_w, N], thresholded at 0.5 after bilinear
-        resizing.
+        resizing (``transform.mold_mask``).
     """
-    mask = np.asarray(mask)
-    shape = tuple(int(s) for s in config.MASK_SHAPE[:2])
-    resized = resize(mask.astype(np.float32), shape + mask.shape[2:])
-    return resized >= 0.5
+    return transform.mold_mask(mask, config.MASK_SHAPE)
 
 
-def unmold_mask(mask: np.ndarray, bbox: Sequence[int], image_shape: Sequence[int]) -> np.ndarray:
-    """Turn a mask-head output into a full-image mask.
-
-    Args:
-        mask: [mask_h, mask_w] float mask in 0..1 (one class channel of the mask head).
-        bbox: (y1, x1, y2, x2) integer box of the instance in the image.
-        image_shape: shape of the image; the first two entries are used.
-
-    Returns:
-        bool [height, width]: the mask resized to the box and thresholded at 0.5. The
-        parts of the box outside the image are dropped.
-    """
-    threshold = 0.5
-    y1, x1, y2, x2 = (int(v) for v in bbox[:4])
-    height, width = int(image_shape[0]), int(image_shape[1])
-    full_mask = np.zeros((height, width), dtype=bool)
-    if y2 <= y1 or x2 <= x1:
-        return full_mask
-    small = resize(np.asarray(mask, dtype=np.float32), (y2 - y1, x2 - x1)) >= threshold
-    # Clip the paste region to the image (detections may touch the border).
-    ty1, tx1, ty2, tx2 = max(y1, 0), max(x1, 0), min(y2, height), min(x2, width)
-    if ty2 > ty1 and tx2 > tx1:
-        full_mask[ty1:ty2, tx1:tx2] = small[ty1 - y1 : ty2 - y1, tx1 - x1 : tx2 - x1]
-    return full_mask
+unmold_mask = transform.unmold_mask
 
 
 ############################################################

@@ -241,7 +241,7 @@ def settings(args: Any, base: type[Config]) -> dict[str, Any]:
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
-    """--logs, --tiny and --set."""
+    """--logs, --tiny, --set and --workers."""
     parser.add_argument("--logs", default=DEFAULT_LOGS_DIR, metavar="/path/to/logs/",
                         help=f"logs and checkpoints folder (default: {DEFAULT_LOGS_DIR})")
     parser.add_argument("--tiny", action="store_true",
@@ -249,6 +249,29 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                              f"backbone), one step per epoch; also {TINY_ENV}=1. Results are "
                              "meaningless; it checks that data, training and outputs work")
     add_set_argument(parser)
+    add_workers_argument(parser)
+
+
+def add_workers_argument(parser: argparse.ArgumentParser) -> None:
+    """--workers N (Config.DATA_WORKERS), see ``workers_override``."""
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="train: data loading worker threads (default: "
+                             "config.DATA_WORKERS, one per usable core; 0 loads images in "
+                             "the training loop)")
+
+
+def workers_override(args: Any) -> dict[str, Any]:
+    """Config overrides of --workers: ``{"DATA_WORKERS": N}``, or {} when not given.
+
+    Raises:
+        InputError: N is negative.
+    """
+    workers = getattr(args, "workers", None)
+    if workers is None:
+        return {}
+    if workers < 0:
+        fail(f"--workers must be 0 or more, got {workers}")
+    return {"DATA_WORKERS": workers}
 
 
 def add_schedule_arguments(parser: argparse.ArgumentParser,

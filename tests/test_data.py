@@ -810,3 +810,172 @@ def test_data_generator_matterport_structure(dataset, config):
     assert positive.any()
     assert mrcnn_mask[positive].any(axis=(1, 2, 3)).all()
     assert not mrcnn_mask[~positive].any() and not mrcnn_bbox[~positive].any()
+
+
+############################################################
+#  Vectorized RPN matching vs the previous implementation; workers
+############################################################
+
+
+def _previous_rpn_targets(anchors, gt_class_ids, gt_boxes, config):
+    """build_rpn_targets as of commit dece6be (per-box loop over height buckets)."""
+
+    def overlaps(anchors, boxes):
+        num = anchors.shape[0]
+        iou_max, iou_argmax = np.zeros([num]), np.zeros([num], dtype=np.int64)
+        best_hits = np.zeros([num], dtype=bool)
+        if boxes.shape[0] == 0:
+            return iou_max, iou_argmax, np.zeros([0], dtype=np.int64)
+        ay1, ax1, ay2, ax2 = (anchors[:, i] for i in range(4))
+        areas, heights = (ay2 - ay1) * (ax2 - ax1), ay2 - ay1
+        bucket = np.floor(4 * np.log2(np.maximum(heights, 1e-3))).astype(np.int64)
+        order = np.lexsort((ay1, bucket))
+        starts = np.flatnonzero(np.r_[True, bucket[order][1:] != bucket[order][:-1]])
+        ends = np.r_[starts[1:], num]
+        tops = ay1[order]
+        ranges = []
+        for start, end in zip(starts, ends):
+            max_height = heights[order[start:end]].max()
+            low = start + np.searchsorted(tops[start:end], boxes[:, 0] - max_height - 1e-6,
+                                          side="right")
+            high = start + np.searchsorted(tops[start:end], boxes[:, 2] + 1e-6, side="left")
+            ranges.append((low, high))
+        box_areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        for g, (y1, x1, y2, x2) in enumerate(boxes):
+            idx = np.concatenate([order[low[g]:high[g]] for low, high in ranges])
+            if idx.shape[0] == 0:
+                continue
+            height = np.minimum(ay2[idx], y2) - np.maximum(ay1[idx], y1)
+            width = np.minimum(ax2[idx], x2) - np.maximum(ax1[idx], x1)
+            intersection = np.maximum(height, 0) * np.maximum(width, 0)
+            union = areas[idx] + box_areas[g] - intersection
+            iou = np.zeros_like(intersection)
+            np.divide(intersection, union, out=iou, where=union > 0)
+            better = iou > iou_max[idx]
+            iou_max[idx[better]] = iou[better]
+            iou_argmax[idx[better]] = g
+            top = iou.max()
+            if top > 0:
+                best_hits[idx[iou == top]] = True
+        return iou_max, iou_argmax, np.flatnonzero(best_hits)
+
+    anchors = np.asarray(anchors, dtype=np.float64)
+    gt_boxes = np.asarray(gt_boxes, dtype=np.float64).reshape(-1, 4)
+    total = int(config.RPN_TRAIN_ANCHORS_PER_IMAGE)
+    rpn_match = np.zeros([anchors.shape[0]], dtype=np.int32)
+    rpn_bbox = np.zeros([total, 4], dtype=np.float32)
+    crowd = gt_class_ids < 0
+    not_crowded = np.ones([anchors.shape[0]], dtype=bool)
+    if crowd.any():
+        not_crowded = overlaps(anchors, gt_boxes[crowd])[0] < 0.001
+        gt_boxes = gt_boxes[~crowd]
+    iou_max, iou_argmax, best_anchors = overlaps(anchors, gt_boxes)
+    rpn_match[(iou_max < 0.3) & not_crowded] = -1
+    rpn_match[best_anchors] = 1
+    rpn_match[iou_max >= 0.7] = 1
+    positives = np.flatnonzero(rpn_match == 1)
+    extra = positives.shape[0] - total // 2
+    if extra > 0:
+        rpn_match[np.random.choice(positives, extra, replace=False)] = 0
+    negatives = np.flatnonzero(rpn_match == -1)
+    extra = negatives.shape[0] - (total - int(np.sum(rpn_match == 1)))
+    if extra > 0:
+        rpn_match[np.random.choice(negatives, extra, replace=False)] = 0
+    positives = np.flatnonzero(rpn_match == 1)
+    if positives.shape[0]:
+        anchor, gt = anchors[positives], gt_boxes[iou_argmax[positives]]
+        a_h, a_w = anchor[:, 2] - anchor[:, 0], anchor[:, 3] - anchor[:, 1]
+        gt_h, gt_w = gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]
+        deltas = np.stack([((gt[:, 0] + 0.5 * gt_h) - (anchor[:, 0] + 0.5 * a_h)) / a_h,
+                           ((gt[:, 1] + 0.5 * gt_w) - (anchor[:, 1] + 0.5 * a_w)) / a_w,
+                           np.log(gt_h / a_h), np.log(gt_w / a_w)], axis=1)
+        rpn_bbox[:positives.shape[0]] = deltas / np.asarray(config.RPN_BBOX_STD_DEV)
+    return rpn_match, rpn_bbox
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_vectorized_rpn_targets_equal_the_previous_implementation(seed):
+    config = make_config(IMAGE_MIN_DIM=256, IMAGE_MAX_DIM=256, RPN_TRAIN_ANCHORS_PER_IMAGE=64)
+    pyramid = toy_anchors(config)
+    rng = np.random.default_rng(seed)
+    corner = rng.uniform(-20, 250, (3000, 2))  # arbitrary anchors too (no grid)
+    arbitrary = np.concatenate([corner, corner + rng.uniform(1, 120, (3000, 2))], axis=1)
+    for anchors in (pyramid, arbitrary):
+        for case in range(8):
+            count = int(rng.integers(0, 25))
+            y1, x1 = rng.integers(-10, 240, (2, count))
+            boxes = np.stack([y1, x1, y1 + rng.integers(1, 150, count),
+                              x1 + rng.integers(1, 150, count)], 1)
+            if count > 2:
+                boxes[2] = boxes[1]  # duplicate box: ties go to the first
+            class_ids = rng.integers(1, 4, count).astype(np.int32)
+            class_ids[rng.random(count) < 0.2] *= -1  # crowds
+            np.random.seed(case)
+            expected = _previous_rpn_targets(anchors, class_ids, boxes, config)
+            np.random.seed(case)  # same np.random draws: same sampling
+            match, rpn_bbox = data.build_rpn_targets(config.IMAGE_SHAPE, anchors, class_ids,
+                                                     boxes, config)
+            np.testing.assert_array_equal(match, expected[0])
+            np.testing.assert_array_equal(rpn_bbox, expected[1])
+            # A RandomState seeded the same way draws the same sample.
+            again = data.build_rpn_targets(config.IMAGE_SHAPE, anchors, class_ids, boxes,
+                                           config, rng=np.random.RandomState(case))
+            np.testing.assert_array_equal(again[0], expected[0])
+
+
+def _adapter_batches(generator):
+    adapter_mod = pytest.importorskip("keras.src.trainers.data_adapters.py_dataset_adapter")
+    adapter = adapter_mod.PyDatasetAdapter(generator)
+    adapter.on_epoch_begin()
+    batches = list(adapter.get_numpy_iterator())
+    adapter.on_epoch_end()
+    return batches
+
+
+def test_seeded_batches_are_the_same_with_any_number_of_workers():
+    # Crop mode, MAX_GT subsets and anchor sampling: every random draw of a batch.
+    config = make_config(IMAGE_RESIZE_MODE="crop", IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64,
+                         MAX_GT_INSTANCES=3)
+    dataset = make_dataset(count=6, size=(96, 128), seed=4)
+
+    def epochs(workers):
+        generator = data.DataGenerator(dataset, config, seed=11, workers=workers,
+                                       use_multiprocessing=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # more instances than MAX_GT_INSTANCES
+            first = _adapter_batches(generator)
+            second = _adapter_batches(generator)
+        return first, second
+
+    main_thread, threads = epochs(0), epochs(3)
+    for one, other in zip(main_thread, threads):
+        assert len(one) == len(other) == 3
+        for a, b in zip(one, other):
+            for x, y in zip(a[0], b[0]):
+                np.testing.assert_array_equal(x, y)
+    # Epochs draw anew (other crops or samples), not the same batches again.
+    first, second = main_thread
+    assert any(not np.array_equal(x, y) for a, b in zip(first, second)
+               for x, y in zip(a[0], b[0]))
+
+
+def test_broken_image_in_a_worker_is_replaced_with_the_same_warning(config, caplog):
+    dataset = make_dataset(count=4, dataset_cls=BrokenDataset)
+    dataset.broken = {2}
+    generator = data.DataGenerator(dataset, config, shuffle=False, seed=0, workers=2)
+    with caplog.at_level(logging.WARNING, logger="mrcnn.data"):
+        batches = _adapter_batches(generator)
+    assert len(batches) == 2
+    ids = data.parse_image_meta(batches[1][0][1])["image_id"]
+    assert ids[1] == 3 and ids[0] != 2
+    messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("image_id=2" in m and "corrupt file #2" in m and "Skipping" in m
+               for m in messages)
+
+
+def test_default_workers_are_the_usable_cores():
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert Config.DATA_WORKERS == cores >= 1
+    assert Config.DATA_USE_MULTIPROCESSING is False

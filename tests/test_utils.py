@@ -186,6 +186,13 @@ def expected_scale(h, w, min_dim, max_dim, min_scale, mode):
     return scale
 
 
+def assert_close_to_skimage(out: np.ndarray, reference: np.ndarray) -> None:
+    """OpenCV resizing (transform.py) rounds where skimage + astype truncated."""
+    assert out.shape == reference.shape
+    diff = np.abs(out.astype(np.int64) - reference.astype(np.int64))
+    assert diff.mean() <= 1.0 and diff.max() <= 2
+
+
 @settings(max_examples=30, deadline=None, derandomize=True, database=None)
 @given(
     h=st.integers(10, 150),
@@ -228,7 +235,7 @@ def test_resize_image_geometry_and_content(h, w, mode, min_dim, min_scale, chann
         y, x, ch, cw = crop
         assert (ch, cw) == (min_dim, min_dim)
         assert 0 <= y <= rh - min_dim and 0 <= x <= rw - min_dim
-        np.testing.assert_array_equal(out, resized[y : y + ch, x : x + cw])
+        assert_close_to_skimage(out, resized[y : y + ch, x : x + cw])
         # Same seed, same crop: callers can make it reproducible.
         np.random.seed(seed % 1000)
         assert utils.resize_image(image, min_dim=min_dim, max_dim=max_dim,
@@ -248,7 +255,7 @@ def test_resize_image_geometry_and_content(h, w, mode, min_dim, min_scale, chann
     assert window == (top, left, top + rh, left + rw)
     assert out.shape[0] == top + rh + bottom and out.shape[1] == left + rw + right
     y1, x1, y2, x2 = window
-    np.testing.assert_array_equal(out[y1:y2, x1:x2], resized)
+    assert_close_to_skimage(out[y1:y2, x1:x2], resized)
     # Padding is zeros (the input has no zeros, so the window is where the content is).
     nonzero = out.any(axis=2)
     np.testing.assert_array_equal(np.argwhere(nonzero).min(0), [y1, x1])

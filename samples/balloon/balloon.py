@@ -438,7 +438,7 @@ def run(args: argparse.Namespace) -> Any:
         load_datasets(args.dataset)  # validate the annotations before building the model
         model = common.setup_model("training", BalloonConfig, args.weights, args.logs, tiny,
                                    settings=common.settings(args, BalloonConfig),
-                                   exclude_heads=True)
+                                   exclude_heads=True, **common.workers_override(args))
         return train(model, args.dataset, epochs, layers, args.lr)
 
     if args.command == "detect":

@@ -494,7 +494,7 @@ def run(args: argparse.Namespace) -> Any:
         model = common.setup_model("training", CocoConfig, args.model, args.logs, tiny,
                                    settings=common.settings(args, CocoConfig),
                                    exclude_heads=_exclude_heads(args.model, num_classes),
-                                   NUM_CLASSES=num_classes)
+                                   NUM_CLASSES=num_classes, **common.workers_override(args))
         import albumentations as A
 
         lr = args.lr or model.config.LEARNING_RATE

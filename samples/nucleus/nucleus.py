@@ -648,7 +648,8 @@ def run(args: argparse.Namespace) -> Any:
             "training", NucleusConfig, args.weights, args.logs, tiny,
             settings=common.settings(args, NucleusConfig), exclude_heads=True,
             STEPS_PER_EPOCH=max(1, len(dataset_train.image_ids) // per_batch),
-            VALIDATION_STEPS=max(1, len(dataset_val.image_ids) // per_batch))
+            VALIDATION_STEPS=max(1, len(dataset_val.image_ids) // per_batch),
+            **common.workers_override(args))
         return train(model, dataset_train, dataset_val, heads_epochs, all_epochs, args.lr)
 
     dataset = NucleusDataset()

@@ -424,11 +424,17 @@ def _inference_model(args):
     return model, config
 
 
+def _train_config(args) -> Config:
+    """ShapesConfig with --steps and --workers (DATA_WORKERS) applied."""
+    workers = {} if getattr(args, "workers", None) is None else {"DATA_WORKERS": args.workers}
+    return _make_config(args, ShapesConfig, STEPS_PER_EPOCH=args.steps, **workers)
+
+
 def cmd_train(args) -> float:
     """Train from scratch (or from --weights), then evaluate and save a picture."""
     from mrcnn import model as modellib
 
-    config = _make_config(args, ShapesConfig, STEPS_PER_EPOCH=args.steps)
+    config = _train_config(args)
     config.display()
     train_set = make_dataset(args.train_count, TRAIN_SEED, config)
     val_set = make_dataset(max(args.val_count, 1), VAL_SEED, config)
@@ -521,7 +527,12 @@ def main(argv: list[str] | None = None) -> float | None:
                              "smoke tests of the command line, not for results")
     parser.add_argument("--output", default=os.path.join(ROOT_DIR, "samples", "shapes", "out"),
                         help="folder for the pictures")
+    from samples import common
+
+    common.add_workers_argument(parser)
     args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 0:
+        parser.error(f"--workers must be 0 or more, got {args.workers}")
     if args.weights is None:
         args.weights = "none" if args.command == "train" else "last"
     if args.image and not os.path.isfile(args.image):
