@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 import warnings
 from typing import Any, Callable, Iterator, Sequence
 
@@ -319,6 +320,9 @@ def load_image_gt(
         raise ValueError(f"{where}: load_image returned shape {image.shape}, expected "
                          f"[height, width, {config.IMAGE_CHANNEL_COUNT}] "
                          "(config.IMAGE_CHANNEL_COUNT)")
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        # One NaN pixel poisons the weights it reaches (and a ReLU can hide it from the loss).
+        raise ValueError(f"{where}: load_image returned non-finite (NaN/inf) pixel values")
     mask, class_ids = dataset.load_mask(image_id)
     mask, class_ids = _validate_mask(dataset, image_id, image, mask, class_ids)
     original_shape = image.shape
@@ -461,6 +465,7 @@ def build_rpn_targets(
     gt_class_ids: np.ndarray,
     gt_boxes: np.ndarray,
     config: Any,
+    rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Label anchors positive / negative / neutral and compute the positives' box deltas.
 
@@ -470,7 +475,8 @@ def build_rpn_targets(
     no crowd box (negative class id) by IoU >= 0.001. Crowd boxes are never targets. Then
     at most RPN_TRAIN_ANCHORS_PER_IMAGE // 2 positives are kept (random subset, the rest
     become neutral) and negatives fill up to RPN_TRAIN_ANCHORS_PER_IMAGE. Sampling uses
-    ``np.random``. With no GT boxes every anchor is a candidate negative.
+    ``rng``, or ``np.random`` without one. With no GT boxes every anchor is a candidate
+    negative.
 
     Args:
         image_shape: [H, W, C] of the model input (unused; kept for Matterport's signature).
@@ -511,11 +517,11 @@ def build_rpn_targets(
     positives = np.flatnonzero(rpn_match == POSITIVE)
     extra = positives.shape[0] - total // 2
     if extra > 0:
-        rpn_match[np.random.choice(positives, extra, replace=False)] = NEUTRAL
+        rpn_match[(rng or np.random).choice(positives, extra, replace=False)] = NEUTRAL
     negatives = np.flatnonzero(rpn_match == NEGATIVE)
     extra = negatives.shape[0] - (total - int(np.sum(rpn_match == POSITIVE)))
     if extra > 0:
-        rpn_match[np.random.choice(negatives, extra, replace=False)] = NEUTRAL
+        rpn_match[(rng or np.random).choice(negatives, extra, replace=False)] = NEUTRAL
 
     positives = np.flatnonzero(rpn_match == POSITIVE)  # ascending anchor order
     if positives.shape[0]:
@@ -789,6 +795,11 @@ class DataGenerator(keras.utils.PyDataset):
 
         self._rng = np.random.default_rng(seed)
         self.order = self._new_order()
+        # With a seed, each batch samples its RPN targets from a generator of (seed, epoch
+        # count, batch index): the same in any worker thread or process, and after a resume
+        # (which replays the epoch count), so that a resumed run is exact.
+        self._seed, self._epochs_done = seed, 0
+        self._batch_rng = threading.local()
 
     # -- epoch order ---------------------------------------------------------------------
     def _new_order(self) -> np.ndarray:
@@ -805,6 +816,7 @@ class DataGenerator(keras.utils.PyDataset):
         """Reshuffle the image order (Keras calls this after every epoch)."""
         # A new array, assigned at once, so readers never see a half-shuffled order.
         self.order = self._new_order()
+        self._epochs_done += 1
 
     def batch_image_ids(self, idx: int) -> np.ndarray:
         """Image ids of batch ``idx`` of the current epoch (wrapping around at the end)."""
@@ -814,6 +826,8 @@ class DataGenerator(keras.utils.PyDataset):
     def __getitem__(self, idx: int) -> tuple:
         if not 0 <= idx < len(self):
             raise IndexError(f"batch index {idx} out of range [0, {len(self)})")
+        self._batch_rng.rng = (None if self._seed is None else np.random.default_rng(
+            [self._seed, self._epochs_done, idx]))
         inputs, outputs = self.load_batch(self.batch_image_ids(idx))
         if outputs:
             return tuple(inputs), tuple(outputs)
@@ -839,7 +853,8 @@ class DataGenerator(keras.utils.PyDataset):
             self.dataset, config, image_id, augmentation=self._augmentation_for(image_id),
             use_mini_mask=self.use_mini_mask, augment=self._augment, fixed_shape=True)
         rpn_match, rpn_bbox = build_rpn_targets(image.shape, self.anchors, gt_class_ids,
-                                                gt_boxes, config)
+                                                gt_boxes, config,
+                                                getattr(self._batch_rng, "rng", None))
         example = dict(image=image, image_meta=image_meta, gt_class_ids=gt_class_ids,
                        gt_boxes=gt_boxes, gt_masks=gt_masks, rpn_match=rpn_match,
                        rpn_bbox=rpn_bbox)

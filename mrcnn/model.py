@@ -216,6 +216,13 @@ class MaskRCNN:
         self._run_claimed = bool(resumed)
         self._set_checkpoint_path()
 
+    def _claim_run_folder(self) -> None:
+        """Create the folder of a fresh run (a suffixed one if another run took its name)."""
+        if not self._run_claimed:
+            self.log_dir = runs.claim_run_folder(self.log_dir)
+            self._run_claimed = True
+            self._set_checkpoint_path()
+
     def _set_checkpoint_path(self) -> None:
         name = runs.run_name(self.config.NAME)
         self.checkpoint_path = os.path.join(self.log_dir, f"mask_rcnn_{name}_{{epoch:04d}}.h5")
@@ -412,10 +419,7 @@ class MaskRCNN:
             for _ in range(self.epoch - first_epoch if generator is not None else 0):
                 generator.on_epoch_end()
 
-        if not self._run_claimed:
-            self.log_dir = runs.claim_run_folder(self.log_dir)
-            self._run_claimed = True
-            self._set_checkpoint_path()
+        self._claim_run_folder()
         schedule = schedule_callbacks(
             config, learning_rate, first_epoch, epochs,
             plateau_state=(state or {}).get("callbacks", {}).get("ResumablePlateau"))
@@ -440,6 +444,10 @@ class MaskRCNN:
             initial_epoch=self.epoch,
             epochs=epochs,
             steps_per_epoch=config.STEPS_PER_EPOCH,
+            # The generator shuffles the images itself, from its seed. Keras' shuffle would
+            # also permute the batches of each epoch with Python's global `random`, which
+            # a resumed run cannot replay.
+            shuffle=False,
             callbacks=callbacks,
             validation_data=val_generator,
             validation_steps=config.VALIDATION_STEPS if val_generator is not None else None,
