@@ -7,11 +7,14 @@ NumPy once per shape and live in the graph as a constant: no input, no Lambda, n
 from __future__ import annotations
 
 import functools
+import importlib
 
+import keras
 import numpy as np
 from keras import layers, ops
 
 from mrcnn import utils
+from mrcnn.layer_config import PlainConfigMixin
 
 
 def compute_backbone_shapes(config, image_shape) -> np.ndarray:
@@ -63,11 +66,20 @@ def pyramid_anchors(config, image_shape, normalized: bool = True) -> np.ndarray:
     return norm if normalized else pixel
 
 
-class AnchorsLayer(layers.Layer):
+@keras.saving.register_keras_serializable(package="mrcnn")
+class AnchorsLayer(PlainConfigMixin, layers.Layer):
     """Outputs the normalized anchors of the input image's shape, broadcast to the batch.
 
     The image's height and width must be static when the layer runs (they are: the training
     graph has a fixed shape and inference is traced per image shape).
+
+    Args:
+        config: a ``Config`` to read the values below from (Matterport's signature).
+        rpn_anchor_scales, rpn_anchor_ratios, backbone_strides, rpn_anchor_stride: the
+            Config values (keyword arguments, see ``mrcnn.layer_config``).
+        compute_backbone_shape: Config.COMPUTE_BACKBONE_SHAPE of a callable BACKBONE, or
+            None (shapes from the strides). ``get_config`` stores it as its import path
+            ("package.module.function"), so it must be a module-level function.
 
     Call args:
         image: the input image [B, H, W, C] (only its shape is used).
@@ -76,9 +88,19 @@ class AnchorsLayer(layers.Layer):
         [B, A, 4] normalized anchors.
     """
 
-    def __init__(self, config, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
+    CONFIG_KEYS = ("RPN_ANCHOR_SCALES", "RPN_ANCHOR_RATIOS", "BACKBONE_STRIDES",
+                   "RPN_ANCHOR_STRIDE")
+
+    def __init__(self, config=None, compute_backbone_shape=None, **kwargs):
+        if config is not None and callable(config.BACKBONE):
+            compute_backbone_shape = compute_backbone_shape or config.COMPUTE_BACKBONE_SHAPE
+        if isinstance(compute_backbone_shape, str):  # an import path, from get_config
+            module, _, name = compute_backbone_shape.rpartition(".")
+            compute_backbone_shape = getattr(importlib.import_module(module), name)
+        super().__init__(**self._take_config(config, kwargs))
+        self.compute_backbone_shape = compute_backbone_shape
+        # compute_backbone_shapes() calls COMPUTE_BACKBONE_SHAPE when BACKBONE is callable.
+        self.config.BACKBONE = self.config.COMPUTE_BACKBONE_SHAPE = compute_backbone_shape
 
     def call(self, image):
         height, width = image.shape[1], image.shape[2]
@@ -95,3 +117,13 @@ class AnchorsLayer(layers.Layer):
         if h is not None and w is not None:
             count = len(pyramid_anchors(self.config, (h, w)))
         return (image_shape[0], count, 4)
+
+    def get_config(self):
+        base = super().get_config()
+        fn = self.compute_backbone_shape
+        if fn is not None and ("<" in fn.__qualname__ or "." in fn.__qualname__):
+            raise ValueError(f"AnchorsLayer.get_config: COMPUTE_BACKBONE_SHAPE {fn} must be a "
+                             "module-level function to be saved (its import path is stored).")
+        base.update(compute_backbone_shape=f"{fn.__module__}.{fn.__qualname__}" if fn
+                    else None)
+        return base

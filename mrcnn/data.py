@@ -236,6 +236,9 @@ def load_image_gt(
         raise ValueError(f"{where}: load_image returned shape {image.shape}, expected "
                          f"[height, width, {config.IMAGE_CHANNEL_COUNT}] "
                          "(config.IMAGE_CHANNEL_COUNT)")
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        # One NaN pixel poisons the weights it reaches (and a ReLU can hide it from the loss).
+        raise ValueError(f"{where}: load_image returned non-finite (NaN/inf) pixel values")
     mask, class_ids = dataset.load_mask(image_id)
     mask, class_ids = _validate_mask(dataset, image_id, image, mask, class_ids)
     original_shape = image.shape

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 from keras import layers, ops
 
 from mrcnn import ops as mops
+from mrcnn.layer_config import PlainConfigMixin
 from mrcnn.proposals import clamp_deltas
 from mrcnn.transform import parse_image_meta_graph
 
@@ -59,8 +61,15 @@ def refine_detections_graph(rois, probs, deltas, window, config):
     return ops.where(valid[..., None], out, 0.0)
 
 
-class DetectionLayer(layers.Layer):
+@keras.saving.register_keras_serializable(package="mrcnn")
+class DetectionLayer(PlainConfigMixin, layers.Layer):
     """Turn classified, refined ROIs into final detections (layer "mrcnn_detection").
+
+    Args:
+        config: a ``Config`` to read the values below from (Matterport's signature).
+        bbox_std_dev, detection_min_confidence, detection_max_instances,
+        detection_nms_threshold: the Config values (keyword arguments, see
+            ``mrcnn.layer_config``).
 
     Call args:
         inputs: [rois [B, N, 4], mrcnn_class [B, N, C], mrcnn_bbox [B, N, C, 4],
@@ -71,9 +80,11 @@ class DetectionLayer(layers.Layer):
         coordinates, zero-padded.
     """
 
+    CONFIG_KEYS = ("BBOX_STD_DEV", "DETECTION_MIN_CONFIDENCE", "DETECTION_MAX_INSTANCES",
+                   "DETECTION_NMS_THRESHOLD")
+
     def __init__(self, config=None, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
+        super().__init__(**self._take_config(config, kwargs))
 
     def call(self, inputs):
         rois, mrcnn_class, mrcnn_bbox, image_meta = inputs

@@ -11,6 +11,7 @@ import numpy as np
 from keras import layers, ops
 
 from mrcnn import ops as mops
+from mrcnn.layer_config import PlainConfigMixin
 
 
 def _take_rows(values, indices):
@@ -154,8 +155,16 @@ def _mask_targets(rois, roi_gt, roi_gt_boxes, gt_masks, config):
     return ops.cast(crops > 0.5, "float32")
 
 
-class DetectionTargetLayer(layers.Layer):
+@keras.saving.register_keras_serializable(package="mrcnn")
+class DetectionTargetLayer(PlainConfigMixin, layers.Layer):
     """Sample TRAIN_ROIS_PER_IMAGE ROIs per image and compute their targets (training only).
+
+    Args:
+        config: a ``Config`` to read the values below from (Matterport's signature).
+        seed: seed of the sampling (None: drawn from Keras' global seed).
+        train_rois_per_image, roi_positive_ratio, bbox_std_dev, mask_shape, use_mini_mask,
+        train_rois_include_gt: the Config values (keyword arguments, see
+            ``mrcnn.layer_config``).
 
     Call args:
         inputs: [proposals [B, N, 4], gt_class_ids [B, G], gt_boxes [B, G, 4] normalized,
@@ -166,9 +175,12 @@ class DetectionTargetLayer(layers.Layer):
         ``detection_targets_graph``.
     """
 
-    def __init__(self, config, seed: int | None = None, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
+    CONFIG_KEYS = ("TRAIN_ROIS_PER_IMAGE", "ROI_POSITIVE_RATIO", "BBOX_STD_DEV", "MASK_SHAPE",
+                   "USE_MINI_MASK", "TRAIN_ROIS_INCLUDE_GT")
+
+    def __init__(self, config=None, seed: int | None = None, **kwargs):
+        super().__init__(**self._take_config(config, kwargs))
+        self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def call(self, inputs):
@@ -186,3 +198,8 @@ class DetectionTargetLayer(layers.Layer):
         shapes = self.compute_output_shape([x.shape for x in inputs])
         dtypes = ["float32", "int32", "float32", "float32"]
         return [keras.KerasTensor(s, dtype=d) for s, d in zip(shapes, dtypes)]
+
+    def get_config(self):
+        base = super().get_config()
+        base.update(seed=self.seed)
+        return base

@@ -9,10 +9,7 @@ Matterport's notebooks and scripts use.
 
 from __future__ import annotations
 
-import datetime
-import errno
 import os
-import re
 import warnings
 from collections import OrderedDict
 from typing import Any, Sequence
@@ -20,7 +17,7 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
-from mrcnn import transform, utils  # noqa: F401  (modellib.utils: Matterport surface)
+from mrcnn import runs, transform, utils  # noqa: F401  (modellib.utils: Matterport surface)
 from mrcnn.allocator import allocator_callbacks
 from mrcnn.anchors import compute_backbone_shapes, pyramid_anchors
 from mrcnn.data import (  # noqa: F401  (Matterport's modellib surface)
@@ -37,6 +34,7 @@ from mrcnn.data import (  # noqa: F401  (Matterport's modellib surface)
 )
 from mrcnn.detection import DetectionLayer, parse_image_meta_graph  # noqa: F401
 from mrcnn.detection_targets import DetectionTargetLayer  # noqa: F401
+from mrcnn.export import export_saved_model
 from mrcnn.network import build_inference_graph, build_training_graph
 from mrcnn.proposals import ProposalLayer  # noqa: F401
 from mrcnn.roi_align import PyramidROIAlign  # noqa: F401
@@ -44,8 +42,12 @@ from mrcnn.training import (
     LAYER_REGEX,
     MaskRCNNTrainModel,
     NamedCheckpoint,
+    NonFiniteError,  # noqa: F401  (raised by train(); importable from here)
+    StopOnNonFinite,
     build_optimizer,
+    read_training_state,
     resolve_layer_regex,
+    restore_training_state,
     schedule_callbacks,
     set_trainable,
 )
@@ -55,11 +57,6 @@ from mrcnn.weights import (
     save_weights_by_name,
     weighted_layers,
 )
-
-CHECKPOINT_PATTERN = re.compile(
-    r".*[/\\][\w-]+(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})[/\\]mask\_rcnn\_[\w-]+(\d{4})"
-    r"\.(?:weights\.)?h5$")
-
 
 def tensorboard_callbacks(log_dir: str) -> list:
     """Keras' TensorBoard callback, where it can run.
@@ -184,7 +181,7 @@ class MaskRCNN:
         try:
             if mode == "training":
                 inputs, outputs = build_training_graph(config)
-                model = MaskRCNNTrainModel(inputs, outputs, config, name="mask_rcnn")
+                model = MaskRCNNTrainModel(inputs, outputs, name="mask_rcnn", config=config)
             else:
                 inputs, outputs = build_inference_graph(config)
                 model = keras.Model(list(inputs.values()), outputs, name="mask_rcnn")
@@ -194,59 +191,64 @@ class MaskRCNN:
 
     # ------------------------------------------------------------------ checkpoints & logs
     def set_log_dir(self, model_path: str | None = None) -> None:
-        """Set the log folder and epoch counter; resume them from a checkpoint path.
+        """Set the log folder and epoch counter; resume them from a checkpoint of this run.
 
-        A path like ``<model_dir>/shapes20260101T1200/mask_rcnn_shapes_0004.h5``
-        sets the log folder to that run and ``epoch`` to 4, so the next ``train`` continues
-        at epoch 5 in the same folder.
+        Resuming is for the same run only: ``<model_dir>/<name><timestamp>/
+        mask_rcnn_<name>_0004.h5`` (a run folder of this config's NAME directly under
+        ``model_dir``) sets the log folder to that run and ``epoch`` to 4, so the next
+        ``train`` continues at epoch 5 in the same folder. Any other path, or None, starts
+        a new run at epoch 0 (fine-tuning) in a new folder, which ``train`` creates (with a
+        suffix ``_2``, ``_3``... if another run took the name in the same second).
 
         Args:
             model_path: checkpoint being loaded, or None for a fresh run.
         """
         self.epoch = 0
-        now = datetime.datetime.now()
-        if model_path:
-            m = CHECKPOINT_PATTERN.match(model_path)
-            if m:
-                now = datetime.datetime(*map(int, m.groups()[:5]))
-                self.epoch = int(m.group(6))
-        name = (self.config.NAME or "mrcnn").lower()
-        self.log_dir = os.path.join(self.model_dir, f"{name}{now:%Y%m%dT%H%M}")
+        name = runs.run_name(self.config.NAME)
+        resumed = runs.resumable_checkpoint(model_path, self.model_dir, name) if model_path \
+            else None
+        # The checkpoint whose training state (optimizer, schedule) train() picks up.
+        self._resume_path = model_path if resumed else None
+        if resumed:
+            self.log_dir, self.epoch = resumed
+        else:
+            self.log_dir = runs.new_run_folder(self.model_dir, name)
+        self._run_claimed = bool(resumed)
+        self._set_checkpoint_path()
+
+    def _claim_run_folder(self) -> None:
+        """Create the folder of a fresh run (a suffixed one if another run took its name)."""
+        if not self._run_claimed:
+            self.log_dir = runs.claim_run_folder(self.log_dir)
+            self._run_claimed = True
+            self._set_checkpoint_path()
+
+    def _set_checkpoint_path(self) -> None:
+        name = runs.run_name(self.config.NAME)
         self.checkpoint_path = os.path.join(self.log_dir, f"mask_rcnn_{name}_{{epoch:04d}}.h5")
 
     def find_last(self) -> str:
-        """Path of the last checkpoint of the most recent run of this config's NAME.
+        """Path of the last sound checkpoint of the most recent run of this config's NAME.
+
+        Run folders match NAME exactly and are ordered by their timestamp; checkpoints
+        written with non-finite weights or unreadable are skipped (``runs.find_last``).
 
         Returns:
             Path to a ``mask_rcnn_*.h5`` file.
 
         Raises:
-            FileNotFoundError: no run folder or no checkpoint in any of them.
+            FileNotFoundError: no run folder or no usable checkpoint in any of them.
         """
-        name = (self.config.NAME or "mrcnn").lower()
-        runs = []
-        if os.path.isdir(self.model_dir):
-            runs = sorted(d for d in os.listdir(self.model_dir)
-                          if d.startswith(name) and os.path.isdir(
-                              os.path.join(self.model_dir, d)))
-        if not runs:
-            raise FileNotFoundError(errno.ENOENT,
-                                    f"Could not find a model directory for '{name}' under "
-                                    f"{self.model_dir}")
-        for run in reversed(runs):
-            run_dir = os.path.join(self.model_dir, run)
-            checkpoints = sorted(f for f in os.listdir(run_dir)
-                                 if f.startswith("mask_rcnn") and f.endswith(".h5"))
-            if checkpoints:
-                return os.path.join(run_dir, checkpoints[-1])
-        raise FileNotFoundError(errno.ENOENT, f"Could not find weight files in {self.model_dir}"
-                                f" (runs searched: {', '.join(runs)})")
+        return runs.find_last(self.model_dir, self.config.NAME)
 
     def load_weights(self, filepath: str, by_name: bool = False,
                      exclude: Sequence[str] | None = None) -> None:
         """Load weights from our checkpoints or Matterport-format (Keras 2) HDF5 files.
 
         Layers are matched by name, so a training checkpoint loads into an inference model.
+        Loading a checkpoint of this run family (see ``set_log_dir``) without ``exclude``
+        resumes it (epoch, folder, and at the next ``train`` the optimizer and schedule);
+        anything else starts a new run at epoch 0 (fine-tuning).
 
         Args:
             filepath: checkpoint (``mask_rcnn_<name>_<epoch>.h5``), a file written by
@@ -258,7 +260,8 @@ class MaskRCNN:
 
         Raises:
             FileNotFoundError: no such file.
-            ValueError: listing layers whose shapes differ, or missing layers when strict.
+            ValueError: naming the file: unreadable or corrupted (a failed checksum names
+                the layer), layers whose shapes differ, or missing layers when strict.
         """
         if not os.path.exists(filepath):
             raise FileNotFoundError(f"Weights file not found: {filepath}")
@@ -268,11 +271,15 @@ class MaskRCNN:
                                  "layers by creation order, not by name: it can only be "
                                  "loaded whole (by_name=False, no exclude). Save with "
                                  "MaskRCNN.save_weights for by-name loading.")
-            self.keras_model.load_weights(filepath)
+            try:
+                self.keras_model.load_weights(filepath)
+            except OSError as err:
+                raise ValueError(f"Cannot read {filepath}: {err}") from err
         else:
             strict = not by_name and not exclude
             load_weights_by_name(self.keras_model, filepath, exclude=exclude, strict=strict)
-        self.set_log_dir(filepath)
+        # A partial load (exclude=) is fine-tuning, never a resume.
+        self.set_log_dir(None if exclude else filepath)
 
     def save_weights(self, filepath: str) -> None:
         """Save the weights by layer name (Matterport's HDF5 layout; see ``load_weights``).
@@ -281,6 +288,28 @@ class MaskRCNN:
             filepath: destination ``.h5`` file.
         """
         save_weights_by_name(self.keras_model, filepath)
+
+    def export(self, path: str, image_size: Sequence[int] | None = None,
+               batch_size: int | None = None) -> str:
+        """Export the inference model as a TensorFlow SavedModel for serving.
+
+        Its ``serve`` signature takes uint8 images [B, H, W, C] of ``image_size`` and
+        returns boxes (pixels), class_ids, scores, masks (mask-head resolution, one per
+        detection) and num_detections; molding and anchors are inside the graph, so a client
+        needs only TensorFlow (``tf.saved_model.load(path).serve(images)``). See
+        ``mrcnn.export``.
+
+        Args:
+            path: output folder.
+            image_size: (height, width), multiples of 64 (default: Config.IMAGE_SHAPE).
+            batch_size: fixed batch size, or None for any.
+
+        Returns:
+            ``path``.
+        """
+        if self.mode != "inference":
+            raise ValueError("Create the model in inference mode to export it.")
+        return export_saved_model(self.keras_model, self.config, path, image_size, batch_size)
 
     def get_imagenet_weights(self) -> str:
         """Matterport downloaded ResNet-50 ImageNet weights here; this needs the network.
@@ -346,45 +375,106 @@ class MaskRCNN:
         """
         if self.mode != "training":
             raise ValueError("Create the model in training mode to train it.")
+        if epochs <= self.epoch:
+            if self._resume_path is not None:
+                # Matterport's stage-wise scripts rerun every stage on resume: the stages
+                # the resumed run has finished are skipped.
+                print(f"Skipping train(epochs={epochs}): the run resumed from "
+                      f"{self._resume_path} is at epoch {self.epoch} already.")
+                history = keras.callbacks.History()
+                history.epoch = []
+                return history
+            raise ValueError(
+                f"train(epochs={epochs}) would train nothing: the model is at epoch "
+                f"{self.epoch}. `epochs` is the epoch to train up to (Matterport's "
+                f"convention), not a number of epochs: pass epochs={self.epoch + 2} to "
+                "train 2 more. (Loading another run's checkpoint, or loading with exclude=, "
+                "starts a new run at epoch 0.)")
         config = self.config
+        layer_regex = resolve_layer_regex(layers)
+        stage = {"learning_rate": float(learning_rate), "epochs": int(epochs),
+                 "layers": layer_regex, "optimizer": config.OPTIMIZER,
+                 "schedule": config.LR_SCHEDULE}
+        state = self._resume_state(stage)
         # The generators' shuffling is seeded from NumPy's global RNG, so that np.random.seed
         # (or keras.utils.set_random_seed) makes the image order reproducible, as with
-        # Matterport's np.random.shuffle. (Unseeded, each run drew a fresh OS seed.)
+        # Matterport's np.random.shuffle. (Unseeded, each run drew a fresh OS seed.) A
+        # resumed stage reuses its seeds and skips the epochs done, so the order is the same
+        # as in an uninterrupted run.
+        has_val = val_dataset is not None and bool(config.VALIDATION_STEPS)
+        seeds = [int(np.random.randint(2**31 - 1)),
+                 int(np.random.randint(2**31 - 1)) if has_val else None]
+        first_epoch = self.epoch
+        if state is not None:
+            first_epoch, seeds = state["stage"]["first_epoch"], state["stage"]["seeds"]
+        stage.update(first_epoch=first_epoch, seeds=seeds)
         train_generator = DataGenerator(train_dataset, config, shuffle=True,
                                         augmentation=augmentation,
                                         no_augmentation_sources=no_augmentation_sources,
-                                        seed=int(np.random.randint(2**31 - 1)),
-                                        steps=config.STEPS_PER_EPOCH)
+                                        seed=seeds[0], steps=config.STEPS_PER_EPOCH)
         val_generator = None
-        if val_dataset is not None and config.VALIDATION_STEPS:
-            val_generator = DataGenerator(val_dataset, config, shuffle=True,
-                                          seed=int(np.random.randint(2**31 - 1)),
+        if has_val:
+            val_generator = DataGenerator(val_dataset, config, shuffle=True, seed=seeds[1],
                                           steps=config.VALIDATION_STEPS)
+        for generator in (train_generator, val_generator):
+            for _ in range(self.epoch - first_epoch if generator is not None else 0):
+                generator.on_epoch_end()
 
-        os.makedirs(self.log_dir, exist_ok=True)
+        self._claim_run_folder()
+        schedule = schedule_callbacks(
+            config, learning_rate, first_epoch, epochs,
+            plateau_state=(state or {}).get("callbacks", {}).get("ResumablePlateau"))
         callbacks = [
+            StopOnNonFinite(),
             *tensorboard_callbacks(self.log_dir),
-            NamedCheckpoint(self.checkpoint_path),
-            *schedule_callbacks(config, learning_rate, self.epoch, epochs),
+            # The schedule updates before the checkpoint stores its state.
+            *schedule,
+            NamedCheckpoint(self.checkpoint_path, stage, schedule),
             *(custom_callbacks or []),
             *allocator_callbacks(config),
         ]
-        print(f"\nStarting at epoch {self.epoch}. LR={learning_rate}\n")
+        how = f"resuming {self._resume_path}" if state is not None else "new stage"
+        print(f"\nStarting at epoch {self.epoch} ({how}). LR={learning_rate}\n")
         print(f"Checkpoint Path: {self.checkpoint_path}")
-        self.set_trainable(resolve_layer_regex(layers))
+        self.set_trainable(layer_regex)
         self.compile(learning_rate, config.LEARNING_MOMENTUM)
+        if state is not None:
+            restore_training_state(self.keras_model, state, self._resume_path)
         history = self.keras_model.fit(
             train_generator,
             initial_epoch=self.epoch,
             epochs=epochs,
             steps_per_epoch=config.STEPS_PER_EPOCH,
+            # The generator shuffles the images itself, from its seed. Keras' shuffle would
+            # also permute the batches of each epoch with Python's global `random`, which
+            # a resumed run cannot replay.
+            shuffle=False,
             callbacks=callbacks,
             validation_data=val_generator,
             validation_steps=config.VALIDATION_STEPS if val_generator is not None else None,
             verbose=1 if os.environ.get("CI") is None else 2,
         )
         self.epoch = max(self.epoch, epochs)
+        self._resume_path = None
         return history
+
+    def _resume_state(self, stage: dict) -> dict | None:
+        """The resumed checkpoint's training state when this ``train()`` continues its stage.
+
+        The same stage means the same learning_rate, epochs, layers, optimizer and schedule
+        as the interrupted call; another call is a new stage (fresh optimizer, schedule from
+        the current epoch), as in an uninterrupted stage-wise run.
+        """
+        if self._resume_path is None:
+            return None
+        state = read_training_state(self._resume_path)
+        if state is None or state["epoch"] != self.epoch:
+            return None
+        if any(state["stage"].get(key) != value for key, value in stage.items()):
+            print(f"{self._resume_path} was written by another training stage "
+                  f"({state['stage']}): this one starts with a fresh optimizer and schedule.")
+            return None
+        return state
 
     # -------------------------------------------------------------------------- inference
     def mold_inputs(self, images: Sequence[np.ndarray]):

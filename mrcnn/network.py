@@ -15,11 +15,13 @@ from mrcnn.box_head import fpn_classifier_graph
 from mrcnn.detection import DetectionLayer
 from mrcnn.detection_targets import DetectionTargetLayer, positive_slots
 from mrcnn.fpn import fpn_graph
+from mrcnn.layer_config import config_values
 from mrcnn.mask_head import build_fpn_mask_graph
 from mrcnn.proposals import ProposalLayer
 from mrcnn.rpn import build_rpn_model, rpn_on_pyramid
 
 
+@keras.saving.register_keras_serializable(package="mrcnn")
 class NormBoxes(layers.Layer):
     """Pixel GT boxes [B, G, 4] -> normalized, using the (static) image size."""
 
@@ -61,6 +63,20 @@ def _rpn(rpn_feature_maps, config):
     return rpn_on_pyramid(rpn, rpn_feature_maps)
 
 
+# Config is unpacked here, once (Model Garden's factory): each custom layer gets the plain
+# values it uses and returns them from get_config, so the models save as .keras.
+
+def _anchors_layer(config) -> AnchorsLayer:
+    shape_fn = config.COMPUTE_BACKBONE_SHAPE if callable(config.BACKBONE) else None
+    return AnchorsLayer(compute_backbone_shape=shape_fn, name="anchors",
+                        **config_values(config, AnchorsLayer.CONFIG_KEYS))
+
+
+def _proposal_layer(config, proposal_count: int) -> ProposalLayer:
+    return ProposalLayer(proposal_count, config.RPN_NMS_THRESHOLD, name="ROI",
+                         **config_values(config, ProposalLayer.CONFIG_KEYS))
+
+
 def build_training_graph(config) -> tuple[dict, dict]:
     """Training graph: inputs of the data generator, outputs the losses need.
 
@@ -93,12 +109,12 @@ def build_training_graph(config) -> tuple[dict, dict]:
 
     rpn_feature_maps, mrcnn_feature_maps = _pyramid(input_image, config)
     rpn_class_logits, rpn_class, rpn_bbox = _rpn(rpn_feature_maps, config)
-    anchors = AnchorsLayer(config, name="anchors")(input_image)
-    rpn_rois = ProposalLayer(config.POST_NMS_ROIS_TRAINING, config.RPN_NMS_THRESHOLD,
-                             config=config, name="ROI")([rpn_class, rpn_bbox, anchors])
+    anchors = _anchors_layer(config)(input_image)
+    rpn_rois = _proposal_layer(config, config.POST_NMS_ROIS_TRAINING)(
+        [rpn_class, rpn_bbox, anchors])
 
     rois, target_class_ids, target_bbox, target_mask = DetectionTargetLayer(
-        config, name="proposal_targets")(
+        name="proposal_targets", **config_values(config, DetectionTargetLayer.CONFIG_KEYS))(
         [rpn_rois, inputs["input_gt_class_ids"], gt_boxes, inputs["input_gt_masks"]])
 
     mrcnn_class_logits, mrcnn_class, mrcnn_bbox = fpn_classifier_graph(
@@ -133,13 +149,14 @@ def build_inference_graph(config) -> tuple[dict, dict]:
     input_image, input_image_meta = inputs["input_image"], inputs["input_image_meta"]
     rpn_feature_maps, mrcnn_feature_maps = _pyramid(input_image, config)
     rpn_class_logits, rpn_class, rpn_bbox = _rpn(rpn_feature_maps, config)
-    anchors = AnchorsLayer(config, name="anchors")(input_image)
-    rpn_rois = ProposalLayer(config.POST_NMS_ROIS_INFERENCE, config.RPN_NMS_THRESHOLD,
-                             config=config, name="ROI")([rpn_class, rpn_bbox, anchors])
+    anchors = _anchors_layer(config)(input_image)
+    rpn_rois = _proposal_layer(config, config.POST_NMS_ROIS_INFERENCE)(
+        [rpn_class, rpn_bbox, anchors])
     _, mrcnn_class, mrcnn_bbox = fpn_classifier_graph(
         rpn_rois, mrcnn_feature_maps, input_image_meta, config.POOL_SIZE, config.NUM_CLASSES,
         config)
-    detections = DetectionLayer(config, name="mrcnn_detection")(
+    detections = DetectionLayer(name="mrcnn_detection",
+                                **config_values(config, DetectionLayer.CONFIG_KEYS))(
         [rpn_rois, mrcnn_class, mrcnn_bbox, input_image_meta])
     detection_boxes = layers.Identity(name="detection_boxes")(detections[..., :4])
     mrcnn_mask = build_fpn_mask_graph(detection_boxes, mrcnn_feature_maps, input_image_meta,

@@ -6,10 +6,12 @@ RPN_BBOX_STD_DEV), clip to the image, run NMS and pad to ``proposal_count`` with
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 from keras import layers, ops
 
 from mrcnn import ops as mops
+from mrcnn.layer_config import PlainConfigMixin
 
 # Largest log-scale delta applied to a box (torchvision's BBOX_XFORM_CLIP): a box grows at
 # most 1000/16 times, so an untrained or diverging head cannot overflow exp() into inf/NaN.
@@ -47,13 +49,16 @@ def refine_top_anchors(rpn_probs, rpn_bbox, anchors, pre_nms_limit: int, bbox_st
     return boxes, scores, ix
 
 
-class ProposalLayer(layers.Layer):
+@keras.saving.register_keras_serializable(package="mrcnn")
+class ProposalLayer(PlainConfigMixin, layers.Layer):
     """Select ``proposal_count`` proposals from the RPN output with NMS.
 
     Args:
         proposal_count: number of output proposals (POST_NMS_ROIS_TRAINING / _INFERENCE).
         nms_threshold: IoU threshold of the NMS (RPN_NMS_THRESHOLD).
-        config: the ``Config`` (PRE_NMS_LIMIT, RPN_BBOX_STD_DEV).
+        config: a ``Config`` to read the values below from (Matterport's signature).
+        pre_nms_limit, rpn_bbox_std_dev: Config.PRE_NMS_LIMIT, Config.RPN_BBOX_STD_DEV
+            (keyword arguments; see ``mrcnn.layer_config``).
 
     Call args:
         inputs: [rpn_probs [B, A, 2], rpn_bbox [B, A, 4], anchors [B, A, 4] normalized].
@@ -62,9 +67,10 @@ class ProposalLayer(layers.Layer):
         [B, proposal_count, (y1, x1, y2, x2)] normalized, best first, zero rows as padding.
     """
 
+    CONFIG_KEYS = ("PRE_NMS_LIMIT", "RPN_BBOX_STD_DEV")
+
     def __init__(self, proposal_count: int, nms_threshold: float, config=None, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
+        super().__init__(**self._take_config(config, kwargs))
         self.proposal_count = int(proposal_count)
         self.nms_threshold = float(nms_threshold)
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import keras
 from keras import layers, ops
 
 from mrcnn import ops as mops
 
 
+@keras.saving.register_keras_serializable(package="mrcnn")
 class PyramidROIAlign(layers.Layer):
     """ROI align over the feature pyramid (Matterport's layer, static-shape kernel).
 
@@ -48,6 +50,7 @@ class PyramidROIAlign(layers.Layer):
         return base
 
 
+@keras.saving.register_keras_serializable(package="mrcnn")
 class FlattenRois(layers.Layer):
     """[B, N, ...] -> [B*N, ...], so that plain Conv2D/Dense layers run once over all ROIs.
 
@@ -62,6 +65,7 @@ class FlattenRois(layers.Layer):
         return (None, *input_shape[2:])
 
 
+@keras.saving.register_keras_serializable(package="mrcnn")
 class UnflattenRois(layers.Layer):
     """[B*N, ...] -> [B, N, ...] with a static ROI count N.
 

@@ -7,16 +7,21 @@ tracks one metric per loss term.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 
+import h5py
 import keras
+import numpy as np
 from keras import ops
 
 from mrcnn import losses
 from mrcnn.config import LOSS_NAMES
+from mrcnn.layer_config import PlainConfigMixin
 from mrcnn.transform import parse_image_meta_graph
-from mrcnn.weights import save_weights_by_name
+from mrcnn.weights import (STATE_GROUP, layer_arrays, nonfinite_layers, open_weights_file,
+                           save_weights_by_name)
 
 # Matterport's presets of train(layers=...), with GroupNorm names ("gn...") alongside BN ones.
 LAYER_REGEX = {
@@ -29,20 +34,31 @@ LAYER_REGEX = {
 }
 
 
-class MaskRCNNTrainModel(keras.Model):
+@keras.saving.register_keras_serializable(package="mrcnn")
+class MaskRCNNTrainModel(PlainConfigMixin, keras.Model):
     """The training graph plus its loss: ``fit`` needs no ``loss=`` argument.
 
     Args:
-        inputs: dict of input tensors, in the order the data generator yields them.
+        inputs: dict of input tensors, in the order the data generator yields them (or
+            their list, with ``input_names``).
         outputs: dict of output tensors (``network.build_training_graph``).
-        config: the ``Config`` (LOSS_WEIGHTS, WEIGHT_DECAY, OPTIMIZER).
+        name: the model name.
+        config: the ``Config`` to read LOSS_WEIGHTS, WEIGHT_DECAY and OPTIMIZER from, or
+            those as keyword arguments ``loss_weights=`` etc. (``.keras`` reloading).
     """
 
-    def __init__(self, inputs: dict, outputs: dict, config, **kwargs):
+    CONFIG_KEYS = ("LOSS_WEIGHTS", "WEIGHT_DECAY", "OPTIMIZER")
+
+    # Keras revives a functional subclass from its config only when __init__ takes
+    # (inputs, outputs, name): the rest goes through **kwargs.
+    def __init__(self, inputs, outputs, name=None, **kwargs):
+        input_names = kwargs.pop("input_names", None)
+        kwargs = self._take_config(kwargs.pop("config", None), kwargs)
+        if isinstance(inputs, dict):
+            input_names, inputs = list(inputs), list(inputs.values())
         # A list keeps the generator's order (Keras would sort a dict's keys).
-        super().__init__(inputs=list(inputs.values()), outputs=outputs, **kwargs)
-        self.mrcnn_input_names = list(inputs)
-        self.config = config
+        super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
+        self.mrcnn_input_names = list(input_names)
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
 
     def loss_terms(self, x, y_pred) -> dict:
@@ -89,13 +105,23 @@ class MaskRCNNTrainModel(keras.Model):
             return 0.0
         return self.config.WEIGHT_DECAY * ops.sum(ops.stack(terms))
 
+    def get_config(self):
+        base = super().get_config()
+        base.update(input_names=self.mrcnn_input_names)
+        return base
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         terms = self.loss_terms(x, y_pred)
         total = 0.0
         for name, value in terms.items():
             self.loss_trackers[name].update_state(value)
             total = total + self.config.LOSS_WEIGHTS.get(name, 1.0) * value
-        return total + self.weight_decay_loss()
+        # A model with a NaN/inf weight reports a NaN loss, so that StopOnNonFinite stops it
+        # at the next step even when the losses themselves stay finite (a ReLU turns NaN
+        # features into zeros: one NaN pixel once left conv1 all NaN under a finite loss).
+        # One reduction per weight: negligible next to the step.
+        finite = ops.all(ops.stack([ops.all(ops.isfinite(w)) for w in self.weights]))
+        return total + self.weight_decay_loss() + ops.where(finite, 0.0, float("nan"))
 
 
 def resolve_layer_regex(layers: str) -> str:
@@ -161,8 +187,61 @@ def build_optimizer(config, learning_rate: float, momentum: float) -> keras.opti
     return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum, **clip)
 
 
+class NonFiniteError(FloatingPointError):
+    """Training produced a NaN or infinite loss or weight (see ``StopOnNonFinite``)."""
+
+
+NONFINITE_CAUSES = (
+    "Likely causes: a learning rate too high for this model and batch (lower "
+    "LEARNING_RATE, e.g. 10x, or set GRADIENT_CLIP_NORM), or non-finite input pixels "
+    "(NaN/inf in what load_image returns). No checkpoint with non-finite weights is "
+    "written; resume from the last one with load_weights(model.find_last()).")
+
+
+def nonfinite_message(what: str, epoch: int, step: int | None, bad_layers=()) -> str:
+    """The one message of a NaN stop: where (1-based epoch and step), what, likely causes."""
+    where = f"epoch {epoch}" + (f", step {step}" if step is not None else " (end)")
+    layers = ""
+    if bad_layers:
+        shown = ", ".join(list(bad_layers)[:8]) + (", ..." if len(bad_layers) > 8 else "")
+        layers = f" Layers with non-finite weights: {shown}."
+    return f"Training stopped at {where}: {what}.{layers} {NONFINITE_CAUSES}"
+
+
+class StopOnNonFinite(keras.callbacks.Callback):
+    """Stop training at the first batch whose loss is NaN or infinite, with one message.
+
+    The loss includes a NaN term when any weight is non-finite (see
+    ``MaskRCNNTrainModel.compute_loss``), so NaN weights stop training too.
+
+    Raises:
+        NonFiniteError: from ``fit``, naming the epoch and step.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is None or np.isfinite(float(loss)):
+            return
+        self.model.stop_training = True
+        bad = nonfinite_layers(layer_arrays(self.model))
+        raise NonFiniteError(nonfinite_message(f"the loss is {float(loss)}", self._epoch + 1,
+                                               batch + 1, bad))
+
+
 class CosineDecayPerEpoch(keras.callbacks.Callback):
-    """Cosine decay of the learning rate over the epochs of one ``train()`` call."""
+    """Cosine decay of the learning rate over the epochs of one training stage.
+
+    The stage runs from ``first_epoch`` to ``last_epoch`` (a ``train()`` call); a resumed
+    stage keeps the first epoch of the interrupted one, so the learning rate of each epoch
+    is the same as in an uninterrupted run.
+    """
 
     def __init__(self, base_lr: float, first_epoch: int, last_epoch: int,
                  min_factor: float = 0.0):
@@ -177,20 +256,44 @@ class CosineDecayPerEpoch(keras.callbacks.Callback):
         self.model.optimizer.learning_rate.assign(self.base_lr * factor)
 
 
-def schedule_callbacks(config, learning_rate: float, first_epoch: int,
-                       last_epoch: int) -> list[keras.callbacks.Callback]:
+class ResumablePlateau(keras.callbacks.ReduceLROnPlateau):
+    """``ReduceLROnPlateau`` whose counters survive a resume (``state``/``restore``)."""
+
+    KEYS = ("best", "wait", "cooldown_counter")
+
+    def __init__(self, restore: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        self._restore = restore
+
+    def on_train_begin(self, logs=None):
+        super().on_train_begin(logs)  # resets the counters
+        if self._restore:
+            for key in self.KEYS:
+                setattr(self, key, self._restore[key])
+
+    def state(self) -> dict:
+        """The counters, JSON-ready."""
+        values = {key: getattr(self, key) for key in self.KEYS}
+        return {key: None if v is None else float(v) for key, v in values.items()}
+
+
+def schedule_callbacks(config, learning_rate: float, first_epoch: int, last_epoch: int,
+                       plateau_state: dict | None = None) -> list[keras.callbacks.Callback]:
     """Callbacks implementing Config.LR_SCHEDULE.
 
     Args:
         config: the ``Config``.
         learning_rate: base learning rate of this ``train()`` call.
-        first_epoch, last_epoch: epoch range of the call.
+        first_epoch, last_epoch: epoch range of the training stage (a resumed stage keeps
+            its first epoch).
+        plateau_state: counters of a resumed "plateau" schedule.
 
     Returns:
         A list of Keras callbacks (empty for "constant").
     """
     if config.LR_SCHEDULE == "plateau":
-        return [keras.callbacks.ReduceLROnPlateau(
+        return [ResumablePlateau(
+            restore=plateau_state,
             monitor="val_loss" if config.VALIDATION_STEPS else "loss",
             factor=config.LR_PLATEAU_FACTOR, patience=config.LR_PLATEAU_PATIENCE,
             min_lr=learning_rate * config.LR_MIN_FACTOR, verbose=1)]
@@ -200,16 +303,106 @@ def schedule_callbacks(config, learning_rate: float, first_epoch: int,
     return []
 
 
+# ------------------------------------------------------------------ checkpoints and resume
+
+def _extra_variables(model: keras.Model) -> list:
+    """Variables that are not weights but shape training: the random samplers' seed states."""
+    weights = {id(w) for w in model.weights}
+    return [v for v in model.non_trainable_variables
+            if id(v) not in weights and "seed_generator" in v.path]
+
+
+def write_training_state(f: h5py.File, model: keras.Model, epoch: int, stage: dict,
+                         callbacks=()) -> None:
+    """Store what an exact resume needs in the ``training_state`` group of a checkpoint.
+
+    Args:
+        f: the checkpoint file being written.
+        model: the training model (its optimizer is built).
+        epoch: completed epoch (1-based, the checkpoint's number).
+        stage: the ``train()`` call (learning_rate, epochs, layers, first_epoch, seeds...).
+        callbacks: callbacks with a ``state()`` (the plateau schedule).
+    """
+    group = f.create_group(STATE_GROUP)
+    group.attrs["epoch"] = int(epoch)
+    group.attrs["stage"] = json.dumps(stage)
+    group.attrs["callbacks"] = json.dumps(
+        {type(cb).__name__: cb.state() for cb in callbacks if hasattr(cb, "state")})
+    for name, variables in (("optimizer", model.optimizer.variables),
+                            ("model", _extra_variables(model))):
+        sub = group.create_group(name)
+        for i, v in enumerate(variables):
+            data = sub.create_dataset(f"{i:05d}", data=ops.convert_to_numpy(v.value))
+            data.attrs["path"] = v.path
+
+
+def read_training_state(filepath: str) -> dict | None:
+    """The training state of a checkpoint, or None (Matterport files, ``save_weights``).
+
+    Returns:
+        dict with epoch, stage (dict), callbacks (dict), optimizer and model (lists of
+        (path, array)).
+    """
+    with open_weights_file(filepath) as f:
+        if STATE_GROUP not in f:
+            return None
+        group = f[STATE_GROUP]
+        state = {"epoch": int(group.attrs["epoch"]), "stage": json.loads(group.attrs["stage"]),
+                 "callbacks": json.loads(group.attrs.get("callbacks", "{}"))}
+        for name in ("optimizer", "model"):
+            state[name] = [(group[name][key].attrs["path"], np.asarray(group[name][key]))
+                           for key in sorted(group[name])]
+    return state
+
+
+def restore_training_state(model: keras.Model, state: dict, filepath: str) -> None:
+    """Assign a checkpoint's optimizer and sampler state to a compiled model.
+
+    Raises:
+        ValueError: naming the file, when the variables do not match (another optimizer
+            or another set of trainable layers).
+    """
+    for name, variables in (("optimizer", model.optimizer.variables),
+                            ("model", _extra_variables(model))):
+        stored = state[name]
+        mismatch = len(stored) != len(variables) or any(
+            tuple(v.shape) != a.shape for v, (_, a) in zip(variables, stored))
+        if mismatch:
+            raise ValueError(f"{filepath}: its {name} state ({len(stored)} variables) does not "
+                             f"match the model's ({len(variables)}); was it written with "
+                             "another optimizer or other trainable layers?")
+        for v, (_, array) in zip(variables, stored):
+            v.assign(array)
+
+
 class NamedCheckpoint(keras.callbacks.Callback):
     """Save the weights by layer name (Matterport's HDF5 layout) after every epoch.
 
+    The file also holds the training state (``write_training_state``) when ``stage`` is
+    given. It is never written with non-finite weights: that raises ``NonFiniteError``.
+
     Args:
         filepath: pattern with an ``{epoch:04d}`` field (1-based, like Keras).
+        stage: the ``train()`` call, stored for an exact resume.
+        state_callbacks: callbacks whose ``state()`` is stored too.
     """
 
-    def __init__(self, filepath: str):
+    def __init__(self, filepath: str, stage: dict | None = None, state_callbacks=()):
         super().__init__()
         self.filepath = filepath
+        self.stage = stage
+        self.state_callbacks = list(state_callbacks)
 
     def on_epoch_end(self, epoch, logs=None):
-        save_weights_by_name(self.model, self.filepath.format(epoch=epoch + 1))
+        arrays = layer_arrays(self.model)
+        bad = nonfinite_layers(arrays)
+        if bad:
+            self.model.stop_training = True
+            raise NonFiniteError(nonfinite_message("non-finite weights", epoch + 1, None, bad))
+        extra = None
+        if self.stage is not None:
+            def extra(f):
+                write_training_state(f, self.model, epoch + 1, self.stage,
+                                     self.state_callbacks)
+        save_weights_by_name(self.model, self.filepath.format(epoch=epoch + 1), arrays,
+                             write_extra=extra)

@@ -7,14 +7,21 @@ are matched by name, so checkpoints load across training and inference models, w
 ``exclude``, and Matterport / ImageNet files load the same way. (Keras 3's own
 ``.weights.h5`` keys layers by class and creation order, ``conv2d_12``, not by name; such
 files are loaded by Keras itself, whole-model only.)
+
+Our files add, invisibly to Matterport/Keras 2 readers: a CRC-32 of each array (attribute
+``crc32`` of its dataset), verified on load, so a corrupted file names the layer that
+fails instead of loading changed weights; a root attribute ``all_finite``; and, in
+training checkpoints, a ``training_state`` group (optimizer, epoch, schedule) for an exact
+resume. Files without them (Matterport's) load as before.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import os
+import warnings
+import zlib
 from collections import OrderedDict
+from typing import Callable
 
 import h5py
 import keras
@@ -25,7 +32,16 @@ def _decode(names) -> list[str]:
     return [n.decode("utf8") if isinstance(n, bytes) else str(n) for n in names]
 
 
-def _read_keras2(root: h5py.Group) -> "OrderedDict[str, list[np.ndarray]]":
+# Name of the group of a training checkpoint that holds what an exact resume needs.
+STATE_GROUP = "training_state"
+
+
+def checksum(array: np.ndarray) -> int:
+    """CRC-32 of an array's bytes (C order), as stored in our files' ``crc32`` attributes."""
+    return zlib.crc32(np.ascontiguousarray(array).view(np.uint8).reshape(-1)) & 0xFFFFFFFF
+
+
+def _read_keras2(root: h5py.Group, verify: bool = True) -> "OrderedDict[str, list[np.ndarray]]":
     out: OrderedDict[str, list[np.ndarray]] = OrderedDict()
     for layer_name in _decode(root.attrs["layer_names"]):
         group = root[layer_name]
@@ -35,15 +51,61 @@ def _read_keras2(root: h5py.Group) -> "OrderedDict[str, list[np.ndarray]]":
             # rpn_conv_shared.
             parts = weight_name.split("/")
             owner = parts[-2] if len(parts) >= 2 else layer_name
-            out.setdefault(owner, []).append(np.asarray(group[weight_name]))
+            dataset = group[weight_name]
+            array = np.asarray(dataset)
+            stored = dataset.attrs.get("crc32")
+            if verify and stored is not None and checksum(array) != int(stored):
+                raise ValueError(f"layer {owner!r}: weight {weight_name!r} fails its CRC-32 "
+                                 "check (the file is corrupted)")
+            out.setdefault(owner, []).append(array)
     return out
+
+
+def open_weights_file(filepath: str) -> h5py.File:
+    """Open an HDF5 file for reading; errors name the file.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: not a readable HDF5 file (truncated, corrupted, another format).
+    """
+    if not os.path.exists(filepath):
+        raise FileNotFoundError(f"Weights file not found: {filepath}")
+    try:
+        return h5py.File(filepath, "r")
+    except OSError as err:
+        raise ValueError(f"{filepath} is not a readable HDF5 weights file (truncated or "
+                         f"corrupted?): {err}") from err
 
 
 def is_keras3_weights_file(filepath: str) -> bool:
     """True for a Keras 3 ``model.save_weights`` file (layers keyed by class, not name)."""
-    with h5py.File(filepath, "r") as f:
+    with open_weights_file(filepath) as f:
         root = f["model_weights"] if "model_weights" in f else f
         return "layer_names" not in root.attrs and "layers" in f
+
+
+def checkpoint_problem(filepath: str) -> str | None:
+    """Cheap soundness check of a checkpoint (no data read): why not to use it, or None.
+
+    Checks that the file opens as HDF5 in our layout and was not written with non-finite
+    weights (the ``all_finite`` attribute; files without it pass).
+
+    Args:
+        filepath: an HDF5 weights file.
+
+    Returns:
+        A reason, or None when the file looks sound.
+    """
+    try:
+        with open_weights_file(filepath) as f:
+            root = f["model_weights"] if "model_weights" in f else f
+            if "layer_names" not in root.attrs:
+                return "no 'layer_names' attribute (not a weights file of this layout)"
+            if not bool(root.attrs.get("all_finite", True)):
+                return "it holds non-finite (NaN/inf) weights"
+    except (ValueError, OSError, FileNotFoundError) as err:
+        return str(err)
+    return None
 
 
 def read_weights(filepath: str) -> "OrderedDict[str, list[np.ndarray]]":
@@ -57,49 +119,72 @@ def read_weights(filepath: str) -> "OrderedDict[str, list[np.ndarray]]":
 
     Raises:
         FileNotFoundError: the file does not exist.
-        ValueError: the file is not an HDF5 weights file of that layout.
+        ValueError: the file is not an HDF5 weights file of that layout, or it is
+            corrupted (a CRC-32 mismatch names the layer); the message names the file.
     """
-    if not os.path.exists(filepath):
-        raise FileNotFoundError(f"Weights file not found: {filepath}")
-    try:
-        f = h5py.File(filepath, "r")
-    except OSError as err:
-        raise ValueError(f"{filepath} is not an HDF5 weights file ({err}).") from err
-    with f:
+    with open_weights_file(filepath) as f:
         root = f["model_weights"] if "model_weights" in f else f
         if "layer_names" in root.attrs:
-            return _read_keras2(root)
+            try:
+                return _read_keras2(root)
+            except (OSError, KeyError, ValueError) as err:
+                # h5py's own errors (a truncated or overwritten block) do not name the file.
+                raise ValueError(f"Cannot read {filepath}: {err}") from err
     raise ValueError(f"{filepath}: no 'layer_names' attribute; expected an HDF5 weights "
                      "file in the Keras 2 / Matterport layout (as written by "
                      "MaskRCNN.save_weights and the training checkpoints).")
 
 
-def save_weights_by_name(model: keras.Model, filepath: str) -> None:
+def layer_arrays(model: keras.Model) -> "OrderedDict[str, list[np.ndarray]]":
+    """The model's weights as NumPy arrays, by layer name (nested models flattened)."""
+    return OrderedDict((name, [keras.ops.convert_to_numpy(w.value) for w in layer.weights])
+                       for name, layer in weighted_layers(model).items())
+
+
+def nonfinite_layers(arrays: "OrderedDict[str, list[np.ndarray]]") -> list[str]:
+    """Names of the layers with a NaN or infinite weight."""
+    return [name for name, values in arrays.items()
+            if not all(np.isfinite(a).all() for a in values)]
+
+
+def save_weights_by_name(model: keras.Model, filepath: str,
+                         arrays: "OrderedDict[str, list[np.ndarray]] | None" = None,
+                         write_extra: Callable[[h5py.File], None] | None = None) -> None:
     """Write the model's weights in the Keras 2 / Matterport HDF5 layout, by layer name.
 
     Nested models are flattened (each inner layer gets its own group), which the reader
-    handles the same way. The file is written to a temporary name and renamed, so an
+    handles the same way. Each array gets a ``crc32`` attribute and the file an
+    ``all_finite`` one. The file is written to a temporary name, synced and renamed, so an
     interrupted save never leaves a truncated checkpoint behind.
 
     Args:
         model: the Keras model.
         filepath: destination (``.h5``).
+        arrays: the weights, when the caller has them already (``layer_arrays(model)``).
+        write_extra: called with the open file before it is closed (training state).
     """
     layers = weighted_layers(model)
+    arrays = arrays if arrays is not None else layer_arrays(model)
     tmp = filepath + ".tmp"
     with h5py.File(tmp, "w") as f:
         f.attrs["layer_names"] = [name.encode("utf8") for name in layers]
         f.attrs["backend"] = keras.backend.backend().encode("utf8")
         f.attrs["keras_version"] = keras.__version__.encode("utf8")
+        f.attrs["all_finite"] = not nonfinite_layers(arrays)
         for name, layer in layers.items():
             group = f.create_group(name)
             weight_names = []
-            for i, weight in enumerate(layer.weights):
+            for i, (weight, value) in enumerate(zip(layer.weights, arrays[name])):
                 # Keras 2 style "layer/variable:0"; the index keeps names unique.
                 wname = f"{name}/{weight.name}:{i}" if weight.name else f"{name}/w{i}:0"
                 weight_names.append(wname.encode("utf8"))
-                group.create_dataset(wname, data=keras.ops.convert_to_numpy(weight.value))
+                dataset = group.create_dataset(wname, data=value)
+                dataset.attrs["crc32"] = checksum(value)
             group.attrs["weight_names"] = weight_names
+        if write_extra is not None:
+            write_extra(f)
+    with open(tmp, "rb+") as fh:  # on disk before the rename makes it the checkpoint
+        os.fsync(fh.fileno())
     os.replace(tmp, filepath)
 
 

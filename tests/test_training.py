@@ -191,7 +191,7 @@ def test_epochs_continue_and_checkpoints_are_named_by_epoch(tf_run):
     assert model.epoch == 8 and model.log_dir == tf_run.log_dir
     run_dir = Path(tf_run.log_dir)
     assert run_dir.parent == Path(tf_run.model_dir)
-    assert re.fullmatch(r"traintest\d{8}T\d{4}", run_dir.name)
+    assert re.fullmatch(r"traintest\d{8}T\d{6}", run_dir.name)  # seconds: runs never collide
     checkpoints = sorted(p.name for p in run_dir.glob("*.h5"))
     assert checkpoints == [f"mask_rcnn_traintest_{e:04d}.h5" for e in range(1, 9)]
     assert model.find_last() == str(run_dir / "mask_rcnn_traintest_0008.h5")
