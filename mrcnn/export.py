@@ -14,6 +14,8 @@ mask head's resolution, one per detection for its class, as ``detect`` has them 
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 import numpy as np
 from keras import ops
@@ -110,6 +112,11 @@ def export_saved_model(model: keras.Model, config, path: str, image_size=None,
         # TensorFlow the endpoint tracks them itself, and tracking the model would also
         # save its default signature, which cannot be traced (image size unknown).
         archive.track(model)
+        warnings.warn("Exporting from JAX embeds StableHLO that TensorFlow must be able to "
+                      "read: with jax 0.10.2 and TensorFlow 2.21 the SavedModel is written "
+                      "but fails to run (StableHLO v1.15 vs v1.13.7). Check it with "
+                      "tf.saved_model.load, or export from the TensorFlow backend.",
+                      stacklevel=3)
     archive.add_endpoint(
         name="serve", fn=serving_function(model, config, (h, w)),
         input_signature=[keras.InputSpec(shape=(batch_size, h, w, config.IMAGE_CHANNEL_COUNT),

@@ -7,7 +7,6 @@ fill their boxes, as in test_weights.py), so the comparisons have detections to 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -20,7 +19,7 @@ from mrcnn import utils
 from mrcnn.data import DataGenerator
 from mrcnn.model import MaskRCNN
 from mrcnn.training import MaskRCNNTrainModel
-from tests.tiny import TinyFastConfig, shapes_dataset
+from tests.tiny import TinyFastConfig, force_detections, shapes_dataset
 
 tensorflow_only = pytest.mark.skipif(keras.backend.backend() != "tensorflow",
                                      reason="SavedModel export runs on TensorFlow here "
@@ -42,12 +41,7 @@ def images() -> list[np.ndarray]:
 def detector(tmp_path_factory):
     keras.utils.set_random_seed(0)
     model = MaskRCNN("inference", ExportConfig(), str(tmp_path_factory.mktemp("logs")))
-    logits = model.keras_model.get_layer("mrcnn_class_logits")
-    kernel, _ = logits.get_weights()
-    logits.set_weights([0.1 * kernel, np.array([0, 6, 0, 0], np.float32)])
-    mask = model.keras_model.get_layer("mrcnn_mask")
-    kernel, bias = mask.get_weights()
-    mask.set_weights([np.zeros_like(kernel), np.full_like(bias, 10.0)])
+    force_detections(model.keras_model)
     results = model.detect(images())
     assert all(len(r["class_ids"]) > 0 for r in results)
     return model, results

@@ -16,7 +16,7 @@ import pytest
 from mrcnn import utils
 from mrcnn.model import MaskRCNN
 from mrcnn.weights import weighted_layers
-from tests.tiny import TinyConfig, TinyFastConfig, shapes_dataset
+from tests.tiny import TinyConfig, TinyFastConfig, force_detections, shapes_dataset
 
 EXCLUDE = ["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_mask"]
 
@@ -44,12 +44,7 @@ def trained_like(tmp_path_factory):
     boxes, so that detect() has detections to check; its weights saved to a file."""
     keras.utils.set_random_seed(0)
     model = MaskRCNN("inference", WeightsConfig(), str(tmp_path_factory.mktemp("logs")))
-    logits = model.keras_model.get_layer("mrcnn_class_logits")
-    kernel, bias = logits.get_weights()
-    logits.set_weights([0.1 * kernel, np.array([0, 6, 0, 0], np.float32)])
-    mask = model.keras_model.get_layer("mrcnn_mask")
-    kernel, bias = mask.get_weights()
-    mask.set_weights([np.zeros_like(kernel), np.full_like(bias, 10.0)])
+    force_detections(model.keras_model)
     path = str(tmp_path_factory.mktemp("weights") / "saved.h5")
     model.save_weights(path)
     images = _images()
