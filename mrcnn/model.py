@@ -421,6 +421,7 @@ class MaskRCNN:
                 generator.on_epoch_end()
 
         self._claim_run_folder()
+        runs.write_run_info(self.log_dir, config, self.epoch)
         schedule = schedule_callbacks(
             config, learning_rate, first_epoch, epochs,
             plateau_state=(state or {}).get("callbacks", {}).get("ResumablePlateau"))

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import datetime
 import errno
+import json
 import os
+import platform
 import re
+import sys
 import warnings
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from mrcnn.weights import checkpoint_problem
 
@@ -97,6 +100,66 @@ def claim_run_folder(log_dir: str) -> str:
         except FileExistsError:
             n += 1
             candidate = f"{log_dir}_{n}"
+
+
+RUN_INFO_FILE = "config.json"
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python, mrcnn, Keras, the backend and NumPy (what a run ran on)."""
+    import keras
+    import numpy as np
+
+    import mrcnn
+
+    backend = keras.backend.backend()
+    out = {"python": platform.python_version(), "mrcnn": mrcnn.__version__,
+           "keras": keras.__version__, "backend": backend, "numpy": np.__version__,
+           "platform": platform.platform()}
+    module = sys.modules.get({"tensorflow": "tensorflow", "jax": "jax",
+                              "torch": "torch"}.get(backend, backend))
+    if module is not None:
+        out[backend] = str(getattr(module, "__version__", "unknown"))
+    return out
+
+
+def write_run_info(log_dir: str, config: Any, epoch: int) -> str | None:
+    """Write ``config.json`` into a run folder when training starts there (never rewritten).
+
+    It holds every Config value (``Config.to_json_dict``: what ``Config.display`` shows), the
+    versions of the libraries (``versions``), the command line and the start time, so a run
+    folder says what produced its checkpoints. A later ``train()`` call in the same folder
+    with different settings (the next stage of a schedule, a resume with other values)
+    writes ``config_epoch<NNNN>.json`` instead, for the epoch it starts from.
+
+    Args:
+        log_dir: the run folder.
+        config: the run's Config.
+        epoch: the epoch this ``train()`` call starts from.
+
+    Returns:
+        The file written, or None when an identical record is already there.
+    """
+    record = {"config": config.to_json_dict(), "versions": versions(),
+              "command": [sys.executable, *sys.argv],
+              "started": datetime.datetime.now().isoformat(timespec="seconds"),
+              "first_epoch": int(epoch)}
+    path = os.path.join(log_dir, RUN_INFO_FILE)
+    if os.path.exists(path):
+        try:
+            with open(path, encoding="utf-8") as f:
+                if json.load(f).get("config") == record["config"]:
+                    return None
+        except (OSError, ValueError):
+            pass  # unreadable: keep it, write the new record beside it
+        path = os.path.join(log_dir, f"config_epoch{int(epoch):04d}.json")
+        if os.path.exists(path):
+            return None
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(record, f, indent=1)
+    os.replace(tmp, path)
+    return path
 
 
 def resumable_checkpoint(filepath: str, model_dir: str, name: str) -> tuple[str, int] | None:

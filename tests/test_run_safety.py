@@ -285,3 +285,35 @@ def test_nan_stops_training_with_one_message_and_no_checkpoint(sgd_run):
     assert "epoch 2, step 2" in message and "tiny_conv1" in message
     assert "learning rate" in message.lower() and "pixels" in message
     assert [p.name for p in Path(model.log_dir).glob("*.h5")] == ["mask_rcnn_safe_0001.h5"]
+
+
+def test_run_folder_records_its_config_and_versions(sgd_run):
+    import json
+
+    import mrcnn
+
+    files = sorted(p.name for p in sgd_run.run.glob("*.json"))
+    assert files == ["config.json"]  # the resumed, identical train() call added nothing
+    record = json.loads((sgd_run.run / "config.json").read_text())
+    assert record["config"] == sgd_run.full.config.to_json_dict()
+    assert record["config"]["NAME"] == "safe" and record["first_epoch"] == 0
+    assert record["versions"]["mrcnn"] == mrcnn.__version__
+    assert record["versions"]["keras"] == keras.__version__
+    backend = keras.backend.backend()
+    assert record["versions"]["backend"] == backend and backend in record["versions"]
+
+
+def test_a_later_stage_with_other_settings_gets_its_own_record(tmp_path):
+    import json
+
+    from mrcnn import runs
+
+    config = SafeConfig()
+    assert runs.write_run_info(str(tmp_path), config, 0) == str(tmp_path / "config.json")
+    assert runs.write_run_info(str(tmp_path), config, 2) is None  # same settings
+    other = type("Other", (SafeConfig,), {"LEARNING_RATE": 0.5})()
+    path = runs.write_run_info(str(tmp_path), other, 2)
+    assert path == str(tmp_path / "config_epoch0002.json")
+    assert json.loads(open(path).read())["config"]["LEARNING_RATE"] == 0.5
+    assert json.loads((tmp_path / "config.json").read_text())["config"]["LEARNING_RATE"] == \
+        config.LEARNING_RATE  # never rewritten
