@@ -340,26 +340,34 @@ class AnchorIndex:
         # of a pyramid is one group; arbitrary anchors give few groups too); each group
         # searches with its largest height and width, so candidates are a superset.
         buckets = np.floor(4 * np.log2(np.maximum(np.stack([heights, widths], 1), 1e-3)))
-        _, size_id = np.unique(buckets, axis=0, return_inverse=True)
-        size_id = size_id.reshape(-1)
-        self.groups = []
-        for g in range(int(size_id.max()) + 1 if size_id.shape[0] else 0):
-            members = np.flatnonzero(size_id == g)
-            height, width = heights[members].max(), widths[members].max()
-            tops, lefts = anchors[members, 0], anchors[members, 1]
-            order = np.lexsort((lefts, tops))
-            members, tops, lefts = members[order], tops[order], lefts[order]
-            row_tops, row_of = np.unique(tops, return_inverse=True)
-            # One sorted key per anchor: row * span + (left - x_min) + 1, with span wider
-            # than any left offset, so each row's lefts form their own key interval.
-            x_min = lefts.min()
-            span = float(lefts.max() - x_min) + 4.0
-            keys = row_of.reshape(-1) * span + (lefts - x_min) + 1.0
-            self.groups.append((float(height), float(width), members, row_tops, keys,
-                                x_min, span))
+        _, group = np.unique(buckets, axis=0, return_inverse=True)
+        group = group.reshape(-1)
+        count = int(group.max()) + 1 if group.shape[0] else 0
+        self.group_heights = np.zeros([count])
+        self.group_widths = np.zeros([count])
+        np.maximum.at(self.group_heights, group, heights)
+        np.maximum.at(self.group_widths, group, widths)
+        # One sorted order for all anchors: by group, then top edge (row), then left edge.
+        tops, lefts = anchors[:, 0], anchors[:, 1]
+        order = np.lexsort((lefts, tops, group))
+        self.members = order
+        group, tops, lefts = group[order], tops[order], lefts[order]
+        # Rows = (group, top) runs; their keys group * row_span + (top - top_min) are sorted
+        # and each group's rows lie in their own key interval.
+        self.top_min = float(tops.min()) if tops.shape[0] else 0.0
+        self.row_span = (float(tops.max()) - self.top_min + 4.0) if tops.shape[0] else 4.0
+        new_row = np.r_[True, (group[1:] != group[:-1]) | (tops[1:] != tops[:-1])]
+        row_of = np.cumsum(new_row) - 1
+        self.row_keys = (group[new_row] * self.row_span + (tops[new_row] - self.top_min))
+        # Anchor keys row * span + (left - x_min) + 1, likewise sorted, one interval a row.
+        self.x_min = float(lefts.min()) if lefts.shape[0] else 0.0
+        self.span = (float(lefts.max()) - self.x_min + 4.0) if lefts.shape[0] else 4.0
+        self.keys = row_of * self.span + (lefts - self.x_min) + 1.0
 
     def candidate_pairs(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(anchor, box) index pairs whose rectangles may overlap (a superset, 1e-6 margin).
+
+        All groups and boxes in one pass of binary searches (no loop over groups).
 
         Args:
             boxes: float64 [G, (y1, x1, y2, x2)].
@@ -368,25 +376,28 @@ class AnchorIndex:
             anchor_ids, box_ids: int64 [P] each.
         """
         eps = 1e-6
-        anchor_ids, box_ids = [], []
-        for height, width, members, row_tops, keys, x_min, span in self.groups:
-            # Rows whose top lies in (box_y1 - height, box_y2), then within each row the
-            # lefts in (box_x1 - width, box_x2).
-            first = np.searchsorted(row_tops, boxes[:, 0] - height - eps, side="right")
-            last = np.searchsorted(row_tops, boxes[:, 2] + eps, side="left")
-            rows, owner = _expand_ranges(first, last)
-            if not rows.shape[0]:
-                continue
-            base = rows * span
-            low = base + np.clip(boxes[owner, 1] - width - eps - x_min + 1.0, 0.0, span - 2)
-            high = base + np.clip(boxes[owner, 3] + eps - x_min + 1.0, 0.0, span - 2)
-            positions, run = _expand_ranges(np.searchsorted(keys, low, side="right"),
-                                            np.searchsorted(keys, high, side="left"))
-            anchor_ids.append(members[positions])
-            box_ids.append(owner[run])
-        if not anchor_ids:
+        num_boxes = boxes.shape[0]
+        groups = self.group_heights.shape[0]
+        if not groups or not num_boxes:
             return np.zeros([0], np.int64), np.zeros([0], np.int64)
-        return np.concatenate(anchor_ids), np.concatenate(box_ids)
+        # Every (group, box): rows whose top lies in (box_y1 - height, box_y2) ...
+        g = np.repeat(np.arange(groups), num_boxes)
+        b = np.tile(np.arange(num_boxes), groups)
+        limit = self.row_span - 2.0
+        low = g * self.row_span + np.clip(
+            boxes[b, 0] - self.group_heights[g] - eps - self.top_min, -1.0, limit)
+        high = g * self.row_span + np.clip(boxes[b, 2] + eps - self.top_min, -1.0, limit)
+        rows, pair = _expand_ranges(np.searchsorted(self.row_keys, low, side="right"),
+                                    np.searchsorted(self.row_keys, high, side="left"))
+        # ... then within each row the lefts in (box_x1 - width, box_x2).
+        box, width = b[pair], self.group_widths[g[pair]]
+        limit = self.span - 2.0
+        low = rows * self.span + np.clip(boxes[box, 1] - width - eps - self.x_min + 1.0,
+                                         0.0, limit)
+        high = rows * self.span + np.clip(boxes[box, 3] + eps - self.x_min + 1.0, 0.0, limit)
+        positions, run = _expand_ranges(np.searchsorted(self.keys, low, side="right"),
+                                        np.searchsorted(self.keys, high, side="left"))
+        return self.members[positions], box[run]
 
     def overlaps(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-anchor best IoU and box, and each box's best anchors, without the [A, G] matrix.
