@@ -343,59 +343,88 @@ class AnchorIndex:
         # of a pyramid is one group; arbitrary anchors give few groups too); each group
         # searches with its largest height and width, so candidates are a superset.
         buckets = np.floor(4 * np.log2(np.maximum(np.stack([heights, widths], 1), 1e-3)))
-        _, size_id = np.unique(buckets, axis=0, return_inverse=True)
-        size_id = size_id.reshape(-1)
-        self.groups = []
-        for g in range(int(size_id.max()) + 1 if size_id.shape[0] else 0):
-            members = np.flatnonzero(size_id == g)
-            height, width = heights[members].max(), widths[members].max()
-            tops, lefts = anchors[members, 0], anchors[members, 1]
-            order = np.lexsort((lefts, tops))
-            members, tops, lefts = members[order], tops[order], lefts[order]
-            row_tops, row_of = np.unique(tops, return_inverse=True)
-            # One sorted key per anchor: row * span + (left - x_min) + 1, with span wider
-            # than any left offset, so each row's lefts form their own key interval.
-            x_min = lefts.min()
-            span = float(lefts.max() - x_min) + 4.0
-            keys = row_of.reshape(-1) * span + (lefts - x_min) + 1.0
-            self.groups.append((float(height), float(width), members, row_tops, keys,
-                                x_min, span))
+        _, group = np.unique(buckets, axis=0, return_inverse=True)
+        group = group.reshape(-1)
+        count = int(group.max()) + 1 if group.shape[0] else 0
+        self.group_heights = np.zeros([count])
+        self.group_widths = np.zeros([count])
+        np.maximum.at(self.group_heights, group, heights)
+        np.maximum.at(self.group_widths, group, widths)
+        self.group_area_min = np.full([count], np.inf)
+        self.group_area_max = np.zeros([count])
+        np.minimum.at(self.group_area_min, group, self.areas)
+        np.maximum.at(self.group_area_max, group, self.areas)
+        # One sorted order for all anchors: by group, then top edge (row), then left edge.
+        tops, lefts = anchors[:, 0], anchors[:, 1]
+        order = np.lexsort((lefts, tops, group))
+        self.members = order
+        group, tops, lefts = group[order], tops[order], lefts[order]
+        # Rows = (group, top) runs; their keys group * row_span + (top - top_min) are sorted
+        # and each group's rows lie in their own key interval.
+        self.top_min = float(tops.min()) if tops.shape[0] else 0.0
+        self.row_span = (float(tops.max()) - self.top_min + 4.0) if tops.shape[0] else 4.0
+        new_row = np.r_[True, (group[1:] != group[:-1]) | (tops[1:] != tops[:-1])]
+        row_of = np.cumsum(new_row) - 1
+        self.row_keys = (group[new_row] * self.row_span + (tops[new_row] - self.top_min))
+        # Anchor keys row * span + (left - x_min) + 1, likewise sorted, one interval a row.
+        self.x_min = float(lefts.min()) if lefts.shape[0] else 0.0
+        self.span = (float(lefts.max()) - self.x_min + 4.0) if lefts.shape[0] else 4.0
+        self.keys = row_of * self.span + (lefts - self.x_min) + 1.0
 
-    def candidate_pairs(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def candidate_pairs(self, boxes: np.ndarray, selected: np.ndarray | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
         """(anchor, box) index pairs whose rectangles may overlap (a superset, 1e-6 margin).
+
+        All groups and boxes in one pass of binary searches (no loop over groups).
 
         Args:
             boxes: float64 [G, (y1, x1, y2, x2)].
+            selected: optional bool [groups, G]: search only these (group, box) pairs.
 
         Returns:
             anchor_ids, box_ids: int64 [P] each.
         """
         eps = 1e-6
-        anchor_ids, box_ids = [], []
-        for height, width, members, row_tops, keys, x_min, span in self.groups:
-            # Rows whose top lies in (box_y1 - height, box_y2), then within each row the
-            # lefts in (box_x1 - width, box_x2).
-            first = np.searchsorted(row_tops, boxes[:, 0] - height - eps, side="right")
-            last = np.searchsorted(row_tops, boxes[:, 2] + eps, side="left")
-            rows, owner = _expand_ranges(first, last)
-            if not rows.shape[0]:
-                continue
-            base = rows * span
-            low = base + np.clip(boxes[owner, 1] - width - eps - x_min + 1.0, 0.0, span - 2)
-            high = base + np.clip(boxes[owner, 3] + eps - x_min + 1.0, 0.0, span - 2)
-            positions, run = _expand_ranges(np.searchsorted(keys, low, side="right"),
-                                            np.searchsorted(keys, high, side="left"))
-            anchor_ids.append(members[positions])
-            box_ids.append(owner[run])
-        if not anchor_ids:
+        num_boxes = boxes.shape[0]
+        groups = self.group_heights.shape[0]
+        if not groups or not num_boxes:
             return np.zeros([0], np.int64), np.zeros([0], np.int64)
-        return np.concatenate(anchor_ids), np.concatenate(box_ids)
+        # Every (selected) (group, box): rows whose top lies in (box_y1 - height, box_y2) ...
+        if selected is None:
+            g = np.repeat(np.arange(groups), num_boxes)
+            b = np.tile(np.arange(num_boxes), groups)
+        else:
+            g, b = np.nonzero(selected)
+        limit = self.row_span - 2.0
+        low = g * self.row_span + np.clip(
+            boxes[b, 0] - self.group_heights[g] - eps - self.top_min, -1.0, limit)
+        high = g * self.row_span + np.clip(boxes[b, 2] + eps - self.top_min, -1.0, limit)
+        rows, pair = _expand_ranges(np.searchsorted(self.row_keys, low, side="right"),
+                                    np.searchsorted(self.row_keys, high, side="left"))
+        # ... then within each row the lefts in (box_x1 - width, box_x2).
+        box, width = b[pair], self.group_widths[g[pair]]
+        limit = self.span - 2.0
+        low = rows * self.span + np.clip(boxes[box, 1] - width - eps - self.x_min + 1.0,
+                                         0.0, limit)
+        high = rows * self.span + np.clip(boxes[box, 3] + eps - self.x_min + 1.0, 0.0, limit)
+        positions, run = _expand_ranges(np.searchsorted(self.keys, low, side="right"),
+                                        np.searchsorted(self.keys, high, side="left"))
+        return self.members[positions], box[run]
 
-    def overlaps(self, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def overlaps(self, boxes: np.ndarray, floor: float = 0.0
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-anchor best IoU and box, and each box's best anchors, without the [A, G] matrix.
+
+        With ``floor`` > 0, (anchor size, box) combinations whose IoU cannot reach
+        ``floor`` (area ratio below it: IoU <= smaller area / larger area) are skipped
+        unless they could hold the box's best anchor: iou_max is then exact where it is
+        >= floor and stays below floor elsewhere, best_anchors stay exact, and
+        iou_argmax is exact only where iou_max >= floor. Small anchors around large boxes
+        are most pairs, so this skips ~90 % of the work for RPN labels.
 
         Args:
             boxes: float [G, (y1, x1, y2, x2)].
+            floor: IoU below which values need not be exact (0: everything exact).
 
         Returns:
             iou_max: [A] best IoU of each anchor (0 when G == 0).
@@ -405,35 +434,66 @@ class AnchorIndex:
                 anchors tied for it), only for boxes whose best IoU is above 0.
         """
         boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-        num_anchors = self.anchors.shape[0]
+        num_anchors, num_boxes = self.anchors.shape[0], boxes.shape[0]
         iou_max = np.zeros([num_anchors])
         iou_argmax = np.zeros([num_anchors], dtype=np.int64)
-        if boxes.shape[0] == 0 or num_anchors == 0:
+        if num_boxes == 0 or num_anchors == 0:
             return iou_max, iou_argmax, np.zeros([0], dtype=np.int64)
-        a, b = self.candidate_pairs(boxes)
-        anchors = self.anchors[a]
-        # The same float operations, in the same order, as the dense utils.compute_iou.
-        height = np.minimum(anchors[:, 2], boxes[b, 2]) - np.maximum(anchors[:, 0], boxes[b, 0])
-        width = np.minimum(anchors[:, 3], boxes[b, 3]) - np.maximum(anchors[:, 1], boxes[b, 1])
-        intersection = np.maximum(height, 0) * np.maximum(width, 0)
-        union = self.areas[a] + _box_areas(boxes)[b] - intersection
-        iou = np.zeros_like(intersection)
-        np.divide(intersection, union, out=iou, where=union > 0)
+        box_areas = _box_areas(boxes)
+        box_best = np.zeros([num_boxes])
+        if floor > 0:
+            # Upper bound of the IoU of each (group, box): smaller area / larger area.
+            low = np.minimum(self.group_area_max[:, None], box_areas[None, :])
+            high = np.maximum(self.group_area_min[:, None], box_areas[None, :])
+            bound = np.ones_like(low)
+            np.divide(low, high, out=bound, where=high > 0)
+            first = bound >= floor
+            a, b, iou = self._pair_ious(boxes, box_areas, first)
+            np.maximum.at(box_best, b, iou)
+            # A box's best anchor may lie in a skipped group only if its bound reaches the
+            # best IoU found so far: search those too (tiny boxes, mostly).
+            second = ~first & (bound >= box_best[None, :])
+            if second.any():
+                a2, b2, iou2 = self._pair_ious(boxes, box_areas, second)
+                a, b, iou = np.r_[a, a2], np.r_[b, b2], np.r_[iou, iou2]
+                np.maximum.at(box_best, b2, iou2)
+        else:
+            a, b, iou = self._pair_ious(boxes, box_areas, None)
+            np.maximum.at(box_best, b, iou)
 
         np.maximum.at(iou_max, a, iou)
         # Ties go to the earliest box (np.argmax); IoU 0 never assigns a box.
         winner = (iou == iou_max[a]) & (iou > 0)
-        first_box = np.full([num_anchors], boxes.shape[0], dtype=np.int64)
+        first_box = np.full([num_anchors], num_boxes, dtype=np.int64)
         np.minimum.at(first_box, a[winner], b[winner])
-        assigned = first_box < boxes.shape[0]
+        assigned = first_box < num_boxes
         iou_argmax[assigned] = first_box[assigned]
 
-        box_best = np.zeros([boxes.shape[0]])
-        np.maximum.at(box_best, b, iou)
         best = (iou == box_best[b]) & (box_best[b] > 0)
         best_hits = np.zeros([num_anchors], dtype=bool)  # (np.unique is 30x slower)
         best_hits[a[best]] = True
         return iou_max, iou_argmax, np.flatnonzero(best_hits)
+
+    def _pair_ious(self, boxes: np.ndarray, box_areas: np.ndarray,
+                   selected: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Candidate pairs (see ``candidate_pairs``) and their IoUs."""
+        a, b = self.candidate_pairs(boxes, selected)
+        return a, b, _pairwise_iou(self.anchors[a], self.areas[a], boxes[b], box_areas[b])
+
+
+def _pairwise_iou(anchors: np.ndarray, anchor_areas: np.ndarray, boxes: np.ndarray,
+                  box_areas: np.ndarray) -> np.ndarray:
+    """IoU of matching rows (broadcasting), with the float operations of the dense
+    ``utils.compute_iou`` in the same order, so ties compare equal as there."""
+    height = (np.minimum(anchors[..., 2], boxes[..., 2])
+              - np.maximum(anchors[..., 0], boxes[..., 0]))
+    width = (np.minimum(anchors[..., 3], boxes[..., 3])
+             - np.maximum(anchors[..., 1], boxes[..., 1]))
+    intersection = np.maximum(height, 0) * np.maximum(width, 0)
+    union = anchor_areas + box_areas - intersection
+    iou = np.zeros_like(intersection)
+    np.divide(intersection, union, out=iou, where=union > 0)
+    return iou
 
 
 def _anchor_index(anchors: np.ndarray) -> AnchorIndex:
@@ -521,7 +581,10 @@ def build_rpn_targets(
     else:
         not_crowded = np.ones([anchors.shape[0]], dtype=bool)
 
-    iou_max, iou_argmax, best_anchors = _anchor_box_overlaps(original_anchors, gt_boxes)
+    # IoUs below RPN_NEGATIVE_IOU only need to stay below it (their anchors are negative
+    # or best anchors, which stay exact), so most anchor-box pairs are skipped.
+    iou_max, _, best_anchors = _anchor_index(original_anchors).overlaps(
+        gt_boxes, floor=RPN_NEGATIVE_IOU)
     # Order matters: best anchors override negatives, and positives override both.
     rpn_match[(iou_max < RPN_NEGATIVE_IOU) & not_crowded] = NEGATIVE
     rpn_match[best_anchors] = POSITIVE
@@ -541,7 +604,11 @@ def build_rpn_targets(
     positives = np.flatnonzero(rpn_match == POSITIVE)  # ascending anchor order
     if positives.shape[0]:
         anchor = anchors[positives]
-        gt = gt_boxes[iou_argmax[positives]]
+        # Each positive's box, the first of the best on ties (np.argmax), from the exact
+        # IoUs of the few positives with every box.
+        gt = gt_boxes[np.argmax(_pairwise_iou(
+            anchor[:, None], _box_areas(anchor)[:, None], gt_boxes[None],
+            _box_areas(gt_boxes)[None]), axis=1)]
         a_h, a_w = anchor[:, 2] - anchor[:, 0], anchor[:, 3] - anchor[:, 1]
         gt_h, gt_w = gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]
         deltas = np.stack([

@@ -485,8 +485,7 @@ class MaskRCNN:
         to the largest one (their windows are unchanged, their metas give the padded
         shape). ``detect`` does not use this padded batch: it runs each molded shape as
         its own batch (``transform.resize_inputs`` / ``mold_batch``), so an image gets the
-        same detections
-        in any company.
+        same detections in any company.
 
         Args:
             images: list of [H, W, C] images.
