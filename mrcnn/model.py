@@ -48,6 +48,7 @@ from mrcnn.training import (
     resolve_layer_regex,
     schedule_callbacks,
     set_trainable,
+    warn_frozen_bn_from_scratch,
 )
 from mrcnn.weights import (
     is_keras3_weights_file,
@@ -371,6 +372,7 @@ class MaskRCNN:
         print(f"\nStarting at epoch {self.epoch}. LR={learning_rate}\n")
         print(f"Checkpoint Path: {self.checkpoint_path}")
         self.set_trainable(resolve_layer_regex(layers))
+        warn_frozen_bn_from_scratch(self.keras_model, config)
         self.compile(learning_rate, config.LEARNING_MOMENTUM)
         history = self.keras_model.fit(
             train_generator,
