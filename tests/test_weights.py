@@ -46,7 +46,10 @@ def trained_like(tmp_path_factory):
     model = MaskRCNN("inference", WeightsConfig(), str(tmp_path_factory.mktemp("logs")))
     logits = model.keras_model.get_layer("mrcnn_class_logits")
     kernel, bias = logits.get_weights()
-    logits.set_weights([0.1 * kernel, np.array([0, 6, 0, 0], np.float32)])
+    # Glorot-scaled kernel (the layer's own init, N(0, 0.01), is nearly flat): the scores of
+    # different ROIs must differ, or near-ties make the detection order backend-dependent.
+    spread = np.asarray(keras.initializers.GlorotUniform(seed=0)(kernel.shape))
+    logits.set_weights([0.1 * spread, np.array([0, 6, 0, 0], np.float32)])
     mask = model.keras_model.get_layer("mrcnn_mask")
     kernel, bias = mask.get_weights()
     mask.set_weights([np.zeros_like(kernel), np.full_like(bias, 10.0)])
