@@ -57,6 +57,10 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
 
 
+def _is_positive(value: Any) -> bool:
+    return _is_finite(value) and value > 0
+
+
 class Expect(NamedTuple):
     """What an attribute must be: a predicate and its description for the error message."""
     check: Callable[[Any], bool]
@@ -88,8 +92,7 @@ _POSITIVE_INT = Expect(lambda v: _is_int(v) and v >= 1, "an integer >= 1")
 _FINITE = Expect(_is_finite, "a finite number")
 _BOOL = Expect(lambda v: isinstance(v, (bool, np.bool_)), "True or False")
 _POSITIVE_INTS = _vector(lambda v: _is_int(v) and v >= 1, "a list of integers >= 1")
-_POSITIVE_NUMBERS = _vector(lambda v: _is_finite(v) and v > 0,
-                            "a list of positive finite numbers")
+_POSITIVE_NUMBERS = _vector(_is_positive, "a list of positive finite numbers")
 
 ATTRIBUTE_TYPES: dict[str, Expect] = {
     **dict.fromkeys(
@@ -113,8 +116,7 @@ ATTRIBUTE_TYPES: dict[str, Expect] = {
                                "(height, width): two positive sizes in pixels (integers)"),
     **dict.fromkeys(("RPN_ANCHOR_SCALES", "RPN_BBOX_STD_DEV", "BBOX_STD_DEV"),
                     _POSITIVE_NUMBERS),
-    "RPN_ANCHOR_RATIOS": _vector(lambda v: _is_finite(v) and v > 0,
-                                 "a list of positive ratios (width / height)"),
+    "RPN_ANCHOR_RATIOS": _vector(_is_positive, "a list of positive ratios (width / height)"),
     "MEAN_PIXEL": _vector(_is_finite, "a list of finite numbers, one per channel"),
     "LOSS_WEIGHTS": Expect(_loss_weights, "a dict of loss name -> finite weight >= 0"),
 }
