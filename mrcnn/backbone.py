@@ -32,8 +32,13 @@ KERNEL_INIT = "he_normal"
 # start near unit scale: with frozen BatchNorm (an identity map at initialization) nothing
 # else would normalize them, and features of ~60 made the first RPN deltas and losses huge.
 PIXEL_STD = 58.0
-CONV1_INIT = initializers.VarianceScaling(scale=2.0 / PIXEL_STD ** 2, mode="fan_in",
-                                          distribution="truncated_normal")
+
+
+def conv1_init() -> initializers.Initializer:
+    """conv1's initializer; a new instance per layer (an unseeded Keras initializer instance
+    returns the same values at every call, and draws its seed when it is created)."""
+    return initializers.VarianceScaling(scale=2.0 / PIXEL_STD ** 2, mode="fan_in",
+                                        distribution="truncated_normal")
 
 
 def _conv(filters: int, kernel: int | tuple, name: str, strides: int = 1,
@@ -118,7 +123,7 @@ def resnet_graph(input_image, architecture: str, stage5: bool = True, norm: str 
         raise ValueError(f"Config.BACKBONE = {architecture!r} is invalid: expected one of "
                          f"{ARCHITECTURES} or a callable.")
     x = layers.ZeroPadding2D((3, 3))(input_image)
-    x = _conv(64, 7, "conv1", strides=2, kernel_init=CONV1_INIT)(x)
+    x = _conv(64, 7, "conv1", strides=2, kernel_init=conv1_init())(x)
     x = norm_layer(norm, "bn_conv1", gn_groups)(x)
     x = layers.Activation("relu")(x)
     c1 = x = layers.MaxPooling2D(3, strides=2, padding="same")(x)

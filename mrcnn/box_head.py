@@ -10,7 +10,7 @@ from keras import layers
 
 from mrcnn.norm import norm_layer
 from mrcnn.roi_align import FlattenRois, PyramidROIAlign, UnflattenRois
-from mrcnn.rpn import PREDICTOR_INIT
+from mrcnn.rpn import predictor_init
 
 
 def fpn_classifier_graph(rois, feature_maps: list, image_meta, pool_size: int,
@@ -57,9 +57,9 @@ def fpn_classifier_graph(rois, feature_maps: list, image_meta, pool_size: int,
     shared = UnflattenRois(num_rois, name="mrcnn_class_shared")(x)
 
     # Class logits start near uniform (N(0, 0.01)), box deltas at zero (detections start as
-    # their ROIs), as in Detectron; see rpn.PREDICTOR_INIT.
+    # their ROIs), as in Detectron; see rpn.predictor_init.
     mrcnn_class_logits = layers.Dense(num_classes, name="mrcnn_class_logits",
-                                      kernel_initializer=PREDICTOR_INIT)(shared)
+                                      kernel_initializer=predictor_init())(shared)
     mrcnn_probs = layers.Activation("softmax", name="mrcnn_class", dtype="float32")(
         mrcnn_class_logits)
     x = layers.Dense(num_classes * 4, activation="linear", name="mrcnn_bbox_fc",
