@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from keras import layers
+from keras import initializers, layers
 
 from mrcnn.norm import norm_layer
 
@@ -23,14 +23,42 @@ BASIC_BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 ARCHITECTURES = (*STAGE4_BLOCKS, *BASIC_BLOCKS)
 
 # He initialization: the backbone is usually trained from scratch here (no downloads).
+# Pretrained weights overwrite every initializer below, so they only matter from scratch.
 KERNEL_INIT = "he_normal"
+
+# The input is Matterport's mean-subtracted 8-bit image (utils.mold_image), whose values
+# have a standard deviation of roughly 58 (ImageNet: 57-58 per channel), not 1 as He
+# initialization assumes. conv1's He variance is divided by PIXEL_STD**2 so that activations
+# start near unit scale: with frozen BatchNorm (an identity map at initialization) nothing
+# else would normalize them, and features of ~60 made the first RPN deltas and losses huge.
+PIXEL_STD = 58.0
+
+
+def conv1_init() -> initializers.Initializer:
+    """conv1's initializer; a new instance per layer (an unseeded Keras initializer instance
+    returns the same values at every call, and draws its seed when it is created)."""
+    return initializers.VarianceScaling(scale=2.0 / PIXEL_STD ** 2, mode="fan_in",
+                                        distribution="truncated_normal")
 
 
 def _conv(filters: int, kernel: int | tuple, name: str, strides: int = 1,
-          padding: str = "valid") -> layers.Conv2D:
+          padding: str = "valid", kernel_init=KERNEL_INIT) -> layers.Conv2D:
     # use_bias=True as in Matterport, so HDF5 weights from its files fit.
     return layers.Conv2D(filters, kernel, strides=strides, padding=padding, name=name,
-                         use_bias=True, kernel_initializer=KERNEL_INIT)
+                         use_bias=True, kernel_initializer=kernel_init)
+
+
+def _last_branch_init(norm: str):
+    """Initializer of the last conv of a residual branch.
+
+    Each block must start close to the identity, or the residual stream's variance adds up
+    over the 16-33 blocks (He initialization preserves it per branch, not per sum). Trainable
+    norms do it with a zero gamma (``norm_layer(zero_init=True)``). Frozen BatchNorm cannot
+    (a frozen zero gamma would kill the branch for good), so the conv itself starts at zero
+    (SkipInit / Fixup): the branch outputs 0, its kernel still gets gradients, and the
+    earlier convs of the branch start learning after the first step.
+    """
+    return "zeros" if norm == "frozen_bn" else KERNEL_INIT
 
 
 def _merge_shortcut(x, y, filters: int, stage: int, block: str, norm: str, gn_groups: int,
@@ -57,7 +85,7 @@ def _bottleneck(x, kernel_size: int, filters: tuple[int, int, int], stage: int, 
     y = _conv(f2, kernel_size, conv_name + "2b", padding="same")(y)
     y = norm_layer(norm, bn_name + "2b", gn_groups)(y)
     y = layers.Activation("relu")(y)
-    y = _conv(f3, 1, conv_name + "2c")(y)
+    y = _conv(f3, 1, conv_name + "2c", kernel_init=_last_branch_init(norm))(y)
     y = norm_layer(norm, bn_name + "2c", gn_groups, zero_init=True)(y)
     return _merge_shortcut(x, y, f3, stage, block, norm, gn_groups, strides, shortcut_conv)
 
@@ -70,7 +98,8 @@ def _basic_block(x, filters: int, stage: int, block: str, norm: str, gn_groups: 
     y = _conv(filters, 3, conv_name + "2a", strides=strides, padding="same")(x)
     y = norm_layer(norm, bn_name + "2a", gn_groups)(y)
     y = layers.Activation("relu")(y)
-    y = _conv(filters, 3, conv_name + "2b", padding="same")(y)
+    y = _conv(filters, 3, conv_name + "2b", padding="same",
+              kernel_init=_last_branch_init(norm))(y)
     y = norm_layer(norm, bn_name + "2b", gn_groups, zero_init=True)(y)
     return _merge_shortcut(x, y, filters, stage, block, norm, gn_groups, strides, shortcut_conv)
 
@@ -94,7 +123,7 @@ def resnet_graph(input_image, architecture: str, stage5: bool = True, norm: str 
         raise ValueError(f"Config.BACKBONE = {architecture!r} is invalid: expected one of "
                          f"{ARCHITECTURES} or a callable.")
     x = layers.ZeroPadding2D((3, 3))(input_image)
-    x = _conv(64, 7, "conv1", strides=2)(x)
+    x = _conv(64, 7, "conv1", strides=2, kernel_init=conv1_init())(x)
     x = norm_layer(norm, "bn_conv1", gn_groups)(x)
     x = layers.Activation("relu")(x)
     c1 = x = layers.MaxPooling2D(3, strides=2, padding="same")(x)

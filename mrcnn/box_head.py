@@ -10,6 +10,7 @@ from keras import layers
 
 from mrcnn.norm import norm_layer
 from mrcnn.roi_align import FlattenRois, PyramidROIAlign, UnflattenRois
+from mrcnn.rpn import predictor_init
 
 
 def fpn_classifier_graph(rois, feature_maps: list, image_meta, pool_size: int,
@@ -35,10 +36,12 @@ def fpn_classifier_graph(rois, feature_maps: list, image_meta, pool_size: int,
                         name="roi_align_classifier")([rois, image_meta] + list(feature_maps))
     x = FlattenRois(name="mrcnn_class_flatten_rois")(x)
     if config.BOX_HEAD == "2fc":
-        x = layers.Conv2D(fc_size, pool_size, padding="valid", name="mrcnn_class_conv1")(x)
+        x = layers.Conv2D(fc_size, pool_size, padding="valid", name="mrcnn_class_conv1",
+                          kernel_initializer="he_normal")(x)
         x = norm_layer(norm, "mrcnn_class_bn1", groups)(x)
         x = layers.Activation("relu")(x)
-        x = layers.Conv2D(fc_size, 1, name="mrcnn_class_conv2")(x)
+        x = layers.Conv2D(fc_size, 1, name="mrcnn_class_conv2",
+                          kernel_initializer="he_normal")(x)
         x = norm_layer(norm, "mrcnn_class_bn2", groups)(x)
         x = layers.Activation("relu")(x)
         x = layers.Reshape((fc_size,), name="pool_squeeze")(x)
@@ -53,9 +56,13 @@ def fpn_classifier_graph(rois, feature_maps: list, image_meta, pool_size: int,
         x = layers.Activation("relu", name="pool_squeeze")(x)
     shared = UnflattenRois(num_rois, name="mrcnn_class_shared")(x)
 
-    mrcnn_class_logits = layers.Dense(num_classes, name="mrcnn_class_logits")(shared)
+    # Class logits start near uniform (N(0, 0.01)), box deltas at zero (detections start as
+    # their ROIs), as in Detectron; see rpn.predictor_init.
+    mrcnn_class_logits = layers.Dense(num_classes, name="mrcnn_class_logits",
+                                      kernel_initializer=predictor_init())(shared)
     mrcnn_probs = layers.Activation("softmax", name="mrcnn_class", dtype="float32")(
         mrcnn_class_logits)
-    x = layers.Dense(num_classes * 4, activation="linear", name="mrcnn_bbox_fc")(shared)
+    x = layers.Dense(num_classes * 4, activation="linear", name="mrcnn_bbox_fc",
+                     kernel_initializer="zeros")(shared)
     mrcnn_bbox = layers.Reshape((num_rois, num_classes, 4), name="mrcnn_bbox")(x)
     return [mrcnn_class_logits, mrcnn_probs, mrcnn_bbox]

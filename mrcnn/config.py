@@ -20,9 +20,11 @@ from __future__ import annotations
 import ast
 import difflib
 import inspect
+import math
 import numbers
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Mapping
+from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
@@ -40,6 +42,89 @@ LR_SCHEDULES = ("constant", "plateau", "cosine")
 MIXED_PRECISIONS = (None, "float32", "mixed_bfloat16", "mixed_float16")
 LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox_loss",
               "mrcnn_mask_loss")
+
+
+# --- per-attribute type checks ------------------------------------------------------------
+# Each Config attribute whose value must have a given type, checked one by one before the
+# cross-attribute rules of ``Config.validate``. NumPy scalars count as numbers; bools never
+# count as numbers (``True`` is an int in Python, never a sensible learning rate).
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_finite(value: Any) -> bool:
+    return _is_number(value) and math.isfinite(value)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_positive(value: Any) -> bool:
+    return _is_finite(value) and value > 0
+
+
+class Expect(NamedTuple):
+    """What an attribute must be: a predicate and its description for the error message."""
+    check: Callable[[Any], bool]
+    description: str
+
+
+def _optional(expect: Expect) -> Expect:
+    return Expect(lambda v: v is None or expect.check(v), expect.description + " or None")
+
+
+def _vector(element: Callable[[Any], bool], description: str) -> Expect:
+    """A 1-D list, tuple or array whose elements all pass ``element``."""
+    def check(value: Any) -> bool:
+        if isinstance(value, np.ndarray):
+            if value.ndim != 1:
+                return False
+        elif not isinstance(value, (list, tuple)):
+            return False
+        return all(element(v) for v in value)
+    return Expect(check, description)
+
+
+def _loss_weights(value: Any) -> bool:
+    return isinstance(value, Mapping) and all(
+        _is_finite(w) and w >= 0 for w in value.values())
+
+
+_POSITIVE_INT = Expect(lambda v: _is_int(v) and v >= 1, "an integer >= 1")
+_FINITE = Expect(_is_finite, "a finite number")
+_BOOL = Expect(lambda v: isinstance(v, (bool, np.bool_)), "True or False")
+_POSITIVE_INTS = _vector(lambda v: _is_int(v) and v >= 1, "a list of integers >= 1")
+_POSITIVE_NUMBERS = _vector(_is_positive, "a list of positive finite numbers")
+
+ATTRIBUTE_TYPES: dict[str, Expect] = {
+    **dict.fromkeys(
+        ("GPU_COUNT", "IMAGES_PER_GPU", "STEPS_PER_EPOCH", "NUM_CLASSES", "RPN_ANCHOR_STRIDE",
+         "RPN_TRAIN_ANCHORS_PER_IMAGE", "PRE_NMS_LIMIT", "POST_NMS_ROIS_TRAINING",
+         "POST_NMS_ROIS_INFERENCE", "TRAIN_ROIS_PER_IMAGE", "POOL_SIZE", "MASK_POOL_SIZE",
+         "MAX_GT_INSTANCES", "DETECTION_MAX_INSTANCES", "TOP_DOWN_PYRAMID_SIZE",
+         "FPN_CLASSIF_FC_LAYERS_SIZE", "IMAGE_CHANNEL_COUNT", "GN_GROUPS",
+         "RPN_CONV_CHANNELS", "MASK_HEAD_CHANNELS", "IMAGE_MAX_DIM"), _POSITIVE_INT),
+    **dict.fromkeys(
+        ("LEARNING_RATE", "LEARNING_MOMENTUM", "WEIGHT_DECAY", "ROI_POSITIVE_RATIO",
+         "RPN_NMS_THRESHOLD", "DETECTION_NMS_THRESHOLD", "DETECTION_MIN_CONFIDENCE",
+         "LR_PLATEAU_FACTOR", "LR_MIN_FACTOR"), _FINITE),
+    **dict.fromkeys(("GRADIENT_CLIP_NORM", "IMAGE_MIN_SCALE"), _optional(_FINITE)),
+    **dict.fromkeys(("USE_MINI_MASK", "TRAIN_ROIS_INCLUDE_GT", "USE_RPN_ROIS"), _BOOL),
+    # Matterport: None trains BN in Keras' default mode, like True here (NORM="bn").
+    "TRAIN_BN": _optional(_BOOL),
+    "NAME": _optional(Expect(lambda v: isinstance(v, str), "a string")),
+    **dict.fromkeys(("BACKBONE_STRIDES", "MASK_SHAPE"), _POSITIVE_INTS),
+    "MINI_MASK_SHAPE": _vector(_POSITIVE_INT.check,
+                               "(height, width): two positive sizes in pixels (integers)"),
+    **dict.fromkeys(("RPN_ANCHOR_SCALES", "RPN_BBOX_STD_DEV", "BBOX_STD_DEV"),
+                    _POSITIVE_NUMBERS),
+    "RPN_ANCHOR_RATIOS": _vector(_is_positive, "a list of positive ratios (width / height)"),
+    "MEAN_PIXEL": _vector(_is_finite, "a list of finite numbers, one per channel"),
+    "LOSS_WEIGHTS": Expect(_loss_weights, "a dict of loss name -> finite weight >= 0"),
+}
 
 
 class Config:
@@ -317,6 +402,7 @@ class Config:
             if inspect.ismethod(value) and value.__self__ is self:
                 setattr(self, attr, value.__func__)
 
+        self._check_types()  # before the derived attributes compute with the values
         self.BATCH_SIZE = self.IMAGES_PER_GPU * self.GPU_COUNT
 
         # Input image shape used by the training graph: crops are MIN_DIM square, every
@@ -336,6 +422,22 @@ class Config:
             self.NORM = "frozen_bn" if self.TRAIN_BN is False else "bn"
         self.validate()
 
+    def _check_types(self) -> None:
+        """Check each attribute of ``ATTRIBUTE_TYPES`` on its own (type, finiteness, sign).
+
+        Runs before anything computes with the values, so that ``LEARNING_RATE = "0.01"``
+        is reported as such rather than as a ``TypeError`` deep in training.
+
+        Raises:
+            ValueError: naming the first attribute that does not match, its value and what
+                is expected.
+        """
+        for attr, expect in ATTRIBUTE_TYPES.items():
+            value = getattr(self, attr)
+            if not expect.check(value):
+                raise ValueError(f"{type(self).__name__}.{attr} = {value!r} is invalid: "
+                                 f"expected {expect.description}.")
+
     # ------------------------------------------------------------------------------------
     def validate(self) -> None:
         """Check every setting; raise ``ValueError`` naming the first bad one.
@@ -350,19 +452,10 @@ class Config:
                 f"{expected}.")
 
         def positive_int(attr: str) -> None:
-            value = getattr(self, attr)
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1:
+            if not _POSITIVE_INT.check(getattr(self, attr)):
                 fail(attr, "expected an integer >= 1")
 
-        for attr in ("GPU_COUNT", "IMAGES_PER_GPU", "STEPS_PER_EPOCH", "NUM_CLASSES",
-                     "RPN_ANCHOR_STRIDE", "RPN_TRAIN_ANCHORS_PER_IMAGE", "PRE_NMS_LIMIT",
-                     "POST_NMS_ROIS_TRAINING", "POST_NMS_ROIS_INFERENCE",
-                     "TRAIN_ROIS_PER_IMAGE", "POOL_SIZE", "MASK_POOL_SIZE",
-                     "MAX_GT_INSTANCES", "DETECTION_MAX_INSTANCES", "TOP_DOWN_PYRAMID_SIZE",
-                     "FPN_CLASSIF_FC_LAYERS_SIZE", "IMAGE_CHANNEL_COUNT", "GN_GROUPS",
-                     "RPN_CONV_CHANNELS", "MASK_HEAD_CHANNELS",
-                     "IMAGE_MAX_DIM"):
-            positive_int(attr)
+        self._check_types()
         if not (isinstance(self.MALLOC_MMAP_THRESHOLD, numbers.Integral)
                 and not isinstance(self.MALLOC_MMAP_THRESHOLD, bool)
                 and 0 <= self.MALLOC_MMAP_THRESHOLD <= MAX_MMAP_THRESHOLD):

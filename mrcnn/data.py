@@ -231,14 +231,9 @@ def load_image_gt(
     if isinstance(augmentation, bool):  # Matterport's positional order had augment first
         augment, augmentation = augment or augmentation, None
 
-    image = np.asarray(dataset.load_image(image_id))
-    if image.ndim != 3 or image.shape[-1] != config.IMAGE_CHANNEL_COUNT:
-        raise ValueError(f"{where}: load_image returned shape {image.shape}, expected "
-                         f"[height, width, {config.IMAGE_CHANNEL_COUNT}] "
-                         "(config.IMAGE_CHANNEL_COUNT)")
-    if image.dtype.kind == "f" and not np.isfinite(image).all():
-        # One NaN pixel poisons the weights it reaches (and a ReLU can hide it from the loss).
-        raise ValueError(f"{where}: load_image returned non-finite (NaN/inf) pixel values")
+    # Shape checked, NaN/inf rejected, non-uint8 pixels converted as Dataset.load_image
+    # converts files.
+    image = utils.as_model_image(dataset.load_image(image_id), where, config.IMAGE_CHANNEL_COUNT)
     mask, class_ids = dataset.load_mask(image_id)
     mask, class_ids = _validate_mask(dataset, image_id, image, mask, class_ids)
     original_shape = image.shape

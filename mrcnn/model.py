@@ -50,6 +50,7 @@ from mrcnn.training import (
     restore_training_state,
     schedule_callbacks,
     set_trainable,
+    warn_frozen_bn_from_scratch,
 )
 from mrcnn.weights import (
     is_keras3_weights_file,
@@ -438,6 +439,7 @@ class MaskRCNN:
         print(f"\nStarting at epoch {self.epoch} ({how}). LR={learning_rate}\n")
         print(f"Checkpoint Path: {self.checkpoint_path}")
         self.set_trainable(layer_regex)
+        warn_frozen_bn_from_scratch(self.keras_model, config)
         self.compile(learning_rate, config.LEARNING_MOMENTUM)
         if state is not None:
             restore_training_state(self.keras_model, state, self._resume_path)

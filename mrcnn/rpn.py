@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 import keras
-from keras import layers
+from keras import initializers, layers
+
+
+def predictor_init() -> initializers.Initializer:
+    """Initializer of the classification predictors (RPN and box head): Detectron's
+    N(0, 0.01). Small enough that the first scores are near uniform, not zero, so scores
+    still differ and the first proposals and detections are not all tied. A new instance per
+    layer: an unseeded Keras initializer instance returns the same values at every call."""
+    return initializers.RandomNormal(stddev=0.01)
 
 
 def rpn_graph(feature_map, anchors_per_location: int, anchor_stride: int,
@@ -24,14 +32,17 @@ def rpn_graph(feature_map, anchors_per_location: int, anchor_stride: int,
     """
     shared = layers.Conv2D(channels, 3, padding="same", activation="relu", strides=anchor_stride,
                            name="rpn_conv_shared")(feature_map)
+    # Predictors start small (class, as in Detectron: N(0, 0.01)) or at zero (deltas: every
+    # proposal starts as its anchor). A random deltas layer on unnormalized features made
+    # the first proposals exp() of huge deltas and the first rpn_bbox_loss ~1e4.
     x = layers.Conv2D(2 * anchors_per_location, 1, padding="valid", activation="linear",
-                      name="rpn_class_raw")(shared)
+                      kernel_initializer=predictor_init(), name="rpn_class_raw")(shared)
     rpn_class_logits = layers.Reshape((-1, 2))(x)
     # float32 so that mixed precision keeps the probabilities (and losses) accurate.
     rpn_probs = layers.Activation("softmax", name="rpn_class_xxx", dtype="float32")(
         rpn_class_logits)
     x = layers.Conv2D(4 * anchors_per_location, 1, padding="valid", activation="linear",
-                      name="rpn_bbox_pred")(shared)
+                      kernel_initializer="zeros", name="rpn_bbox_pred")(shared)
     rpn_bbox = layers.Reshape((-1, 4))(x)
     return [rpn_class_logits, rpn_probs, rpn_bbox]
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
+import weakref
 
 import h5py
 import keras
@@ -19,6 +21,7 @@ from keras import ops
 from mrcnn import losses
 from mrcnn.config import LOSS_NAMES
 from mrcnn.layer_config import PlainConfigMixin
+from mrcnn.norm import FrozenBatchNormalization
 from mrcnn.transform import parse_image_meta_graph
 from mrcnn.weights import (STATE_GROUP, layer_arrays, nonfinite_layers, open_weights_file,
                            save_weights_by_name)
@@ -164,6 +167,59 @@ def set_trainable(model: keras.Model, layer_regex: str, verbose: int = 0,
         if verbose and layer.trainable:
             print(f"{' ' * indent}{layer.name:20}   ({type(layer).__name__})")
     return trained
+
+
+def _frozen_bn_layers(model: keras.Model) -> list:
+    out = []
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            out += _frozen_bn_layers(layer)
+        elif isinstance(layer, FrozenBatchNormalization):
+            out.append(layer)
+    return out
+
+
+def _at_initial_values(layer: FrozenBatchNormalization) -> bool:
+    """True when the layer is still the identity it is built as (nothing was loaded)."""
+    initial = {"gamma": 1.0, "beta": 0.0, "moving_mean": 0.0, "moving_variance": 1.0}
+    return all(np.all(w.numpy() == initial[w.name])
+               for w in layer.weights if w.name in initial)
+
+
+# Models already warned by warn_frozen_bn_from_scratch (once per model, not per train()).
+_WARNED_FROM_SCRATCH: weakref.WeakSet = weakref.WeakSet()
+
+FROZEN_BN_FROM_SCRATCH = (
+    "Training with NORM='frozen_bn' (Matterport's TRAIN_BN=False) from randomly initialized "
+    "weights: no weights were loaded into the frozen BatchNorm layers, which therefore "
+    "normalize nothing and never learn. This trains, slowly and worse than it could; "
+    "to train from scratch set NORM = 'gn' (GroupNorm) in your Config, or load pretrained "
+    "weights with load_weights() before train().")
+
+
+def warn_frozen_bn_from_scratch(model: keras.Model, config) -> bool:
+    """Warn (once per model) when frozen-BN layers train from random initialization.
+
+    Pretrained weights set the BatchNorm statistics; when every ``FrozenBatchNormalization``
+    layer still holds its initial identity values (gamma 1, beta 0, mean 0, variance 1),
+    no weights were loaded and the network is being trained from scratch.
+
+    Args:
+        model: the training Keras model.
+        config: its Config (NORM).
+
+    Returns:
+        True when the warning applies (issued now or before for this model).
+    """
+    if config.NORM != "frozen_bn":
+        return False
+    frozen = _frozen_bn_layers(model)
+    if not frozen or not all(_at_initial_values(layer) for layer in frozen):
+        return False
+    if model not in _WARNED_FROM_SCRATCH:
+        _WARNED_FROM_SCRATCH.add(model)
+        warnings.warn(FROZEN_BN_FROM_SCRATCH, UserWarning, stacklevel=3)
+    return True
 
 
 def build_optimizer(config, learning_rate: float, momentum: float) -> keras.optimizers.Optimizer:

@@ -330,6 +330,13 @@ def check_mask(
                 f"{mask.dtype} with values {shown}"
             )
         mask = mask != 0
+    if np.any(class_ids == 0):
+        # 0 is the background class: the heads would ignore the instance while the RPN
+        # trained on it as an object. Usually an off-by-one in a class map.
+        raise ValueError(
+            f"{where}: class_ids {class_ids.tolist()} contain 0, the background class id; "
+            "every instance needs an object class id >= 1 (negative for crowd regions)"
+        )
     if num_classes is not None and np.any(np.abs(class_ids) >= num_classes):
         raise ValueError(
             f"{where}: class_ids {class_ids.tolist()} contain ids outside "
@@ -612,6 +619,45 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
         raise ValueError(f"unsupported pixel dtype {dtype}")
     scaled = np.round(np.nan_to_num(image.astype(np.float64)) * (255.0 / top))
     return np.clip(scaled, 0, 255).astype(np.uint8)
+
+
+def as_model_image(image: Any, where: str, channels: int = 3) -> np.ndarray:
+    """Check an image handed to the model and convert its pixels to uint8.
+
+    For arrays that did not come from ``Dataset.load_image``'s file reader: a user's
+    ``load_image`` override, or an image passed to ``detect``. The model expects uint8
+    pixels (it subtracts MEAN_PIXEL from 0..255 values), so other dtypes are converted by
+    the rule ``Dataset.load_image`` applies to files: scaled by the range of their dtype
+    (uint16 v -> round(v * 255 / 65535); bool -> 0/255), floats in [0, 1] multiplied by 255,
+    other floats rounded and clipped to [0, 255]. Fed as they were, a float
+    image in [0, 1] would be a near-black image to the model (no detections, no error).
+
+    Args:
+        image: array-like [height, width, channels].
+        where: names the image in error messages, e.g. "image_id=3 (source 'coco', id 42)".
+        channels: expected channel count (Config.IMAGE_CHANNEL_COUNT).
+
+    Returns:
+        uint8 array [height, width, channels] (the input itself when it is already one).
+
+    Raises:
+        ValueError: naming ``where``: wrong shape, a dtype that is not a number, or NaN/inf
+            pixels.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[-1] != channels:
+        raise ValueError(f"{where}: load_image returned shape {image.shape}, expected "
+                         f"[height, width, {channels}] (config.IMAGE_CHANNEL_COUNT)")
+    if image.dtype == np.uint8:
+        return image
+    if image.dtype != bool and not np.issubdtype(image.dtype, np.number) \
+            or np.issubdtype(image.dtype, np.complexfloating):
+        raise ValueError(f"{where}: image has dtype {image.dtype}; expected uint8 pixels "
+                         "(or integers / floats, which are converted to uint8)")
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        # One NaN pixel poisons the weights it reaches (and a ReLU can hide it from the loss).
+        raise ValueError(f"{where}: load_image returned non-finite (NaN/inf) pixel values")
+    return _to_uint8(image)
 
 
 ############################################################

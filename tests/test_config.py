@@ -217,3 +217,83 @@ def test_shapes_cli_set_reaches_the_config_and_bad_values_are_one_line(tmp_path,
     config = shapes._make_config(args, shapes.ShapesConfig)
     assert config.DETECTION_MIN_CONFIDENCE == 0.3 and config.TRAIN_ROIS_PER_IMAGE == 6
     assert config.NAME == "tinyshapes"
+
+
+# --- per-attribute type checks (config.ATTRIBUTE_TYPES) ------------------------------------
+
+from mrcnn.config import ATTRIBUTE_TYPES  # noqa: E402
+
+NAN, INF = float("nan"), float("inf")
+FINITE_NUMBERS = ("LEARNING_RATE", "LEARNING_MOMENTUM", "WEIGHT_DECAY", "ROI_POSITIVE_RATIO",
+                  "RPN_NMS_THRESHOLD", "DETECTION_NMS_THRESHOLD", "DETECTION_MIN_CONFIDENCE",
+                  "LR_PLATEAU_FACTOR", "LR_MIN_FACTOR", "GRADIENT_CLIP_NORM", "IMAGE_MIN_SCALE")
+VECTORS = ("BACKBONE_STRIDES", "MINI_MASK_SHAPE", "MASK_SHAPE", "RPN_ANCHOR_SCALES",
+           "RPN_ANCHOR_RATIOS", "RPN_BBOX_STD_DEV", "BBOX_STD_DEV", "MEAN_PIXEL")
+
+
+def _as_strings(value):
+    """The same values written as strings, e.g. (32, 64) -> ("32", "64")."""
+    return type(value)(str(v) for v in value) if not isinstance(value, np.ndarray) \
+        else value.astype(str)
+
+
+# (attribute, bad value): every value is wrong by type alone, whatever the other attributes.
+TYPE_CASES = (
+    [(a, "0.01") for a in FINITE_NUMBERS]
+    + [(a, NAN) for a in FINITE_NUMBERS] + [(a, INF) for a in FINITE_NUMBERS]
+    + [(a, -INF) for a in FINITE_NUMBERS] + [(a, True) for a in FINITE_NUMBERS]
+    + [(a, "2") for a in POSITIVE_INTS] + [(a, 2.5) for a in POSITIVE_INTS]
+    + [(a, _as_strings(getattr(Config, a))) for a in VECTORS]
+    + [(a, 3) for a in VECTORS]
+    + [(a, np.zeros((2, len(getattr(Config, a))))) for a in VECTORS]
+    + [(a, [NAN] * len(getattr(Config, a))) for a in VECTORS]
+    + [(a, "yes") for a in ("USE_MINI_MASK", "TRAIN_ROIS_INCLUDE_GT", "USE_RPN_ROIS",
+                            "TRAIN_BN")]
+    + [(a, 1) for a in ("USE_MINI_MASK", "TRAIN_ROIS_INCLUDE_GT")]
+    + [("NAME", 5)]
+    + [("LOSS_WEIGHTS", {"rpn_class_loss": w}) for w in (-1.0, NAN, INF, "1")]
+    + [("LOSS_WEIGHTS", [("rpn_class_loss", 1.0)])]
+)
+
+
+@pytest.mark.parametrize("attr, value", TYPE_CASES,
+                         ids=[f"{a}={v!r}"[:60] for a, v in TYPE_CASES])
+def test_wrong_type_names_attribute_value_and_expectation(attr, value):
+    with pytest.raises(ValueError) as info:
+        make(**{attr: value})
+    message = str(info.value)
+    assert message.startswith(f"TestConfig.{attr} = {value!r} is invalid: expected "), message
+    assert ATTRIBUTE_TYPES[attr].description in message
+
+
+def test_numpy_scalars_and_arrays_are_accepted():
+    config = make(LEARNING_RATE=np.float32(0.02), IMAGES_PER_GPU=np.int64(2),
+                  RPN_ANCHOR_SCALES=np.array([8, 16, 32, 64, 128]), USE_MINI_MASK=np.bool_(False),
+                  LOSS_WEIGHTS={"rpn_class_loss": 0, "mrcnn_mask_loss": np.float64(2.0)},
+                  GRADIENT_CLIP_NORM=None, IMAGE_MIN_SCALE=None, TRAIN_BN=None)
+    assert config.BATCH_SIZE == 2
+
+
+def test_unknown_loss_weight_key_is_rejected_with_the_known_names():
+    with pytest.raises(ValueError, match=r"LOSS_WEIGHTS .*unknown loss names \['mask'\]"):
+        make(LOSS_WEIGHTS={"mask": 1.0})
+
+
+def _sample_configs():
+    from samples.balloon.balloon import BalloonConfig, BalloonInferenceConfig
+    from samples.coco.coco import CocoConfig, CocoInferenceConfig
+    from samples.nucleus.nucleus import NucleusConfig, NucleusInferenceConfig
+    from samples.shapes.shapes import ShapesInferenceConfig
+    return [Config, ShapesConfig, ShapesInferenceConfig, BalloonConfig, BalloonInferenceConfig,
+            CocoConfig, CocoInferenceConfig, NucleusConfig, NucleusInferenceConfig]
+
+
+def test_every_sample_config_and_its_tiny_variant_validates():
+    from mrcnn.tiny import tiny_config
+
+    for cls in _sample_configs():
+        config = cls()
+        config.validate()
+        for attr, expect in ATTRIBUTE_TYPES.items():
+            assert expect.check(getattr(config, attr)), (cls.__name__, attr)
+        tiny_config(cls).validate()

@@ -216,3 +216,59 @@ def test_subclass_load_mask_contract():
         mask, class_ids = utils.check_mask(*ds.load_mask(0), image_id=0, image_shape=(16, 20))
     np.testing.assert_array_equal(utils.extract_bboxes(mask), [[4, 4, 10, 10]])
     assert class_ids.tolist() == [1]
+
+
+def test_check_mask_rejects_background_class_id():
+    with pytest.raises(ValueError, match=r"image_id=9.*\[1, 0\].*background") as info:
+        utils.check_mask(np.ones((4, 4, 2), bool), [1, 0], 9, (4, 4))
+    assert "load_mask" in str(info.value)
+
+
+# ------------------------------------------------- as_model_image (user load_image overrides)
+
+
+@pytest.mark.parametrize("dtype, top", [(np.float32, 1.0), (np.float64, 1.0),
+                                        (np.uint16, 65535), (bool, 1)])
+def test_as_model_image_converts_like_files(dtype, top):
+    # Reference: the dtype-range rule documented in Dataset.load_image, in NumPy.
+    rng = np.random.default_rng(0)
+    values = rng.uniform(0, 1, (5, 6, 3))
+    image = (values > 0.5) if dtype is bool else (values * top).astype(dtype)
+    out = utils.as_model_image(image, "image_id=1")
+    assert out.dtype == np.uint8 and out.shape == (5, 6, 3)
+    expected = np.round(image.astype(np.float64) * 255 / top).astype(np.uint8)
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_as_model_image_uint8_is_untouched_and_bad_input_names_the_image():
+    image = np.zeros((4, 4, 3), np.uint8)
+    assert utils.as_model_image(image, "image_id=1") is image
+    # Floats beyond [0, 1] are taken as 0..255 values (clipped), as for files.
+    np.testing.assert_array_equal(
+        utils.as_model_image(np.array([[[-3.0, 12.4, 300.0]]]), "x"), [[[0, 12, 255]]])
+    with pytest.raises(ValueError, match=r"image_id=7.*dtype <U1"):
+        utils.as_model_image(np.full((4, 4, 3), "a"), "image_id=7")
+    with pytest.raises(ValueError, match=r"image_id=7.*shape \(4, 4\).*\[height, width, 3\]"):
+        utils.as_model_image(np.zeros((4, 4)), "image_id=7")
+
+
+def test_load_image_gt_converts_float_and_uint16_overrides():
+    from mrcnn import data
+    from tests.tiny import TinyConfig, shapes_dataset
+
+    class Scaled(type(shapes_dataset(1))):
+        scale, dtype = 1.0, np.float32
+
+        def load_image(self, image_id):
+            image = super().load_image(image_id).astype(np.float64) / 255
+            return (image * self.scale).astype(self.dtype)
+
+    config = TinyConfig()
+    reference = data.load_image_gt(shapes_dataset(2), config, 1)[0]
+    for scale, dtype in ((1.0, np.float32), (65535.0, np.uint16)):
+        dataset = shapes_dataset(2)
+        dataset.__class__ = type("S", (Scaled,), {"scale": scale, "dtype": dtype})
+        image = data.load_image_gt(dataset, config, 1)[0]
+        assert image.dtype == reference.dtype
+        # Float32 rounding of v / 255 can move a pixel by one level, never more.
+        assert np.abs(image.astype(int) - reference.astype(int)).max() <= 1, dtype

@@ -274,3 +274,35 @@ def test_set_overrides_win_and_a_bad_key_is_one_line(via, tmp_path):
         "detect", f"--images={via['root']}/val", "--weights=none", "--tiny",
         f"--logs={tmp_path}", "--set", "DETECTION_MAX_INSTANCE=5"]),
         "balloon.py", "DETECTION_MAX_INSTANCE is not a setting", "DETECTION_MAX_INSTANCES")
+
+
+def test_nan_and_outside_polygons_warn_naming_the_region(tmp_path):
+    # 60x72 images (write_balloon_dataset's size); region 1 of train_0 gets NaN points,
+    # region 0 of train_1 is moved right of the image.
+    sd.write_balloon_dataset(str(tmp_path), images={"train": 2})
+    path = tmp_path / "train" / "via_region_data.json"
+    data = json.loads(path.read_text())
+    first, second = data.values()
+    first["regions"].append(sd.via_polygon([10, 30, 20, 25], [5, 5, 25, 20]))
+    nan_region = len(first["regions"]) - 1
+    first["regions"][nan_region]["shape_attributes"]["all_points_x"][3] = float("nan")
+    second["regions"][0]["shape_attributes"]["all_points_x"] = [200, 220, 210]
+    second["regions"][0]["shape_attributes"]["all_points_y"] = [5, 5, 25]
+    path.write_text(json.dumps(data))  # json writes NaN, as VIA exports of bad data do
+
+    dataset = balloon.BalloonDataset()
+    with pytest.warns(UserWarning) as caught:
+        dataset.load_balloon(str(tmp_path), "train")
+    messages = [str(w.message) for w in caught]
+    assert any(f"image 'train_0.jpg', region {nan_region}: polygon has 1 NaN" in m
+               and str(path) in m for m in messages), messages
+    assert any("image 'train_1.jpg', region 0: polygon lies entirely outside the 72x60"
+               in m for m in messages), messages
+    dataset.prepare()
+    # The NaN point is dropped: the region is the triangle of the other three points.
+    masks, _ = dataset.load_mask(0)
+    expected = balloon.draw_shape(sd.via_polygon([10, 30, 20], [5, 5, 25])["shape_attributes"],
+                                  60, 72)
+    assert any(np.array_equal(masks[..., k], expected) for k in range(masks.shape[-1]))
+    # The outside region gives no mask; the image keeps its other regions.
+    assert dataset.load_mask(1)[0].shape[-1] == len(second["regions"]) - 1

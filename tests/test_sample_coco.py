@@ -218,3 +218,78 @@ def test_evaluate_returns_12_stats_for_boxes_and_masks(mini, trained, monkeypatc
         assert f"{eval_type} stats: " in out
     assert "Running COCO evaluation on 2 images." in out
     assert out.count("Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all") == 2
+
+
+############################################################
+#  Bad annotation files: one line naming the file, or a warning naming the annotations
+############################################################
+
+def _write_variant(tmp_path, mini, edit):
+    """Copy the mini val2017 annotations with ``edit(data)`` applied; return (root, path)."""
+    import json
+
+    with open(mini["files"]["val"]) as f:
+        data = json.load(f)
+    data = edit(data) or data
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    os.symlink(os.path.join(mini["root"], "val2017"), root / "val2017")
+    path = root / "annotations" / "instances_val2017.json"
+    path.write_text(json.dumps(data))
+    return str(root), str(path)
+
+
+def _drop(key, index=0):
+    def edit(data):
+        del data["images"][index][key]
+    return edit
+
+
+def _set_ann(key, value):
+    def edit(data):
+        data["annotations"][0][key] = value
+    return edit
+
+
+@pytest.mark.parametrize("edit, fragments", [
+    (lambda d: d["images"], ["top level is a list", "'images', 'annotations'"]),
+    (_drop("file_name"), ["image #0 (id 200)", "'file_name'"]),
+    (_drop("height", 1), ["image #1 (id 201)", "'height'"]),
+    (_set_ann("image_id", 999), ["annotation {ann}", "image_id 999", "not in 'images'"]),
+    (_set_ann("category_id", 77), ["annotation {ann}", "category_id 77", "not in 'categories'"]),
+    (lambda d: d.pop("annotations") and None, ["no 'annotations' list"]),
+    (lambda d: d.update(annotations=[]), ["empty 'annotations' list"]),
+    (lambda d: d.update(images={}), ["'images' must be a list"]),
+], ids=["list", "no-file_name", "no-height", "unknown-image", "unknown-category",
+        "no-annotations", "empty-annotations", "images-dict"])
+def test_bad_annotation_file_is_one_line_before_the_model(tmp_path, mini, edit, fragments,
+                                                          monkeypatch):
+    root, path = _write_variant(tmp_path, mini, edit)
+    fragments = [f.format(ann=mini["anns"]["val"][0]["id"]) for f in fragments]
+    # The check runs before any model is built.
+    monkeypatch.setattr(common, "setup_model", lambda *a, **k: pytest.fail("model built"))
+    assert_one_error_line(sd.run_cli(coco.main, [
+        "evaluate", f"--dataset={root}", "--model=none", "--tiny"]), path, *fragments)
+
+
+def test_odd_and_outside_polygons_warn_naming_the_annotation(tmp_path, mini):
+    def edit(data):
+        polygons = [a for a in data["annotations"] if isinstance(a["segmentation"], list)]
+        polygons[0]["segmentation"][0].append(3.0)  # odd length
+        polygons[1]["segmentation"][0][0] = 500.0  # x far right of the 64 px image
+        edit.ids = polygons[0]["id"], polygons[1]["id"]
+
+    root, path = _write_variant(tmp_path, mini, edit)
+    dataset = coco.CocoDataset()
+    with pytest.warns(UserWarning) as caught:
+        dataset.load_coco(root, "val", year="2017")
+    messages = [str(w.message) for w in caught if path in str(w.message)]
+    odd = next(m for m in messages if "odd number" in m)
+    outside = next(m for m in messages if "beyond the image" in m)
+    assert f"ids {edit.ids[0]}" in odd and f"ids {edit.ids[1]}" in outside
+    # The clean mini file warns about nothing.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", category=UserWarning)
+        coco.CocoDataset().load_coco(mini["root"], "val", year="2017")

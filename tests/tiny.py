@@ -6,6 +6,7 @@ do not matter) a five-conv backbone instead of ResNet-50, whose graph takes ~30 
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 
 from mrcnn.config import Config
@@ -62,7 +63,10 @@ def force_detections(keras_model) -> None:
     kernel, _ = logits.get_weights()
     bias = np.zeros(kernel.shape[1], np.float32)
     bias[1] = 6.0
-    logits.set_weights([0.1 * kernel, bias])
+    # Glorot-scaled kernel (the layer's own init, N(0, 0.01), is nearly flat): the scores of
+    # different ROIs must differ, or near-ties make the detection order backend-dependent.
+    spread = np.asarray(keras.initializers.GlorotUniform(seed=0)(kernel.shape))
+    logits.set_weights([0.1 * spread, bias])
     mask = keras_model.get_layer("mrcnn_mask")
     kernel, bias = mask.get_weights()
     mask.set_weights([np.zeros_like(kernel), np.full_like(bias, 10.0)])

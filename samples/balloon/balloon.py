@@ -129,6 +129,33 @@ def _check_region(json_path: str, filename: str, index: int, region: Any) -> dic
     return shape
 
 
+def _polygon_in_image(shape: dict, where: str, height: int, width: int) -> dict:
+    """Warn (naming the region) about polygon points that cannot make a mask.
+
+    NaN / infinite points (JSON allows NaN) are dropped, with a warning: rasterizing them
+    is undefined. A polygon entirely outside the image gives no mask (``load_mask`` drops
+    it), which usually means the annotation belongs to another image or size.
+
+    Returns:
+        The shape, without its non-finite points.
+    """
+    if shape["name"] != "polygon":
+        return shape
+    xs = np.asarray(shape["all_points_x"], dtype=np.float64)
+    ys = np.asarray(shape["all_points_y"], dtype=np.float64)
+    finite = np.isfinite(xs) & np.isfinite(ys)
+    if not finite.all():
+        warnings.warn(f"{where}: polygon has {int((~finite).sum())} NaN or infinite point(s) "
+                      f"of {len(xs)}; they are dropped", stacklevel=3)
+        xs, ys = xs[finite], ys[finite]
+        shape = {**shape, "all_points_x": xs.tolist(), "all_points_y": ys.tolist()}
+    if len(xs) and (xs.max() < 0 or ys.max() < 0 or xs.min() > width or ys.min() > height):
+        warnings.warn(f"{where}: polygon lies entirely outside the {width}x{height} image "
+                      f"(x {xs.min():g}..{xs.max():g}, y {ys.min():g}..{ys.max():g}); it "
+                      "gives no mask", stacklevel=3)
+    return shape
+
+
 def read_via_annotations(json_path: str) -> list[dict]:
     """Read a VIA annotation file into [{"filename", "shapes": [shape_attributes...]}].
 
@@ -227,8 +254,11 @@ class BalloonDataset(utils.Dataset):
             if not os.path.isfile(path):
                 fail(f"{json_path}: image {entry['filename']!r}: file not found: {path}")
             height, width = common.verify_image(path)
+            where = f"{json_path}: image {entry['filename']!r}"
+            shapes = [_polygon_in_image(shape, f"{where}, region {k}", height, width)
+                      for k, shape in enumerate(entry["shapes"])]
             self.add_image("balloon", image_id=entry["filename"], path=path, width=width,
-                           height=height, polygons=entry["shapes"])
+                           height=height, polygons=shapes)
 
     def load_mask(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
         """One mask per region (regions entirely outside the image are dropped).

@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import time
+import warnings
 import zipfile
 from typing import Any, Sequence
 
@@ -175,19 +176,111 @@ def download_coco(dataset_dir: str, subset: str, year: str) -> None:
 
 
 def read_coco(path: str):
-    """``pycocotools.coco.COCO(path)`` with bad files reported as one InputError line."""
+    """``pycocotools.coco.COCO(path)`` with bad files reported as one InputError line.
+
+    The file is checked first (``check_coco_annotations``), so that a file pycocotools would
+    take apart with a traceback, or silently turn into an empty dataset, fails here naming
+    the file and what is wrong.
+    """
     import contextlib
     import io
 
     COCO, _ = _pycocotools()
     common.require_file(path, "annotation file")
     try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(path)
+        with open(path) as f:
+            data = json.load(f)
     except json.JSONDecodeError as err:
         fail(f"{path}: malformed JSON ({err})")
+    except (OSError, UnicodeDecodeError) as err:
+        fail(f"{path}: cannot read the annotation file ({err})")
+    check_coco_annotations(data, path)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco = COCO()
+            coco.dataset = data
+            coco.createIndex()
+            return coco
     except (KeyError, TypeError, AttributeError, ValueError) as err:
         fail(f"{path}: not a COCO instances file ({type(err).__name__}: {err})")
+
+
+# Keys each record of a COCO instances file needs here.
+IMAGE_KEYS = ("id", "file_name", "width", "height")
+ANNOTATION_KEYS = ("id", "image_id", "category_id", "segmentation")
+
+
+def _records(data: dict, key: str, path: str) -> list:
+    records = data.get(key)
+    if records is None:
+        fail(f"{path} has no {key!r} list: a COCO instances file needs 'images', "
+             "'annotations' and 'categories' (an image-info file without annotations cannot "
+             "be used to train or evaluate)")
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        fail(f"{path}: {key!r} must be a list of objects, got {type(records).__name__}")
+    return records
+
+
+def _missing_key(records: list, keys: Sequence[str], what: str, path: str) -> None:
+    for index, record in enumerate(records):
+        missing = [k for k in keys if k not in record]
+        if missing:
+            fail(f"{path}: {what} #{index} (id {record.get('id')!r}) has no "
+                 f"{', '.join(repr(k) for k in missing)}")
+
+
+def check_coco_annotations(data: Any, path: str) -> None:
+    """Check the structure of a parsed COCO instances file; warn about odd polygons.
+
+    Errors (``InputError`` naming ``path``): the top level is not an object; ``images``,
+    ``annotations`` or ``categories`` is missing or empty; an image without ``file_name``,
+    ``width`` or ``height``; an annotation of an image or category the file does not list.
+    Warnings (naming the annotations): a polygon with an odd number of coordinates, or one
+    that extends beyond the image by more than a pixel (rasterization clips it).
+
+    Args:
+        data: the parsed JSON.
+        path: the file, for messages.
+    """
+    if not isinstance(data, dict):
+        fail(f"{path}: not a COCO instances file: the top level is a {type(data).__name__}, "
+             "expected an object with 'images', 'annotations' and 'categories'")
+    images = _records(data, "images", path)
+    annotations = _records(data, "annotations", path)
+    categories = _records(data, "categories", path)
+    if not annotations:
+        fail(f"{path} has an empty 'annotations' list: nothing to train or evaluate on")
+    _missing_key(images, IMAGE_KEYS, "image", path)
+    _missing_key(categories, ("id", "name"), "category", path)
+    _missing_key(annotations, ANNOTATION_KEYS, "annotation", path)
+    sizes = {image["id"]: (image["height"], image["width"]) for image in images}
+    category_ids = {c["id"] for c in categories}
+    odd, outside = [], []
+    for ann in annotations:
+        if ann["image_id"] not in sizes:
+            fail(f"{path}: annotation {ann['id']!r} belongs to image_id {ann['image_id']!r}, "
+                 "which is not in 'images'")
+        if ann["category_id"] not in category_ids:
+            fail(f"{path}: annotation {ann['id']!r} has category_id {ann['category_id']!r}, "
+                 f"which is not in 'categories' (ids {sorted(category_ids)[:20]})")
+        if not isinstance(ann["segmentation"], list):
+            continue  # RLE
+        height, width = sizes[ann["image_id"]]
+        for polygon in ann["segmentation"]:
+            if len(polygon) % 2:
+                odd.append(ann["id"])
+            xs, ys = polygon[0::2], polygon[1::2]
+            if xs and ys and (min(xs) < -1 or min(ys) < -1 or max(xs) > width + 1
+                              or max(ys) > height + 1):
+                outside.append(ann["id"])
+    for ids, problem in ((odd, "have a polygon with an odd number of coordinates (x, y "
+                               "pairs expected; the last value is ignored)"),
+                         (outside, "have a polygon that extends beyond the image (the mask "
+                                   "is clipped to the image)")):
+        if ids:
+            shown = ", ".join(str(i) for i in ids[:10]) + (", ..." if len(ids) > 10 else "")
+            warnings.warn(f"{path}: {len(ids)} annotation(s) {problem}: ids {shown}",
+                          stacklevel=3)
 
 
 class CocoDataset(utils.Dataset):
