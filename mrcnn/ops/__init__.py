@@ -3,7 +3,7 @@
 - ``boxes``: box deltas, clipping, IoU, (de)normalization on tensors.
 - ``roi_align``: ``crop_and_resize`` (exact ``tf.image.crop_and_resize`` semantics) and the
   one-gather ``multilevel_roi_align`` of the FPN heads.
-- ``nms``: batched static-shape NMS; TF kernel on TensorFlow, pure ``keras.ops`` elsewhere.
+- ``nms``: batched static-shape NMS; TF kernel on TensorFlow, tiled ``keras.ops`` elsewhere.
 
 Everything here takes and returns static shapes and compiles with XLA on TensorFlow
 (``jit_compile=True``) and JAX (``jax.jit``).
@@ -21,6 +21,7 @@ from mrcnn.ops.nms import (
     gather_padded,
     nms_padded_pure,
     nms_padded_tf,
+    nms_padded_tiled,
     non_max_suppression_padded,
 )
 from mrcnn.ops.roi_align import crop_and_resize, multilevel_roi_align, roi_pyramid_levels
@@ -35,6 +36,7 @@ __all__ = [
     "multilevel_roi_align",
     "nms_padded_pure",
     "nms_padded_tf",
+    "nms_padded_tiled",
     "non_max_suppression_padded",
     "norm_boxes",
     "overlaps",
