@@ -3,6 +3,7 @@
 - ``boxes``: box deltas, clipping, IoU, (de)normalization on tensors.
 - ``roi_align``: ``crop_and_resize`` (exact ``tf.image.crop_and_resize`` semantics) and the
   one-gather ``multilevel_roi_align`` of the FPN heads.
+- ``device``: whether an accelerator is present, and ``Config.JIT_COMPILE="auto"``'s answer.
 - ``nms``: batched static-shape NMS; TF kernel on TensorFlow, tiled ``keras.ops`` elsewhere.
 
 Everything here takes and returns static shapes and compiles with XLA on TensorFlow
@@ -17,6 +18,7 @@ from mrcnn.ops.boxes import (
     norm_boxes,
     overlaps,
 )
+from mrcnn.ops.device import accelerator_present, resolve_jit_compile
 from mrcnn.ops.nms import (
     gather_padded,
     nms_padded_pure,
@@ -27,6 +29,7 @@ from mrcnn.ops.nms import (
 from mrcnn.ops.roi_align import crop_and_resize, multilevel_roi_align, roi_pyramid_levels
 
 __all__ = [
+    "accelerator_present",
     "apply_box_deltas",
     "box_refinement",
     "clip_boxes",
@@ -40,5 +43,6 @@ __all__ = [
     "non_max_suppression_padded",
     "norm_boxes",
     "overlaps",
+    "resolve_jit_compile",
     "roi_pyramid_levels",
 ]
