@@ -6,6 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -341,6 +342,29 @@ def test_gather_padded():
     np.testing.assert_array_equal(np.asarray(mo.gather_padded(values, indices)), expected)
 
 
+# ---------------------------------------------------------------------------- conv transpose
+
+def _deconv_case(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(3, 5, 6, 8)).astype("float32")
+    kernel = rng.normal(size=(2, 3, 4, 8)).astype("float32")  # [kh, kw, out, in], kh != kw
+    out = np.zeros((3, 10, 18, 4), "float32")
+    for a in range(2):  # each kernel tap fills its own output phase: no overlap
+        for b in range(3):
+            out[:, a::2, b::3] = np.einsum("nijk,ck->nijc", x, kernel[a, b])
+    return x, kernel, out
+
+
+def test_nonoverlapping_conv_transpose_matches_numpy_and_keras():
+    x, kernel, ref = _deconv_case()
+    np.testing.assert_allclose(np.asarray(mo.nonoverlapping_conv_transpose(x, kernel)), ref,
+                               atol=1e-5)
+    layer = keras.layers.Conv2DTranspose(4, (2, 3), strides=(2, 3), use_bias=False)
+    layer.build(x.shape)
+    layer.set_weights([kernel])
+    np.testing.assert_allclose(np.asarray(layer(x)), ref, atol=1e-5)  # the layout Keras uses
+
+
 # ---------------------------------------------------------------------------- boxes
 
 def _numpy_iou(a, b):
@@ -464,6 +488,8 @@ _JAX_SCRIPT = textwrap.dedent(
         idx, valid = hard(d[f"hard_boxes{i}"], d[f"hard_scores{i}"])
         np.testing.assert_array_equal(np.asarray(idx), d[f"hard_idx{i}"])
         np.testing.assert_array_equal(np.asarray(valid), d[f"hard_valid{i}"])
+    deconv = jax.jit(mo.nonoverlapping_conv_transpose)(d["deconv_x"], d["deconv_kernel"])
+    np.testing.assert_allclose(np.asarray(deconv), d["deconv"], atol=1e-5)
     iou = jax.jit(mo.overlaps)(d["nms_boxes"][:, :20], d["nms_boxes"][:, :30])
     np.testing.assert_allclose(np.asarray(iou), d["iou"], atol=1e-6)
     deltas = jax.jit(mo.box_refinement)(d["nms_boxes"][0], d["nms_boxes"][1])
@@ -500,6 +526,7 @@ def test_jax_backend_matches_tensorflow(tmp_path):
         deltas=np.asarray(mo.box_refinement(nms_boxes[0], nms_boxes[1])),
         **{f"fm{i}": f for i, f in enumerate(fms)},
     )  # fmt: skip
+    data["deconv_x"], data["deconv_kernel"], data["deconv"] = _deconv_case()
     hard_seeds = range(10, 14)
     data["hard_count"] = np.array(len(hard_seeds))
     for i, seed in enumerate(hard_seeds):  # the tiled kernel on JAX against the TF kernel

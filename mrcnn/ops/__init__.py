@@ -3,6 +3,7 @@
 - ``boxes``: box deltas, clipping, IoU, (de)normalization on tensors.
 - ``roi_align``: ``crop_and_resize`` (exact ``tf.image.crop_and_resize`` semantics) and the
   one-gather ``multilevel_roi_align`` of the FPN heads.
+- ``conv``: the non-overlapping transposed convolution (the mask head's deconv).
 - ``device``: whether an accelerator is present, and ``Config.JIT_COMPILE="auto"``'s answer.
 - ``nms``: batched static-shape NMS; TF kernel on TensorFlow, tiled ``keras.ops`` elsewhere.
 
@@ -18,6 +19,7 @@ from mrcnn.ops.boxes import (
     norm_boxes,
     overlaps,
 )
+from mrcnn.ops.conv import nonoverlapping_conv_transpose
 from mrcnn.ops.device import accelerator_present, resolve_jit_compile
 from mrcnn.ops.nms import (
     gather_padded,
@@ -41,6 +43,7 @@ __all__ = [
     "nms_padded_tf",
     "nms_padded_tiled",
     "non_max_suppression_padded",
+    "nonoverlapping_conv_transpose",
     "norm_boxes",
     "overlaps",
     "resolve_jit_compile",
