@@ -114,8 +114,7 @@ def nms_padded_pure(
     neg_inf = float("-inf")
     candidate = (scores > np.float32(score_threshold)) & _is_real_box(boxes)
     remaining = ops.where(candidate, scores, neg_inf)
-    ymin, xmin, ymax, xmax = (boxes[..., i] for i in range(4))
-    areas = (ymax - ymin) * (xmax - xmin)
+    areas = _areas(boxes)
     threshold = np.float32(iou_threshold)
     positions = ops.expand_dims(ops.arange(n, dtype="int32"), 0)
 
@@ -127,13 +126,9 @@ def nms_padded_pure(
         best_col = ops.expand_dims(best, 1)
         found = ops.take_along_axis(remaining, best_col, axis=1) > neg_inf  # [B, 1]
         best_box = gather_padded(boxes, best_col)  # [B, 1, 4]
-        by1, bx1, by2, bx2 = (best_box[..., i] for i in range(4))  # [B, 1] each
-        # One IoU row in TF-padded order: ((area_a + area_b) - inter) + eps.
-        inter = ops.maximum(ops.minimum(bx2, xmax) - ops.maximum(bx1, xmin), 0.0) * ops.maximum(
-            ops.minimum(by2, ymax) - ops.maximum(by1, ymin), 0.0
-        )
-        union = (by2 - by1) * (bx2 - bx1) + areas - inter + _IOU_EPSILON
-        suppress = (inter / union > threshold) | (positions == best_col)
+        best_area = ops.take_along_axis(areas, best_col, axis=1)  # [B, 1]
+        iou = _pairwise_iou(best_box, boxes, best_area, areas)[:, 0]  # one IoU row, [B, N]
+        suppress = (iou > threshold) | (positions == best_col)
         remaining = ops.where(suppress, neg_inf, remaining)
         indices = ops.slice_update(indices, (0, step), ops.where(found, best_col, 0))
         valid = ops.slice_update(valid, (0, step), found)
@@ -149,8 +144,17 @@ def nms_padded_pure(
     return indices, valid
 
 
+def _areas(boxes):
+    """``[..., 4]`` canonical boxes -> ``[...]`` areas, ``(ymax - ymin) * (xmax - xmin)``."""
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
 def _pairwise_iou(rows, cols, row_areas, col_areas):
-    """``[B, R, 4] x [B, C, 4] -> [B, R, C]`` IoU in the TF padded kernel's exact float order."""
+    """``[B, R, 4] x [B, C, 4] -> [B, R, C]`` IoU in the TF padded kernel's exact float order.
+
+    ``inter / (((area_r + area_c) - inter) + 1e-8)``, intersection width before height, so
+    that every kernel here computes bit-identical IoUs (ties at the threshold agree).
+    """
     ry1, rx1, ry2, rx2 = (rows[..., i, None] for i in range(4))  # [B, R, 1]
     cy1, cx1, cy2, cx2 = (cols[:, None, :, i] for i in range(4))  # [B, 1, C]
     inter = ops.maximum(ops.minimum(rx2, cx2) - ops.maximum(rx1, cx1), 0.0) * ops.maximum(
@@ -214,7 +218,7 @@ def nms_padded_tiled(
         candidate = ops.pad(candidate, ((0, 0), (0, pad)))
         order = ops.pad(order, ((0, 0), (0, pad)))
     boxes = ops.reshape(boxes, (batch, num_tiles, tile, 4))
-    areas = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+    areas = _areas(boxes)
     keep = ops.reshape(candidate, (batch, num_tiles, tile))
     # earlier[j, i]: box j comes before box i in the tile, so j may suppress i.
     earlier = np.arange(tile)[:, None] < np.arange(tile)[None, :]
