@@ -1,7 +1,7 @@
 """NMS speed: the TF kernel, the per-slot loop and the tiled kernel, on TensorFlow and JAX.
 
     python bench/nms_speed.py            # quick: 3 settings
-    python bench/nms_speed.py --full     # B in {1, 2, 8} x N in {1000, 6000} x M in {100, 1000, 2000}
+    python bench/nms_speed.py --full     # B {1, 2, 8} x N {1000, 6000} x M {100, 1000, 2000}
 
 Boxes look like RPN proposals in normalized coordinates: half jittered around 40 "objects"
 (heavy overlap, much suppression), half spread over the image; IoU 0.7, no score threshold
