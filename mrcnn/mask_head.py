@@ -36,7 +36,7 @@ def build_fpn_mask_graph(rois, feature_maps: list, image_meta, pool_size: int,
                           kernel_initializer="he_normal")(x)
         x = norm_layer(norm, f"mrcnn_mask_bn{i}", groups)(x)
         x = layers.Activation("relu")(x)
-    x = StrideDeconv(config.MASK_HEAD_CHANNELS, 2, strides=2, activation="relu",
+    x = Conv2DTranspose(config.MASK_HEAD_CHANNELS, 2, strides=2, activation="relu",
                                name="mrcnn_mask_deconv", kernel_initializer="he_normal")(x)
     # float32 output: the mask loss takes log of these probabilities.
     x = layers.Conv2D(num_classes, 1, strides=1, activation="sigmoid", name="mrcnn_mask",
@@ -45,13 +45,15 @@ def build_fpn_mask_graph(rois, feature_maps: list, image_meta, pool_size: int,
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
-class StrideDeconv(layers.Conv2DTranspose):
-    """``Conv2DTranspose`` whose kernel equals its stride, on ``mrcnn.ops``' fastest form.
+class Conv2DTranspose(layers.Conv2DTranspose):
+    """``keras.layers.Conv2DTranspose``; with kernel == stride, on ``mrcnn.ops``' fastest form.
 
-    Same weights, names and config as ``Conv2DTranspose`` (Matterport's ``mrcnn_mask_deconv``
-    loads unchanged); other settings fall back to it. Off TensorFlow this is one matmul and a
-    reshape: XLA's CPU gradient of a transposed convolution is a naive loop (a JAX train step
-    took ~200 s, 227 s of it in this layer's backward pass).
+    Same weights, names, config and class name as Keras' layer (Matterport's
+    ``mrcnn_mask_deconv`` loads unchanged, and notebooks that pick layers by class name, as
+    Matterport's inspect_weights does, still find it); other settings run Keras' own code.
+    Off TensorFlow this is one matmul and a reshape: XLA's CPU gradient of a transposed
+    convolution is a naive loop (a JAX train step took ~200 s, 227 s of it in this layer's
+    backward pass).
     """
 
     def call(self, inputs):

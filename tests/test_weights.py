@@ -153,7 +153,6 @@ def test_xla_detect_matches_graph_detect(trained_like, tmp_path):
 KERAS2_VARIABLES = {
     "Conv2D": ["kernel", "bias"],
     "Conv2DTranspose": ["kernel", "bias"],
-    "StrideDeconv": ["kernel", "bias"],  # mrcnn.mask_head: a Conv2DTranspose subclass
     "Dense": ["kernel", "bias"],
     "FrozenBatchNormalization": ["gamma", "beta", "moving_mean", "moving_variance"],
 }
