@@ -88,3 +88,80 @@ def run_at_commit(commit: str, script: str, function: str, arguments: list) -> o
     out = done.stdout
     line = next(line for line in out.splitlines() if line.startswith("RESULT"))
     return json.loads(line[len("RESULT"):])
+
+
+def bench_config(size: int, batch: int, *, jit: bool | str = "auto", norm: str = "frozen_bn",
+                 precision: str | None = None, rois: int = 512, **overrides):
+    """The benchmarks' Config: R50-FPN on synthetic shapes, torchvision's ROI batch.
+
+    Args:
+        size: square image side (a multiple of 64).
+        batch: images per step (IMAGES_PER_GPU).
+        jit: Config.JIT_COMPILE.
+        norm: Config.NORM.
+        precision: Config.MIXED_PRECISION.
+        rois: TRAIN_ROIS_PER_IMAGE (512 is torchvision's box_batch_size_per_image).
+        **overrides: any other Config attribute.
+
+    Returns:
+        A validated Config instance.
+    """
+    from mrcnn.config import Config
+
+    attrs = dict(NAME="bench", NUM_CLASSES=1 + 3, IMAGES_PER_GPU=batch, IMAGE_MIN_DIM=size,
+                 IMAGE_MAX_DIM=size, BACKBONE="resnet50", NORM=norm,
+                 TRAIN_ROIS_PER_IMAGE=rois, JIT_COMPILE=jit, MIXED_PRECISION=precision)
+    attrs.update(overrides)
+    return type("BenchConfig", (Config,), attrs)()
+
+
+def shapes_dataset(size: int, count: int, seed: int = 0):
+    """A prepared synthetic shapes dataset of ``count`` square images."""
+    from samples.shapes.shapes import ShapesDataset
+
+    ds = ShapesDataset()
+    ds.load_shapes(count, size, size, seed=seed)
+    ds.prepare()
+    return ds
+
+
+def training_batch(config):
+    """One training batch (the data generator's model inputs) of shapes images."""
+    from mrcnn.data import DataGenerator
+
+    ds = shapes_dataset(config.IMAGE_SHAPE[0], config.BATCH_SIZE)
+    (x,) = DataGenerator(ds, config, shuffle=False)[0]
+    return list(x)
+
+
+def peak_memory_gib() -> tuple[float, str]:
+    """Peak memory so far: the JAX device's allocator peak on an accelerator, else max RSS.
+
+    Returns:
+        (GiB, what was measured).
+    """
+    import resource
+
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        stats = (device.memory_stats() or {}) if device.platform != "cpu" else {}
+        if "peak_bytes_in_use" in stats:
+            return stats["peak_bytes_in_use"] / 2**30, f"{device.device_kind} peak"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process max RSS"
+
+
+def time_train_steps(model, x, steps: int, warmup: int) -> float:
+    """Seconds per ``train_on_batch`` step after ``warmup`` untimed (compiling) steps."""
+    import time
+
+    for _ in range(warmup):
+        model.keras_model.train_on_batch(x)
+    start = time.perf_counter()
+    for _ in range(steps):
+        logs = model.keras_model.train_on_batch(x, return_dict=True)
+    float(logs["loss"])  # wait for the device
+    return (time.perf_counter() - start) / steps

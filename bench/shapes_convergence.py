@@ -38,6 +38,7 @@ def main() -> None:
     import keras
 
     import mrcnn.model as modellib
+    from mrcnn.ops import resolve_jit_compile
     from samples.shapes import shapes
 
     logs = args.logs or tempfile.mkdtemp(prefix="shapes_bench_")
@@ -70,7 +71,7 @@ def main() -> None:
     checkpoints = sorted(glob.glob(os.path.join(model.log_dir, "mask_rcnn_*.h5")))
     cfg = (f"{config.BACKBONE}/{config.NORM}, {config.IMAGE_MAX_DIM}px, batch "
            f"{config.BATCH_SIZE}, {config.OPTIMIZER} lr {config.LEARNING_RATE} "
-           f"{config.LR_SCHEDULE}, jit {config.JIT_COMPILE}")
+           f"{config.LR_SCHEDULE}, jit {resolve_jit_compile(config.JIT_COMPILE)}")
     rows = []
     for epoch, (path, seconds) in enumerate(zip(checkpoints, clock.seconds), start=1):
         inference.load_weights(path)

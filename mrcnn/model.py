@@ -36,6 +36,7 @@ from mrcnn.detection import DetectionLayer, parse_image_meta_graph  # noqa: F401
 from mrcnn.detection_targets import DetectionTargetLayer  # noqa: F401
 from mrcnn.export import export_saved_model
 from mrcnn.network import build_inference_graph, build_training_graph
+from mrcnn.ops.device import resolve_jit_compile
 from mrcnn.proposals import ProposalLayer  # noqa: F401
 from mrcnn.roi_align import PyramidROIAlign  # noqa: F401
 from mrcnn.training import (
@@ -349,7 +350,7 @@ class MaskRCNN:
         """Compile the training model with Config's optimizer; the loss is built in."""
         self.keras_model.compile(
             optimizer=build_optimizer(self.config, learning_rate, momentum),
-            jit_compile=bool(self.config.JIT_COMPILE))
+            jit_compile=resolve_jit_compile(self.config.JIT_COMPILE))
         # Create the optimizer's slot variables now, for the layers just set trainable. On
         # TensorFlow, Keras otherwise creates them inside the first traced train step, and a
         # tf.function that creates variables is traced twice: the first step of every
@@ -519,7 +520,8 @@ class MaskRCNN:
     def _predictor(self, model: keras.Model) -> _Predictor:
         key = id(model)
         if key not in self._predictors:
-            self._predictors[key] = _Predictor(model, bool(self.config.JIT_COMPILE))
+            self._predictors[key] = _Predictor(
+                model, resolve_jit_compile(self.config.JIT_COMPILE))
         return self._predictors[key]
 
     def _run_batches(self, molded_images: np.ndarray, image_metas: np.ndarray,
@@ -529,7 +531,7 @@ class MaskRCNN:
         # Only the main model's compiled function is cached; run_graph sub-models are
         # built per call.
         predictor = (self._predictor(model) if model is self.keras_model
-                     else _Predictor(model, bool(self.config.JIT_COMPILE)))
+                     else _Predictor(model, resolve_jit_compile(self.config.JIT_COMPILE)))
         bs = self.config.BATCH_SIZE
         chunks = []
         for start in range(0, len(molded_images), bs):

@@ -6,6 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -243,6 +244,12 @@ def test_nms_matches_references(seed, batch, n, max_output, iou, score_threshold
     assert pure_valid.shape == (batch, max_output) and pure_valid.dtype == bool
     np.testing.assert_array_equal(pure_idx, tf_idx)
     np.testing.assert_array_equal(pure_valid, tf_valid)
+    # The tiled kernel, with tiles small enough that several of them suppress each other.
+    tiled = lambda b, s, *a: mo.nms_padded_tiled(b, s, *a, tile_size=64)  # noqa: E731
+    tiled_idx, tiled_valid = _graph_nms(tiled, boxes, scores, *args)
+    assert tiled_idx.dtype == np.int32 and tiled_valid.dtype == bool
+    np.testing.assert_array_equal(tiled_idx, tf_idx)
+    np.testing.assert_array_equal(tiled_valid, tf_valid)
     for b in range(batch):
         ref = tf.image.non_max_suppression(boxes[b], scores[b], *args).numpy()
         brute = _numpy_nms(boxes[b], scores[b], max_output, iou, score_threshold)
@@ -261,7 +268,7 @@ def test_nms_padding_rows_and_non_finite_scores():
     boxes[:, :10] = 0.0  # zero padding with high scores: ignored
     scores[:, :10] = 2.0
     scores[:, 10:20] = -np.inf  # never selected, even with no score threshold
-    for fn in (mo.nms_padded_pure, mo.nms_padded_tf):
+    for fn in (mo.nms_padded_pure, mo.nms_padded_tf, mo.nms_padded_tiled):
         idx, valid = (np.asarray(t) for t in fn(boxes, scores, 200, 0.5))  # eager works too
         for b in range(2):
             sel = idx[b][valid[b]]
@@ -270,7 +277,7 @@ def test_nms_padding_rows_and_non_finite_scores():
             np.testing.assert_array_equal(sel, ref)
 
 
-@pytest.mark.parametrize("fn", [mo.nms_padded_pure, mo.nms_padded_tf])
+@pytest.mark.parametrize("fn", [mo.nms_padded_pure, mo.nms_padded_tf, mo.nms_padded_tiled])
 def test_nms_iou_threshold_is_strict(fn):
     # IoU([0,0,10,10], [0,0,10,20]) is exactly 0.5 in float32: kept at 0.5, dropped below.
     boxes = np.array([[[0, 0, 10, 10], [0, 0, 10, 20], [30, 30, 40, 40]]], "float32")
@@ -287,10 +294,45 @@ def test_nms_dispatch_and_xla():
     boxes, scores = _nms_case(7, batch=2, n=400)
     graph = _graph_nms(mo.non_max_suppression_padded, boxes, scores, 200, 0.6, 0.5)
     assert 0 < graph[1].sum(axis=1).min() and graph[1].sum(axis=1).max() < 200
-    for fn in (mo.non_max_suppression_padded, mo.nms_padded_pure):
+    for fn in (mo.non_max_suppression_padded, mo.nms_padded_pure, mo.nms_padded_tiled):
         compiled = _xla(lambda b, s, fn=fn: fn(b, s, 200, 0.6, 0.5))(boxes, scores)
         for got, want in zip(compiled, graph):
             np.testing.assert_array_equal(got.numpy(), want)
+
+
+def _hard_nms_case(seed):
+    """Random NMS inputs with tied scores, padding rows, tiny boxes and random sizes.
+
+    Returns boxes, scores and the keyword arguments of one call (several tiles of 32-128).
+    """
+    rng = np.random.default_rng(seed)
+    batch, n = int(rng.integers(1, 4)), int(rng.integers(200, 700))
+    boxes, scores = _nms_case(seed, batch, n)
+    scores = np.round(scores * 10) / 10  # many ties: the lower index goes first
+    boxes[rng.random((batch, n)) < 0.05] = 0.0  # padding rows anywhere
+    tiny = rng.random((batch, n)) < 0.1  # areas ~1e-8: the IoU epsilon matters
+    boxes[tiny] = boxes[tiny][:, [0, 1, 0, 1]] / 1e3 + np.array([0, 0, 1e-4, 1e-4], "float32")
+    kwargs = dict(max_output_size=int(rng.integers(n // 4, n + 50)),
+                  iou_threshold=float(rng.choice([0.3, 0.5, 0.6])),
+                  score_threshold=float(rng.choice([-np.inf, 0.35])))
+    return boxes, scores, kwargs, int(rng.choice([32, 64, 128]))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_nms_tiled_matches_tf_kernel_on_hard_cases(seed):
+    boxes, scores, kwargs, tile = _hard_nms_case(seed)
+    want = _graph_nms(lambda b, s: mo.nms_padded_tf(b, s, **kwargs), boxes, scores)
+    tiled = lambda b, s: mo.nms_padded_tiled(b, s, **kwargs, tile_size=tile)  # noqa: E731
+    for got in (_graph_nms(tiled, boxes, scores), [t.numpy() for t in _xla(tiled)(boxes, scores)]):
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+    # Not a trivial case: something is selected and something is suppressed.
+    assert want[1].any()
+    real = (np.abs(boxes).sum(-1) > 0) & (scores > kwargs["score_threshold"])
+    ranked = [np.argsort(-np.where(real[b], scores[b], -np.inf), kind="stable")
+              for b in range(len(boxes))]
+    assert any(not np.array_equal(want[0][b][want[1][b]], ranked[b][:want[1][b].sum()])
+               for b in range(len(boxes)))
 
 
 def test_gather_padded():
@@ -298,6 +340,29 @@ def test_gather_padded():
     indices = np.array([[4, 0, 2], [1, 1, 3]], "int32")
     expected = np.take_along_axis(values, indices[..., None], axis=1)
     np.testing.assert_array_equal(np.asarray(mo.gather_padded(values, indices)), expected)
+
+
+# ---------------------------------------------------------------------------- conv transpose
+
+def _deconv_case(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(3, 5, 6, 8)).astype("float32")
+    kernel = rng.normal(size=(2, 3, 4, 8)).astype("float32")  # [kh, kw, out, in], kh != kw
+    out = np.zeros((3, 10, 18, 4), "float32")
+    for a in range(2):  # each kernel tap fills its own output phase: no overlap
+        for b in range(3):
+            out[:, a::2, b::3] = np.einsum("nijk,ck->nijc", x, kernel[a, b])
+    return x, kernel, out
+
+
+def test_nonoverlapping_conv_transpose_matches_numpy_and_keras():
+    x, kernel, ref = _deconv_case()
+    np.testing.assert_allclose(np.asarray(mo.nonoverlapping_conv_transpose(x, kernel)), ref,
+                               atol=1e-5)
+    layer = keras.layers.Conv2DTranspose(4, (2, 3), strides=(2, 3), use_bias=False)
+    layer.build(x.shape)
+    layer.set_weights([kernel])
+    np.testing.assert_allclose(np.asarray(layer(x)), ref, atol=1e-5)  # the layout Keras uses
 
 
 # ---------------------------------------------------------------------------- boxes
@@ -415,6 +480,16 @@ _JAX_SCRIPT = textwrap.dedent(
     idx, valid = nms(d["nms_boxes"], d["nms_scores"])
     np.testing.assert_array_equal(np.asarray(idx), d["nms_idx"])
     np.testing.assert_array_equal(np.asarray(valid), d["nms_valid"])
+    for i in range(int(d["hard_count"])):
+        kw = dict(zip(("max_output_size", "iou_threshold", "score_threshold", "tile_size"),
+                      d[f"hard_args{i}"].tolist()))
+        kw["max_output_size"], kw["tile_size"] = int(kw["max_output_size"]), int(kw["tile_size"])
+        hard = jax.jit(lambda b, s: mo.nms_padded_tiled(b, s, **kw))
+        idx, valid = hard(d[f"hard_boxes{i}"], d[f"hard_scores{i}"])
+        np.testing.assert_array_equal(np.asarray(idx), d[f"hard_idx{i}"])
+        np.testing.assert_array_equal(np.asarray(valid), d[f"hard_valid{i}"])
+    deconv = jax.jit(mo.nonoverlapping_conv_transpose)(d["deconv_x"], d["deconv_kernel"])
+    np.testing.assert_allclose(np.asarray(deconv), d["deconv"], atol=1e-5)
     iou = jax.jit(mo.overlaps)(d["nms_boxes"][:, :20], d["nms_boxes"][:, :30])
     np.testing.assert_allclose(np.asarray(iou), d["iou"], atol=1e-6)
     deltas = jax.jit(mo.box_refinement)(d["nms_boxes"][0], d["nms_boxes"][1])
@@ -451,6 +526,15 @@ def test_jax_backend_matches_tensorflow(tmp_path):
         deltas=np.asarray(mo.box_refinement(nms_boxes[0], nms_boxes[1])),
         **{f"fm{i}": f for i, f in enumerate(fms)},
     )  # fmt: skip
+    data["deconv_x"], data["deconv_kernel"], data["deconv"] = _deconv_case()
+    hard_seeds = range(10, 14)
+    data["hard_count"] = np.array(len(hard_seeds))
+    for i, seed in enumerate(hard_seeds):  # the tiled kernel on JAX against the TF kernel
+        boxes, scores, kwargs, tile = _hard_nms_case(seed)
+        idx, valid = mo.nms_padded_tf(boxes, scores, **kwargs)
+        data.update({f"hard_boxes{i}": boxes, f"hard_scores{i}": scores,
+                     f"hard_idx{i}": np.asarray(idx), f"hard_valid{i}": np.asarray(valid),
+                     f"hard_args{i}": np.array([*kwargs.values(), tile], "float64")})
     path = tmp_path / "ops_case.npz"
     np.savez(path, **data)
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))

@@ -92,9 +92,6 @@ class ShapesConfig(Config):
     LR_SCHEDULE = "cosine"
     LR_MIN_FACTOR = 0.05
 
-    # XLA's CPU convolutions are slower than TensorFlow's oneDNN ones; enable it on GPUs.
-    JIT_COMPILE = False
-
     # Few objects per image, so few ROIs suffice to keep the 1:3 positive ratio.
     TRAIN_ROIS_PER_IMAGE = 32
 
