@@ -9,6 +9,7 @@ Matterport's notebooks and scripts use.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from collections import OrderedDict
@@ -63,21 +64,26 @@ from mrcnn.weights import (
 def tensorboard_callbacks(log_dir: str) -> list:
     """Keras' TensorBoard callback, where it can run.
 
-    It writes its summaries with ``tf.summary``, so on a machine without TensorFlow (the JAX
-    GPU machine) it fails at the first epoch; there training goes on without TensorBoard
-    logs (checkpoints and the History are unaffected).
+    It writes its summaries with ``tf.summary``, whose implementation comes with the
+    ``tensorboard`` package (TensorFlow no longer installs it). Without either (the JAX GPU
+    machine has no TensorFlow) it would fail at the first epoch; training then goes on
+    without TensorBoard logs (checkpoints and the History are unaffected).
 
     Args:
         log_dir: folder of the run.
 
     Returns:
-        ``[TensorBoard]``, or ``[]`` with a warning when ``tensorflow.summary`` is missing.
+        ``[TensorBoard]``, or ``[]`` with a warning when TensorFlow or TensorBoard is missing.
     """
     try:
         import tensorflow.summary  # noqa: F401
     except ImportError:
         warnings.warn("TensorFlow is not installed: training without TensorBoard logs.",
                       stacklevel=3)
+        return []
+    if importlib.util.find_spec("tensorboard") is None:
+        warnings.warn("TensorBoard is not installed (pip install tensorboard, or mrcnn's "
+                      "'tensorflow' extra): training without TensorBoard logs.", stacklevel=3)
         return []
     return [keras.callbacks.TensorBoard(log_dir=log_dir, write_graph=False)]
 

@@ -322,3 +322,20 @@ def test_jax_training_without_tensorflow(jax_run):
     assert detect["rois"] == [[count, 4], "int32"]
     assert detect["class_ids"][0] == [count] and detect["scores"][0] == [count]
     assert detect["masks"] == [[48, 40, count], "bool"]
+
+
+def test_training_without_tensorboard_warns_instead_of_failing(monkeypatch, tmp_path):
+    # TensorFlow 2.21 no longer installs TensorBoard; tf.summary then raises at the first
+    # epoch. tensorboard_callbacks must notice and train without the logs.
+    import importlib.util
+
+    from mrcnn import model as modellib
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.warns(UserWarning, match="TensorBoard is not installed"):
+        assert modellib.tensorboard_callbacks(str(tmp_path)) == []
+    monkeypatch.undo()
+    callbacks = modellib.tensorboard_callbacks(str(tmp_path))
+    assert [type(c).__name__ for c in callbacks] == ["TensorBoard"]
