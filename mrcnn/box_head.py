@@ -6,7 +6,7 @@ then a 1x1 conv) and the GN paper's "4conv1fc" (four 3x3 convs, one fc).
 
 from __future__ import annotations
 
-from keras import layers
+from keras import initializers, layers
 
 from mrcnn.norm import norm_layer
 from mrcnn.roi_align import FlattenRois, PyramidROIAlign, UnflattenRois
@@ -56,13 +56,15 @@ def fpn_classifier_graph(rois, feature_maps: list, image_meta, pool_size: int,
         x = layers.Activation("relu", name="pool_squeeze")(x)
     shared = UnflattenRois(num_rois, name="mrcnn_class_shared")(x)
 
-    # Class logits start near uniform (N(0, 0.01)), box deltas at zero (detections start as
-    # their ROIs), as in Detectron; see rpn.predictor_init.
+    # Class logits start near uniform (N(0, 0.01)) and box deltas near zero (N(0, 0.001):
+    # detections start at their ROIs), as in Detectron; see rpn.predictor_init. Not exactly
+    # zero: the ground-truth boxes join the ROIs (TRAIN_ROIS_INCLUDE_GT) with zero targets,
+    # and zero predictions there would give the layer no gradient at all in early steps.
     mrcnn_class_logits = layers.Dense(num_classes, name="mrcnn_class_logits",
                                       kernel_initializer=predictor_init())(shared)
     mrcnn_probs = layers.Activation("softmax", name="mrcnn_class", dtype="float32")(
         mrcnn_class_logits)
     x = layers.Dense(num_classes * 4, activation="linear", name="mrcnn_bbox_fc",
-                     kernel_initializer="zeros")(shared)
+                     kernel_initializer=initializers.RandomNormal(stddev=0.001))(shared)
     mrcnn_bbox = layers.Reshape((num_rois, num_classes, 4), name="mrcnn_bbox")(x)
     return [mrcnn_class_logits, mrcnn_probs, mrcnn_bbox]

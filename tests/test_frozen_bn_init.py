@@ -96,9 +96,11 @@ def test_first_step_losses_are_bounded(first_step):
                 for b, n in enumerate(positives))
     expected = total / (4 * positives.sum())
     np.testing.assert_allclose(losses["rpn_bbox_loss"], expected, rtol=1e-5)
-    # Head deltas start at zero too: bounded by the IoU >= 0.5 geometry of positive ROIs.
-    assert not np.any(outputs["mrcnn_bbox"])
-    assert 0 <= losses["mrcnn_bbox_loss"] <= mrcnn_bbox_loss_bound(config.BBOX_STD_DEV)
+    # Head deltas start near zero (N(0, 0.001) weights): the loss is bounded by the IoU >= 0.5
+    # geometry of positive ROIs plus the largest predicted delta (smooth L1 is 1-Lipschitz).
+    largest = float(np.abs(outputs["mrcnn_bbox"]).max())
+    assert 0 < largest < 0.5
+    assert 0 <= losses["mrcnn_bbox_loss"] <= mrcnn_bbox_loss_bound(config.BBOX_STD_DEV) + largest
 
 
 def test_bound_holds_on_random_box_pairs():
