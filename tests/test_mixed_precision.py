@@ -26,7 +26,7 @@ from mrcnn.config import Config
 from mrcnn.data import DataGenerator
 from mrcnn.model import MaskRCNN
 from mrcnn.ops import accelerator_present, resolve_jit_compile
-from tests.tiny import TinyFastConfig, shapes_dataset
+from tests.tiny import TinyFastConfig, background_result, shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,14 +157,7 @@ def test_bf16_inference_agrees_with_float32(tmp_path):
 
 
 def test_mixed_bfloat16_trains_on_jax(jax_run):
-    try:
-        jax_run.proc.wait(timeout=600)
-    except subprocess.TimeoutExpired:
-        jax_run.proc.kill()
-        jax_run.proc.wait()
-    output = jax_run.log_path.read_text()
-    assert jax_run.proc.returncode == 0, output[-5000:]
-    result = json.loads([ln for ln in output.splitlines() if ln.startswith("RESULT ")][-1][7:])
+    result = background_result(jax_run)
     assert result["jit_auto"] is True and result["jit_compile"] is True  # JAX always jits
     assert result["policy"] == "float32" and result["fpn_p2"] == "bfloat16"
     losses = [log["loss"] for log in result["logs"]]

@@ -28,7 +28,7 @@ from mrcnn.data import DataGenerator
 from mrcnn.model import MaskRCNN
 from mrcnn.weights import read_weights, weighted_layers
 from tests.test_allocator import PROBE_AVAILABLE, Probe
-from tests.tiny import TinyFastConfig, shapes_dataset
+from tests.tiny import TinyFastConfig, background_result, shapes_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 BACKBONE = re.compile(r"tiny_conv\d")
@@ -298,16 +298,7 @@ def test_mixed_bfloat16_trains_with_float32_losses():
 # ------------------------------------------------------------------------------- JAX
 
 def test_jax_training_without_tensorflow(jax_run):
-    try:
-        jax_run.proc.wait(timeout=600)
-    except subprocess.TimeoutExpired:
-        jax_run.proc.kill()
-        jax_run.proc.wait()
-    output = jax_run.log_path.read_text()
-    assert jax_run.proc.returncode == 0, output[-5000:]
-    lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
-    assert lines, output[-5000:]
-    result = json.loads(lines[-1][len("RESULT "):])
+    result = background_result(jax_run)
     history = result["history"]
     losses = history["loss"]
     assert result["epochs"] == list(range(8)) and len(losses) == 8

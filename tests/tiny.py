@@ -70,3 +70,21 @@ def force_detections(keras_model) -> None:
     mask = keras_model.get_layer("mrcnn_mask")
     kernel, bias = mask.get_weights()
     mask.set_weights([np.zeros_like(kernel), np.full_like(bias, 10.0)])
+
+
+def background_result(run, timeout: float = 600) -> dict:
+    """Wait for a background test process (``run.proc`` writing ``run.log_path``) and return
+    the JSON of its last ``RESULT `` line; fail with the end of its log otherwise."""
+    import json
+    import subprocess
+
+    try:
+        run.proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        run.proc.kill()
+        run.proc.wait()
+    output = run.log_path.read_text()
+    assert run.proc.returncode == 0, output[-5000:]
+    lines = [line for line in output.splitlines() if line.startswith("RESULT ")]
+    assert lines, output[-5000:]
+    return json.loads(lines[-1][len("RESULT "):])
