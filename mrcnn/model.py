@@ -560,7 +560,9 @@ class MaskRCNN:
 
         Returns:
             One dict per image: rois [N, (y1, x1, y2, x2)] int32 pixels, class_ids [N],
-            scores [N], masks bool [H, W, N], all in original image coordinates.
+            scores [N], masks bool [H, W, N], all in original image coordinates. As in
+            Matterport, ``self.anchors`` then holds the pixel anchors of the (last) molded
+            image shape.
         """
         if self.mode != "inference":
             raise ValueError("Create the model in inference mode to detect.")
@@ -583,6 +585,9 @@ class MaskRCNN:
                                         image_metas[group], windows[group])
             for i, result in zip(group, found):
                 results[i] = result
+            # Matterport's detect() left the (pixel) anchors of the molded shape in
+            # self.anchors; its notebooks pass them to build_rpn_targets.
+            self.get_anchors(molded_images.shape[1:])
         return results
 
     def _detect_molded(self, images, molded_images, image_metas, windows) -> list[dict]:

@@ -89,6 +89,27 @@ def test_detect_returns_original_image_coordinates(trained_like):
     assert total > 0
 
 
+def test_detect_leaves_the_pixel_anchors_in_model_anchors(trained_like):
+    # Matterport's inspect notebooks call build_rpn_targets(image.shape, model.anchors, ...)
+    # after detect(); model.anchors must be the molded shape's pixel anchors.
+    from mrcnn import model as modellib
+
+    model, _, images, _ = trained_like
+    config = model.config
+    shape = tuple(int(v) for v in config.IMAGE_SHAPE)  # square mode: every image molds to it
+    expected = utils.generate_pyramid_anchors(
+        config.RPN_ANCHOR_SCALES, config.RPN_ANCHOR_RATIOS,
+        modellib.compute_backbone_shapes(config, shape), config.BACKBONE_STRIDES,
+        config.RPN_ANCHOR_STRIDE)
+    model.anchors = None
+    model.detect(images[:1])
+    np.testing.assert_allclose(model.anchors, expected, atol=1e-4)
+    gt_boxes = np.array([[8, 8, 40, 36]], np.float64)
+    rpn_match, rpn_bbox = modellib.build_rpn_targets(shape, model.anchors, np.array([1]),
+                                                     gt_boxes, config)
+    assert rpn_match.shape == (len(expected),) and (rpn_match == 1).sum() >= 1
+
+
 def test_run_graph_returns_the_requested_tensors(trained_like):
     model, _, images, _ = trained_like
     keras_model = model.keras_model
