@@ -516,12 +516,6 @@ def _anchor_index(anchors: np.ndarray) -> AnchorIndex:
 _ANCHOR_INDEXES: dict[int, tuple[Any, AnchorIndex]] = {}
 
 
-def _anchor_box_overlaps(anchors: np.ndarray, boxes: np.ndarray
-                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``AnchorIndex.overlaps`` for an anchors array (index cached, see ``_anchor_index``)."""
-    return _anchor_index(anchors).overlaps(boxes)
-
-
 def build_rpn_targets(
     image_shape: Sequence[int],
     anchors: np.ndarray,
@@ -568,9 +562,10 @@ def build_rpn_targets(
     rpn_match = np.zeros([anchors.shape[0]], dtype=np.int32)
     rpn_bbox = np.zeros([total, 4], dtype=np.float32)
 
+    index = _anchor_index(original_anchors)
     crowd = gt_class_ids < 0
     if crowd.any():
-        crowd_iou, _, _ = _anchor_box_overlaps(original_anchors, gt_boxes[crowd])
+        crowd_iou, _, _ = index.overlaps(gt_boxes[crowd])
         not_crowded = crowd_iou < CROWD_IOU
         gt_boxes = gt_boxes[~crowd]
     else:
@@ -578,8 +573,7 @@ def build_rpn_targets(
 
     # IoUs below RPN_NEGATIVE_IOU only need to stay below it (their anchors are negative
     # or best anchors, which stay exact), so most anchor-box pairs are skipped.
-    iou_max, _, best_anchors = _anchor_index(original_anchors).overlaps(
-        gt_boxes, floor=RPN_NEGATIVE_IOU)
+    iou_max, _, best_anchors = index.overlaps(gt_boxes, floor=RPN_NEGATIVE_IOU)
     # Order matters: best anchors override negatives, and positives override both.
     rpn_match[(iou_max < RPN_NEGATIVE_IOU) & not_crowded] = NEGATIVE
     rpn_match[best_anchors] = POSITIVE

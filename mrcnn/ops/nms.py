@@ -86,6 +86,18 @@ def gather_padded(values, indices):
     return ops.take(flat, indices + offsets, axis=0)
 
 
+def _candidates(boxes, scores, score_threshold: float):
+    """The common start of the ``keras.ops`` kernels (no gradients flow through NMS).
+
+    Returns:
+        canonical boxes ``[B, N, 4]``, float32 scores ``[B, N]`` and the candidates ``[B, N]``:
+        score ``> score_threshold`` and a real (non-degenerate) box.
+    """
+    boxes = _canonicalize(ops.stop_gradient(boxes))
+    scores = ops.cast(ops.stop_gradient(scores), "float32")
+    return boxes, scores, (scores > np.float32(score_threshold)) & _is_real_box(boxes)
+
+
 def nms_padded_pure(
     boxes,
     scores,
@@ -108,11 +120,9 @@ def nms_padded_pure(
     Returns:
         ``indices [B, max_output_size]`` int32 and ``valid [B, max_output_size]`` bool.
     """
-    boxes = _canonicalize(ops.stop_gradient(boxes))
-    scores = ops.cast(ops.stop_gradient(scores), "float32")
+    boxes, scores, candidate = _candidates(boxes, scores, score_threshold)
     batch, n = ops.shape(scores)[0], scores.shape[1]
     neg_inf = float("-inf")
-    candidate = (scores > np.float32(score_threshold)) & _is_real_box(boxes)
     remaining = ops.where(candidate, scores, neg_inf)
     areas = _areas(boxes)
     threshold = np.float32(iou_threshold)
@@ -197,11 +207,9 @@ def nms_padded_tiled(
     Returns:
         ``indices [B, max_output_size]`` int32 and ``valid [B, max_output_size]`` bool.
     """
-    boxes = _canonicalize(ops.stop_gradient(boxes))
-    scores = ops.cast(ops.stop_gradient(scores), "float32")
+    boxes, scores, candidate = _candidates(boxes, scores, score_threshold)
     batch, n = ops.shape(scores)[0], scores.shape[1]
     threshold = np.float32(iou_threshold)
-    candidate = (scores > np.float32(score_threshold)) & _is_real_box(boxes)
     # Sort candidates by score, ties to the lower index (top_k's order, as the TF kernel).
     # -0.0 and 0.0 must tie: normalize the sign of zero before the sort.
     key = ops.where(candidate, ops.where(scores == 0.0, 0.0, scores), float("-inf"))
