@@ -30,6 +30,7 @@ import time
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
+from bench import model_garden  # noqa: E402
 from bench.common import (  # noqa: E402
     bench_config,
     peak_memory_gib,
@@ -362,9 +363,16 @@ def main() -> None:
                         help="time detect() at these batch sizes instead of training")
     parser.add_argument("--torchvision", action="store_true",
                         help="also run torchvision's maskrcnn_resnet50_fpn (needs torch)")
+    parser.add_argument("--model-garden", action="store_true",
+                        help="also run TF Model Garden's Mask R-CNN train step at equal "
+                             "settings (needs tf-models-official; TensorFlow backend)")
     args = parser.parse_args()
     if args.torchvision:
         _torchvision()  # fail early, with the message, before minutes of mrcnn
+    if args.model_garden and not model_garden.available():
+        raise SystemExit("--model-garden needs tf-models-official: pip install "
+                         "\"tf-models-official==2.20.*\" -e . in a separate virtualenv "
+                         "(it pins its own TensorFlow); see bench/model_garden.py")
     jit = False if args.no_jit else _jit_value(args.jit)
 
     def config(batch, **kw):
@@ -389,6 +397,17 @@ def main() -> None:
         if args.torchvision:
             r = bench_torchvision(args.size, batch, args.steps, args.warmup, args.precision)
             rows.append(_row("torchvision maskrcnn_resnet50_fpn", args, batch, r))
+        if args.model_garden:
+            cfg = config(batch)
+            for mg_jit in (False, True):
+                r = model_garden.bench_model_garden(
+                    shapes_dataset(args.size, batch), args.size, batch, args.steps,
+                    args.warmup, num_classes=cfg.NUM_CLASSES, rois=args.rois,
+                    positive_fraction=cfg.ROI_POSITIVE_RATIO,
+                    post_nms=cfg.POST_NMS_ROIS_TRAINING, jit=mg_jit)
+                # The process peak RSS already holds mrcnn's run: not Model Garden's own.
+                r.update({"peak GiB": float("nan"), "memory": "n/a (shared process)"})
+                rows.append(_row("TF Model Garden Mask R-CNN (2fc)", args, batch, r))
     print_table("Train step speed (from scratch, synthetic shapes)", rows)
     if args.profile:
         parts = profile_mrcnn(config(args.batch[0]), args.steps, args.warmup, args.repeats)
