@@ -36,6 +36,7 @@ import numpy as np
 
 from mrcnn import transform, utils
 from mrcnn.anchors import compute_backbone_shapes, pyramid_anchors
+from mrcnn.dataset import as_model_image, check_mask
 
 # albumentations 2.x checks PyPI for a newer version on import. Training machines are often
 # offline, so opt out unless the user decided otherwise. Set here (not when augmenting)
@@ -92,26 +93,6 @@ def _transform_name(transform: Any) -> str:
         except TypeError:
             pass
     return type(transform).__name__
-
-
-def _validate_mask(dataset: Any, image_id: int, image: np.ndarray, mask: np.ndarray,
-                   class_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Check ``load_mask``'s output against the image; bool [H, W, N] and int32 [N] out."""
-    check = getattr(utils, "check_mask", None)
-    if check is not None:
-        return check(mask, class_ids, image_id, image.shape,
-                     num_classes=getattr(dataset, "num_classes", None))
-    # Fallback when utils has no validator: the few checks the pipeline relies on.
-    mask, class_ids = np.asarray(mask), np.asarray(class_ids).astype(np.int32).reshape(-1)
-    if mask.ndim != 3 or mask.shape[-1] != class_ids.shape[0]:
-        raise ValueError(f"load_mask(image_id={image_id!r}): expected masks [H, W, N] and "
-                         f"class_ids [N], got {mask.shape} and {class_ids.shape}")
-    if mask.shape[-1] == 0:
-        return np.zeros(image.shape[:2] + (0,), bool), class_ids
-    if mask.shape[:2] != image.shape[:2]:
-        raise ValueError(f"load_mask(image_id={image_id!r}): mask size {mask.shape[:2]} "
-                         f"differs from the image size {image.shape[:2]}")
-    return mask.astype(bool), class_ids
 
 
 def _apply_augmentation(augmentation: Callable, image: np.ndarray, mask: np.ndarray,
@@ -186,7 +167,7 @@ def load_image_gt(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Load an image and its ground truth, resized as the Config says.
 
-    Steps: ``load_image`` + ``load_mask`` (validated by ``utils.check_mask``), resize with
+    Steps: ``load_image`` + ``load_mask`` (validated by ``check_mask``), resize with
     IMAGE_MIN_DIM / IMAGE_MAX_DIM / IMAGE_MIN_SCALE / IMAGE_RESIZE_MODE, optional
     augmentation, drop instances whose mask vanished (crop or augmentation; an image may
     end up with zero instances, which is valid), keep a random MAX_GT_INSTANCES subset when
@@ -233,9 +214,10 @@ def load_image_gt(
 
     # Shape checked, NaN/inf rejected, non-uint8 pixels converted as Dataset.load_image
     # converts files.
-    image = utils.as_model_image(dataset.load_image(image_id), where, config.IMAGE_CHANNEL_COUNT)
+    image = as_model_image(dataset.load_image(image_id), where, config.IMAGE_CHANNEL_COUNT)
     mask, class_ids = dataset.load_mask(image_id)
-    mask, class_ids = _validate_mask(dataset, image_id, image, mask, class_ids)
+    mask, class_ids = check_mask(mask, class_ids, image_id, image.shape,
+                                 num_classes=getattr(dataset, "num_classes", None))
     original_shape = image.shape
 
     image, window, scale, padding, crop = transform.resize_image(

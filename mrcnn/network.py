@@ -9,7 +9,6 @@ from __future__ import annotations
 import keras
 from keras import layers, ops
 
-from mrcnn.anchors import AnchorsLayer
 from mrcnn.backbone import build_backbone
 from mrcnn.box_head import fpn_classifier_graph
 from mrcnn.detection import DetectionLayer
@@ -18,7 +17,7 @@ from mrcnn.fpn import fpn_graph
 from mrcnn.layer_config import config_values
 from mrcnn.mask_head import build_fpn_mask_graph
 from mrcnn.proposals import ProposalLayer
-from mrcnn.rpn import build_rpn_model, rpn_on_pyramid
+from mrcnn.rpn import AnchorsLayer, build_rpn_model, rpn_on_pyramid
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")

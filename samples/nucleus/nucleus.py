@@ -38,7 +38,7 @@ ROOT_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 if ROOT_DIR not in sys.path:
     sys.path.append(ROOT_DIR)
 
-from mrcnn import utils  # noqa: E402
+from mrcnn import metrics, utils  # noqa: E402
 from mrcnn.config import Config  # noqa: E402
 from mrcnn.progress import track  # noqa: E402
 from samples import common  # noqa: E402
@@ -553,25 +553,17 @@ def evaluate(model, dataset: NucleusDataset, verbose: bool = True) -> dict[str, 
     """Mask AP per image at IoU 0.5 and averaged over 0.5:0.95, then averaged over images.
 
     Detection runs on the original images and is compared with their masks (not with the
-    crops or the upscaled images the model sees), with ``utils.compute_ap`` and
-    ``utils.compute_ap_range`` (Matterport's metrics, not the competition's).
+    crops or the upscaled images the model sees), with ``metrics.per_image_ap``
+    (Matterport's ``compute_ap`` per threshold, not the competition's metric).
 
     Returns:
         {"AP50": ..., "AP": ..., "images": N}.
     """
-    ap50s, aps = [], []
-    for image_id in track(dataset.image_ids, label="evaluate", unit="img",
-                          verbose=int(verbose)):
-        image = common.load_dataset_image(dataset, image_id)
-        gt_masks, gt_class_ids = dataset.load_mask(image_id)
-        gt_masks, gt_class_ids = utils.check_mask(gt_masks, gt_class_ids, image_id, image.shape)
-        gt_boxes = utils.extract_bboxes(gt_masks)
-        r = model.detect([image], verbose=0)[0]
-        args = (gt_boxes, gt_class_ids, gt_masks, r["rois"], r["class_ids"], r["scores"],
-                r["masks"])
-        ap50s.append(utils.compute_ap(*args, iou_threshold=0.5)[0])
-        aps.append(utils.compute_ap_range(*args, verbose=0))
-    result = {"AP50": float(np.mean(ap50s)), "AP": float(np.mean(aps)), "images": len(aps)}
+    # Rows: images; columns: IoU 0.5, 0.55, ..., 0.95 (column 0 is AP50, a row's mean its AP).
+    aps = metrics.per_image_ap(model, dataset, iou_thresholds=np.arange(0.5, 1.0, 0.05),
+                               verbose=int(verbose))
+    result = {"AP50": float(np.mean(aps[:, 0])), "AP": float(np.mean(aps.mean(axis=1))),
+              "images": len(aps)}
     if verbose:
         print(f"AP@0.5: {result['AP50']:.4f}  ({result['images']} images)")
         print(f"AP@[.5:.95]: {result['AP']:.4f}  ({result['images']} images)")

@@ -31,9 +31,8 @@ ROOT_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 if ROOT_DIR not in sys.path:
     sys.path.append(ROOT_DIR)
 
-from mrcnn import utils  # noqa: E402
+from mrcnn import metrics, utils  # noqa: E402
 from mrcnn.config import Config  # noqa: E402
-from mrcnn.progress import track  # noqa: E402
 
 # Class names in id order (id 0 is the background). The ids are fixed so that load_mask
 # works before prepare(); with this dataset as the only source they equal the internal ids.
@@ -325,21 +324,9 @@ def evaluate_map(model, dataset: ShapesDataset, config: Config,
     Returns:
         mAP over the dataset's images.
     """
-    from mrcnn import model as modellib
-
-    aps = []
-    ids = list(dataset.image_ids)
-    bs = config.BATCH_SIZE
-    batches = range(0, len(ids), bs)
-    for start in track(batches, label="evaluate", unit="batch", verbose=int(verbose)):
-        batch_ids = ids[start:start + bs]
-        gts = [modellib.load_image_gt(dataset, config, i) for i in batch_ids]
-        results = model.detect([gt[0] for gt in gts])
-        for (_, _, class_ids, boxes, masks), r in zip(gts, results):
-            ap, _, _, _ = utils.compute_ap(boxes, class_ids, masks, r["rois"], r["class_ids"],
-                                           r["scores"], r["masks"], iou_threshold)
-            aps.append(ap)
-    m_ap = float(np.mean(aps)) if aps else 0.0
+    aps = metrics.per_image_ap(model, dataset, config=config, iou_thresholds=[iou_threshold],
+                               batch_size=config.BATCH_SIZE, verbose=int(verbose))[:, 0]
+    m_ap = float(np.mean(aps)) if len(aps) else 0.0
     if verbose:
         print(f"mAP@{iou_threshold:.2f} over {len(aps)} held-out images: {m_ap:.3f}")
     return m_ap
