@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mrcnn import utils
-from samples import common
+from mrcnn import cli
 from samples.coco import coco
 from tests import sample_data as sd
 
@@ -91,7 +91,7 @@ def test_class_subset(mini):
         sorted({a["image_id"] for a in dogs})
     masks, class_ids = dataset.load_mask(dataset.image_ids[0])
     assert masks.shape[-1] == len(dogs) and (class_ids == 1).all()
-    with pytest.raises(common.InputError, match="99"):
+    with pytest.raises(cli.InputError, match="99"):
         load(mini, class_ids=[18, 99])
 
 
@@ -267,7 +267,7 @@ def test_bad_annotation_file_is_one_line_before_the_model(tmp_path, mini, edit, 
     root, path = _write_variant(tmp_path, mini, edit)
     fragments = [f.format(ann=mini["anns"]["val"][0]["id"]) for f in fragments]
     # The check runs before any model is built.
-    monkeypatch.setattr(common, "setup_model", lambda *a, **k: pytest.fail("model built"))
+    monkeypatch.setattr(cli, "setup_model", lambda *a, **k: pytest.fail("model built"))
     assert_one_error_line(sd.run_cli(coco.main, [
         "evaluate", f"--dataset={root}", "--model=none", "--tiny"]), path, *fragments)
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 import warnings
 import zipfile
@@ -34,20 +33,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-ROOT_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-if ROOT_DIR not in sys.path:
-    sys.path.append(ROOT_DIR)
-
-from mrcnn import utils  # noqa: E402
-from mrcnn.config import Config  # noqa: E402
-from mrcnn.progress import track  # noqa: E402
-from samples import common  # noqa: E402
-from samples.common import fail  # noqa: E402
+from mrcnn import cli, utils
+from mrcnn.cli import fail
+from mrcnn.config import Config
+from mrcnn.progress import track
 
 DEFAULT_DATASET_YEAR = "2017"
 
 # Matterport's released COCO weights (downloaded there by --model=coco when missing).
-COCO_MODEL_PATH = common.COCO_WEIGHTS_PATH
+COCO_MODEL_PATH = cli.COCO_WEIGHTS_PATH
 
 IMAGES_URL = "http://images.cocodataset.org/zips/{subset}{year}.zip"
 ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval{year}.zip"
@@ -132,7 +126,7 @@ def _unzip(zip_path: str, target_dir: str) -> None:
         with zipfile.ZipFile(zip_path) as archive:
             archive.extractall(target_dir)
     except (zipfile.BadZipFile, OSError) as err:
-        fail(f"cannot unzip {zip_path}: {common.one_line(err)}")
+        fail(f"cannot unzip {zip_path}: {cli.one_line(err)}")
 
 
 def download_coco(dataset_dir: str, subset: str, year: str) -> None:
@@ -186,7 +180,7 @@ def read_coco(path: str):
     import io
 
     COCO, _ = _pycocotools()
-    common.require_file(path, "annotation file")
+    cli.require_file(path, "annotation file")
     try:
         with open(path) as f:
             data = json.load(f)
@@ -310,10 +304,10 @@ class CocoDataset(utils.Dataset):
         year = str(year)
         if auto_download:
             self.auto_download(dataset_dir, subset, year)
-        common.require_dir(dataset_dir, "dataset folder")
+        cli.require_dir(dataset_dir, "dataset folder")
         coco = read_coco(annotation_file(dataset_dir, subset, year))
         image_dir = image_folder(dataset_dir, subset, year)
-        common.require_dir(image_dir, "image folder")
+        cli.require_dir(image_dir, "image folder")
 
         all_class_ids = sorted(coco.getCatIds())
         if class_ids:
@@ -460,7 +454,7 @@ def detect_coco(model, dataset: CocoDataset, limit: int = 0,
     coco_image_ids = [dataset.image_info[i]["id"] for i in image_ids]
     results, t_prediction = [], 0.0
     for k, image_id in enumerate(track(image_ids, label="detect", unit="img")):
-        image = common.load_dataset_image(dataset, image_id)
+        image = cli.load_dataset_image(dataset, image_id)
         t = time.time()
         r = model.detect([image], verbose=0)[0]
         t_prediction += time.time() - t
@@ -537,15 +531,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="root folder of the MS-COCO dataset")
     parser.add_argument("--year", default=DEFAULT_DATASET_YEAR, choices=("2014", "2017"),
                         help=f"dataset year (default {DEFAULT_DATASET_YEAR})")
-    common.add_weights_argument(parser, "--model")
-    common.add_common_arguments(parser)
+    cli.add_weights_argument(parser, "--model")
+    cli.add_common_arguments(parser)
     parser.add_argument("--limit", type=int, default=500,
                         help="evaluate: images to use, 0 for all (default 500)")
     parser.add_argument("--eval-type", choices=("bbox", "segm", "both"), default="both",
                         help="evaluate: box AP, mask AP or both (default both)")
     parser.add_argument("--download", action="store_true",
                         help="download and unzip missing MS-COCO files (needs network)")
-    common.add_schedule_arguments(parser, [
+    cli.add_schedule_arguments(parser, [
         (["--heads-epochs"], "train: heads up to this epoch (default 40)"),
         (["--fourplus-epochs"], "train: then ResNet stage 4 and up to this epoch (default 120)"),
         (["--all-epochs"], "train: then all layers, at lr/10, up to this epoch (default 160)")])
@@ -562,15 +556,15 @@ def _exclude_heads(spec: str, num_classes: int) -> bool:
 
 def run(args: argparse.Namespace) -> Any:
     """Run a parsed command line (errors of the input raise ``InputError``)."""
-    tiny = common.tiny_requested(args)
-    common.check_weights_spec(args.model, CocoConfig, args.logs, tiny)
+    tiny = cli.tiny_requested(args)
+    cli.check_weights_spec(args.model, CocoConfig, args.logs, tiny)
     year = args.year
     print(f"Command: {args.command}  Model: {args.model}  Dataset: {args.dataset}  "
           f"Year: {year}  Logs: {args.logs}  Auto download: {args.download}")
     val_type = "val" if year == "2017" else "minival"
 
     if args.command == "train":
-        epochs = common.stage_epochs(
+        epochs = cli.stage_epochs(
             [args.heads_epochs, args.fourplus_epochs, args.all_epochs], [40, 120, 160], tiny)
         # As in the Mask R-CNN paper: train + valminusminival (35k val images) for 2014.
         dataset_train = CocoDataset()
@@ -584,14 +578,14 @@ def run(args: argparse.Namespace) -> Any:
         dataset_val.prepare()
 
         num_classes = dataset_train.num_classes
-        model = common.setup_model("training", CocoConfig, args.model, args.logs, tiny,
-                                   settings=common.settings(args, CocoConfig),
+        model = cli.setup_model("training", CocoConfig, args.model, args.logs, tiny,
+                                   settings=cli.settings(args, CocoConfig),
                                    exclude_heads=_exclude_heads(args.model, num_classes),
-                                   NUM_CLASSES=num_classes, **common.workers_override(args))
+                                   NUM_CLASSES=num_classes, **cli.workers_override(args))
         import albumentations as A
 
         lr = args.lr or model.config.LEARNING_RATE
-        common.run_schedule(model, dataset_train, dataset_val, [
+        cli.run_schedule(model, dataset_train, dataset_val, [
             ("Training network heads", "heads", epochs[0], lr),
             ("Fine tune Resnet stage 4 and up", "4+", epochs[1], lr),
             ("Fine tune all layers", "all", epochs[2], lr / 10),
@@ -603,8 +597,8 @@ def run(args: argparse.Namespace) -> Any:
                                  auto_download=args.download)
     dataset_val.prepare()
     num_classes = dataset_val.num_classes
-    model = common.setup_model("inference", CocoInferenceConfig, args.model, args.logs, tiny,
-                               settings=common.settings(args, CocoInferenceConfig),
+    model = cli.setup_model("inference", CocoInferenceConfig, args.model, args.logs, tiny,
+                               settings=cli.settings(args, CocoInferenceConfig),
                                exclude_heads=_exclude_heads(args.model, num_classes),
                                NUM_CLASSES=num_classes)
     eval_types = ("bbox", "segm") if args.eval_type == "both" else (args.eval_type,)
@@ -626,7 +620,7 @@ def run(args: argparse.Namespace) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> Any:
     """Command line entry point; see the module docstring."""
-    return common.run_main(build_parser(), run, argv)
+    return cli.run_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":
