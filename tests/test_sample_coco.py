@@ -95,20 +95,30 @@ def test_class_subset(mini):
         load(mini, class_ids=[18, 99])
 
 
-def test_build_coco_results_maps_classes_and_boxes(mini):
+def test_detect_coco_maps_classes_images_and_boxes(mini):
     dataset, _ = load(mini)
-    masks = np.zeros([56, 64, 1], bool)
-    masks[10:20, 5:15, 0] = True
-    results = coco.build_coco_results(dataset, [123], np.array([[10, 5, 20, 15]]),
-                                      np.array([3]), np.array([0.75]), masks)
-    assert len(results) == 1
+
+    class OneBox:
+        """One detection of internal class 3 (COCO category 18) on every image."""
+
+        def detect(self, images, verbose=0):
+            masks = np.zeros(images[0].shape[:2] + (1,), bool)
+            masks[10:20, 5:15, 0] = True
+            return [{"rois": np.array([[10, 5, 20, 15]]), "class_ids": np.array([3]),
+                     "scores": np.array([0.75]), "masks": masks}]
+
+    first = dataset.image_ids[0]
+    results, coco_ids, _ = coco.detect_coco(OneBox(), dataset, limit=1)
+    assert coco_ids == [dataset.image_info[first]["id"]] and len(results) == 1
     r = results[0]
-    assert r["image_id"] == 123 and r["category_id"] == 18 and r["score"] == 0.75
+    assert r["image_id"] == coco_ids[0] and r["category_id"] == 18 and r["score"] == 0.75
+    assert dataset.get_source_class_id(3, "coco") == 18
     assert r["bbox"] == [5.0, 10.0, 10.0, 10.0]
     from pycocotools import mask as mask_utils
 
-    np.testing.assert_array_equal(mask_utils.decode(r["segmentation"]).astype(bool),
-                                  masks[..., 0])
+    expected = np.zeros(dataset.load_image(first).shape[:2], bool)
+    expected[10:20, 5:15] = True
+    np.testing.assert_array_equal(mask_utils.decode(r["segmentation"]).astype(bool), expected)
 
 
 class PerfectModel:

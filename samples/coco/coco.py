@@ -401,99 +401,34 @@ class CocoDataset(utils.Dataset):
 #  COCO evaluation
 ############################################################
 
-def build_coco_results(dataset: CocoDataset, image_ids: Sequence[int], rois: np.ndarray,
-                       class_ids: np.ndarray, scores: np.ndarray,
-                       masks: np.ndarray | None) -> list[dict]:
-    """Detections of one image as COCO result dicts (http://cocodataset.org/#format).
-
-    Args:
-        dataset: the dataset (maps internal class ids back to COCO category ids).
-        image_ids: COCO image id(s) the detections belong to; as in Matterport, pass a
-            one-element list (each id gets all the detections).
-        rois: [N, (y1, x1, y2, x2)] pixel boxes.
-        class_ids: [N] internal class ids.
-        scores: [N].
-        masks: [H, W, N] masks, or None for box-only results.
+def detect_coco(model, dataset: CocoDataset, limit: int = 0,
+                image_ids: Sequence[int] | None = None) -> tuple[list[dict], list[int], float]:
+    """Run the model on the images and collect COCO result dicts, image by image.
 
     Returns:
-        A list of {"image_id", "category_id", "bbox" [x, y, w, h], "score",
-        "segmentation" (compressed RLE)} with plain Python values.
+        results (``mrcnn.coco_eval.build_coco_results``, with COCO image and category
+        ids), the COCO image ids, prediction seconds.
     """
     from mrcnn import coco_eval
 
-    if rois is None:
-        return []
-    rois = np.asarray(rois).reshape(-1, 4)
-    rles = coco_eval.masks_to_rle(np.asarray(masks)) if masks is not None else None
-    results = []
-    for image_id in image_ids:
-        for i in range(rois.shape[0]):
-            y1, x1, y2, x2 = (float(v) for v in np.around(rois[i], 1))
-            result = {
-                "image_id": int(image_id),
-                "category_id": int(dataset.get_source_class_id(int(class_ids[i]), "coco")),
-                "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "score": float(scores[i]),
-            }
-            if rles is not None:
-                result["segmentation"] = rles[i]
-            results.append(result)
-    return results
-
-
-def detect_coco(model, dataset: CocoDataset, limit: int = 0,
-                image_ids: Sequence[int] | None = None) -> tuple[list[dict], list[int], float]:
-    """Run the model on the images and collect COCO results.
-
-    Returns:
-        results (see ``build_coco_results``), the COCO image ids, prediction seconds.
-    """
     image_ids = list(dataset.image_ids if image_ids is None else image_ids)
     if limit:
         image_ids = image_ids[:limit]
     coco_image_ids = [dataset.image_info[i]["id"] for i in image_ids]
+    # Internal class id -> COCO category id (0, the background, is never detected).
+    categories = np.array([0] + [dataset.get_source_class_id(c, "coco")
+                                 for c in dataset.class_ids[1:]])
     results, t_prediction = [], 0.0
-    for k, image_id in enumerate(track(image_ids, label="detect", unit="img")):
+    for image_id, coco_id in zip(track(image_ids, label="detect", unit="img"),
+                                 coco_image_ids):
         image = cli.load_dataset_image(dataset, image_id)
         t = time.time()
         r = model.detect([image], verbose=0)[0]
         t_prediction += time.time() - t
-        results.extend(build_coco_results(dataset, coco_image_ids[k:k + 1], r["rois"],
-                                          r["class_ids"], r["scores"], r["masks"]))
+        # One image at a time: its masks are RLE-encoded here, never all held at once.
+        results.extend(coco_eval.build_coco_results([{
+            **r, "image_id": coco_id, "class_ids": categories[np.asarray(r["class_ids"])]}]))
     return results, coco_image_ids, t_prediction
-
-
-def coco_stats(coco, results: list[dict], eval_type: str,
-               coco_image_ids: Sequence[int]) -> np.ndarray:
-    """COCOeval of ``results`` against ``coco``; prints the standard table.
-
-    With no results at all (an untrained model) the evaluation still runs on an empty
-    result set (``mrcnn.coco_eval.load_results``): AP/AR are 0 where there is ground truth
-    and -1 where COCOeval has nothing to measure.
-
-    Returns:
-        float64 [12]: COCOeval.stats (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100,
-        ARs, ARm, ARl).
-    """
-    import contextlib
-    import io
-
-    from pycocotools.cocoeval import COCOeval
-
-    from mrcnn.coco_eval import load_results
-
-    if eval_type not in ("bbox", "segm"):
-        raise ValueError(f"eval_type must be 'bbox' or 'segm', got {eval_type!r}")
-    coco_results = load_results(coco, results, eval_type)
-    coco_eval = COCOeval(coco, coco_results, eval_type)
-    coco_eval.params.imgIds = list(coco_image_ids)
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_eval.evaluate()
-        coco_eval.accumulate()
-    print(f"COCO {eval_type} evaluation on {len(coco_image_ids)} images, "
-          f"{len(results)} detections:")
-    coco_eval.summarize()
-    return np.asarray(coco_eval.stats, dtype=np.float64)
 
 
 def evaluate_coco(model, dataset: CocoDataset, coco, eval_type: str = "bbox", limit: int = 0,
@@ -511,9 +446,11 @@ def evaluate_coco(model, dataset: CocoDataset, coco, eval_type: str = "bbox", li
     Returns:
         The 12 COCOeval stats.
     """
+    from mrcnn import coco_eval
+
     t_start = time.time()
     results, coco_image_ids, t_prediction = detect_coco(model, dataset, limit, image_ids)
-    stats = coco_stats(coco, results, eval_type, coco_image_ids)
+    stats = coco_eval.evaluate_results(coco, results, eval_type, coco_image_ids)["stats"]
     count = max(len(coco_image_ids), 1)
     print(f"Prediction time: {t_prediction:.1f} s. Average {t_prediction / count:.3f} s/image")
     print(f"Total time: {time.time() - t_start:.1f} s")
@@ -608,9 +545,12 @@ def run(args: argparse.Namespace) -> Any:
     t_start = time.time()
     # Detect once, evaluate boxes and masks from the same detections.
     results, coco_image_ids, t_prediction = detect_coco(model, dataset_val, args.limit)
+    from mrcnn import coco_eval
+
     stats = {}
     for eval_type in eval_types:
-        stats[eval_type] = coco_stats(coco, results, eval_type, coco_image_ids)
+        stats[eval_type] = coco_eval.evaluate_results(coco, results, eval_type,
+                                                      coco_image_ids)["stats"]
         print(f"{eval_type} stats: " + " ".join(f"{v:.4f}" for v in stats[eval_type]))
     print(f"Prediction time: {t_prediction:.1f} s. Average "
           f"{t_prediction / max(len(coco_image_ids), 1):.3f} s/image")
