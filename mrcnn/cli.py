@@ -41,7 +41,7 @@ from typing import Any, Callable, Iterator, NoReturn, Sequence
 
 import numpy as np
 
-from mrcnn import runs, utils  # NumPy only
+from mrcnn import utils  # NumPy only
 from mrcnn.config import Config  # NumPy only
 from mrcnn.dataset import Dataset, load_image_file
 from mrcnn.tiny import TINY_ENV, tiny_requested  # noqa: F401  (part of this module's API)
@@ -378,6 +378,19 @@ def add_weights_argument(parser: argparse.ArgumentParser, flag: str = "--weights
                              "need network), or the path of a weights file")
 
 
+def find_last(model_dir: str, name: str) -> str:
+    """``mrcnn.runs.find_last``: the last sound checkpoint of config NAME ``name`` under
+    ``model_dir``, before any model is built (imported on call: it reads weight files
+    with Keras, and this module stays free of it until a model is needed).
+
+    Raises:
+        FileNotFoundError: no checkpoint of ``name`` under ``model_dir``.
+    """
+    from mrcnn import runs
+
+    return runs.find_last(model_dir, name)
+
+
 def check_weights_spec(spec: str, base: type[Config] | None = None,
                        model_dir: str = DEFAULT_LOGS_DIR, tiny: bool = False) -> None:
     """Fail early, before the dataset is read and the model built, on a weights file that
@@ -396,7 +409,7 @@ def check_weights_spec(spec: str, base: type[Config] | None = None,
     if keyword == "last" and base is not None:
         name = ("tiny" if tiny else "") + str(base.NAME)
         try:
-            runs.find_last(model_dir, name)
+            find_last(model_dir, name)
         except FileNotFoundError as err:
             fail(f"--weights=last: no checkpoint of '{name}' found under {model_dir} "
                  f"({err.strerror or err}); train first or give a path")
@@ -435,7 +448,7 @@ def norm_for_weights(spec: str, base: type[Config], model_dir: str,
         path = spec
         if keyword == "last":
             try:
-                path = runs.find_last(model_dir, str(base.NAME))
+                path = find_last(model_dir, str(base.NAME))
             except FileNotFoundError:
                 return {}  # resolve_weights reports it
         norm = weights_norm(path)
