@@ -1,20 +1,88 @@
-"""Anchors: pyramid shapes, the anchor boxes of an image size, and the layer that holds them.
+"""Anchor boxes: generation per pyramid level, the pyramid's shapes, and the anchors of an
+image size (cached).
 
 Anchors depend only on the (static) image shape and the Config, so they are computed with
-NumPy once per shape and live in the graph as a constant: no input, no Lambda, no variable.
+NumPy once per shape; ``mrcnn.rpn.AnchorsLayer`` puts them in the graph as a constant (no
+input, no Lambda, no variable) and the data pipeline matches ground truth against the same
+cached array. NumPy only; Matterport's ``utils.generate_anchors`` and
+``utils.generate_pyramid_anchors`` are re-exported from ``mrcnn.utils``.
 """
 
 from __future__ import annotations
 
 import functools
-import importlib
+from typing import Sequence
 
-import keras
 import numpy as np
-from keras import layers, ops
 
-from mrcnn import utils
-from mrcnn.layer_config import PlainConfigMixin
+from mrcnn.utils import norm_boxes
+
+
+def generate_anchors(
+    scales: float | Sequence[float],
+    ratios: Sequence[float],
+    shape: Sequence[int],
+    feature_stride: int,
+    anchor_stride: int,
+) -> np.ndarray:
+    """Anchors of one feature-map level.
+
+    Ordering (the model's RPN outputs rely on it): feature-map positions row-major (y
+    outer, x inner); at each position one anchor per (ratio, scale) pair, ratios outer.
+    Anchor centres sit at ``position * feature_stride`` (Matterport's convention).
+
+    Args:
+        scales: anchor side length(s) in pixels, e.g. 32.
+        ratios: width / height ratios, e.g. [0.5, 1, 2].
+        shape: (height, width) of the feature map.
+        feature_stride: image pixels per feature-map cell.
+        anchor_stride: place anchors at every ``anchor_stride``-th cell.
+
+    Returns:
+        float [num_anchors, (y1, x1, y2, x2)] in image pixels.
+    """
+    scales_g, ratios_g = np.meshgrid(np.asarray(scales, dtype=np.float64).ravel(),
+                                     np.asarray(ratios, dtype=np.float64).ravel())
+    scales_g, ratios_g = scales_g.ravel(), ratios_g.ravel()  # ratio-major, scale-minor
+    heights = scales_g / np.sqrt(ratios_g)
+    widths = scales_g * np.sqrt(ratios_g)
+    ys = np.arange(0, shape[0], anchor_stride) * feature_stride
+    xs = np.arange(0, shape[1], anchor_stride) * feature_stride
+    cy, cx = np.meshgrid(ys, xs, indexing="ij")  # [Ny, Nx], x varies fastest
+    cy = cy.reshape(-1, 1).astype(np.float64)
+    cx = cx.reshape(-1, 1).astype(np.float64)
+    boxes = np.stack(
+        [cy - 0.5 * heights, cx - 0.5 * widths, cy + 0.5 * heights, cx + 0.5 * widths],
+        axis=-1,
+    )  # [positions, anchors per position, 4]
+    return boxes.reshape(-1, 4)
+
+
+def generate_pyramid_anchors(
+    scales: Sequence[float],
+    ratios: Sequence[float],
+    feature_shapes: Sequence[Sequence[int]],
+    feature_strides: Sequence[int],
+    anchor_stride: int,
+) -> np.ndarray:
+    """Anchors for all pyramid levels, concatenated level by level.
+
+    Args:
+        scales: one anchor scale per level, e.g. (32, 64, 128, 256, 512).
+        ratios: width / height ratios shared by all levels.
+        feature_shapes: [levels, (height, width)] feature-map shapes.
+        feature_strides: one stride per level, e.g. (4, 8, 16, 32, 64).
+        anchor_stride: see ``generate_anchors``.
+
+    Returns:
+        float [num_anchors, (y1, x1, y2, x2)] in image pixels; level 0 first, each level
+        ordered as in ``generate_anchors``.
+    """
+    anchors = [
+        generate_anchors(scales[i], ratios, feature_shapes[i], feature_strides[i], anchor_stride)
+        for i in range(len(scales))
+    ]
+    return np.concatenate(anchors, axis=0)
 
 
 def compute_backbone_shapes(config, image_shape) -> np.ndarray:
@@ -37,10 +105,9 @@ def compute_backbone_shapes(config, image_shape) -> np.ndarray:
 @functools.lru_cache(maxsize=16)
 def _anchors_cached(scales: tuple, ratios: tuple, strides: tuple, anchor_stride: int,
                     backbone_shapes: tuple, image_hw: tuple) -> tuple[np.ndarray, np.ndarray]:
-    pixel = utils.generate_pyramid_anchors(list(scales), list(ratios),
-                                           np.array(backbone_shapes), list(strides),
-                                           anchor_stride)
-    normalized = utils.norm_boxes(pixel, image_hw).astype(np.float32)
+    pixel = generate_pyramid_anchors(list(scales), list(ratios), np.array(backbone_shapes),
+                                     list(strides), anchor_stride)
+    normalized = norm_boxes(pixel, image_hw).astype(np.float32)
     pixel.setflags(write=False)
     normalized.setflags(write=False)
     return pixel, normalized
@@ -64,66 +131,3 @@ def pyramid_anchors(config, image_shape, normalized: bool = True) -> np.ndarray:
         tuple(config.BACKBONE_STRIDES), int(config.RPN_ANCHOR_STRIDE),
         tuple(map(tuple, shapes.tolist())), hw)
     return norm if normalized else pixel
-
-
-@keras.saving.register_keras_serializable(package="mrcnn")
-class AnchorsLayer(PlainConfigMixin, layers.Layer):
-    """Outputs the normalized anchors of the input image's shape, broadcast to the batch.
-
-    The image's height and width must be static when the layer runs (they are: the training
-    graph has a fixed shape and inference is traced per image shape).
-
-    Args:
-        config: a ``Config`` to read the values below from (Matterport's signature).
-        rpn_anchor_scales, rpn_anchor_ratios, backbone_strides, rpn_anchor_stride: the
-            Config values (keyword arguments, see ``mrcnn.layer_config``).
-        compute_backbone_shape: Config.COMPUTE_BACKBONE_SHAPE of a callable BACKBONE, or
-            None (shapes from the strides). ``get_config`` stores it as its import path
-            ("package.module.function"), so it must be a module-level function.
-
-    Call args:
-        image: the input image [B, H, W, C] (only its shape is used).
-
-    Returns:
-        [B, A, 4] normalized anchors.
-    """
-
-    CONFIG_KEYS = ("RPN_ANCHOR_SCALES", "RPN_ANCHOR_RATIOS", "BACKBONE_STRIDES",
-                   "RPN_ANCHOR_STRIDE")
-
-    def __init__(self, config=None, compute_backbone_shape=None, **kwargs):
-        if config is not None and callable(config.BACKBONE):
-            compute_backbone_shape = compute_backbone_shape or config.COMPUTE_BACKBONE_SHAPE
-        if isinstance(compute_backbone_shape, str):  # an import path, from get_config
-            module, _, name = compute_backbone_shape.rpartition(".")
-            compute_backbone_shape = getattr(importlib.import_module(module), name)
-        super().__init__(**self._take_config(config, kwargs))
-        self.compute_backbone_shape = compute_backbone_shape
-        # compute_backbone_shapes() calls COMPUTE_BACKBONE_SHAPE when BACKBONE is callable.
-        self.config.BACKBONE = self.config.COMPUTE_BACKBONE_SHAPE = compute_backbone_shape
-
-    def call(self, image):
-        height, width = image.shape[1], image.shape[2]
-        if height is None or width is None:
-            raise ValueError("AnchorsLayer needs a static image height and width; got "
-                             f"{image.shape}. Trace the model with concrete image shapes.")
-        anchors = ops.convert_to_tensor(pyramid_anchors(self.config, (height, width)))
-        batch = ops.shape(image)[0]
-        return ops.broadcast_to(anchors[None], (batch, anchors.shape[0], 4))
-
-    def compute_output_shape(self, image_shape):
-        h, w = image_shape[1], image_shape[2]
-        count = None
-        if h is not None and w is not None:
-            count = len(pyramid_anchors(self.config, (h, w)))
-        return (image_shape[0], count, 4)
-
-    def get_config(self):
-        base = super().get_config()
-        fn = self.compute_backbone_shape
-        if fn is not None and ("<" in fn.__qualname__ or "." in fn.__qualname__):
-            raise ValueError(f"AnchorsLayer.get_config: COMPUTE_BACKBONE_SHAPE {fn} must be a "
-                             "module-level function to be saved (its import path is stored).")
-        base.update(compute_backbone_shape=f"{fn.__module__}.{fn.__qualname__}" if fn
-                    else None)
-        return base

@@ -13,14 +13,13 @@ from mrcnn.roi_align import FlattenRois, PyramidROIAlign, UnflattenRois
 from mrcnn.rpn import predictor_init
 
 
-def fpn_classifier_graph(rois, feature_maps: list, image_meta, pool_size: int,
+def fpn_classifier_graph(rois, feature_maps: list, pool_size: int,
                          num_classes: int, config) -> list:
     """Build the box head on the ROIs.
 
     Args:
         rois: [B, N, 4] normalized boxes.
         feature_maps: [P2, P3, P4, P5].
-        image_meta: [B, META] (passed to PyramidROIAlign, Matterport's signature).
         pool_size: ROI align size (POOL_SIZE).
         num_classes: NUM_CLASSES (background included).
         config: the ``Config`` (BOX_HEAD, NORM, GN_GROUPS, FPN_CLASSIF_FC_LAYERS_SIZE).
@@ -33,7 +32,7 @@ def fpn_classifier_graph(rois, feature_maps: list, image_meta, pool_size: int,
     norm, groups = config.NORM, config.GN_GROUPS
     fc_size = config.FPN_CLASSIF_FC_LAYERS_SIZE
     x = PyramidROIAlign((pool_size, pool_size), image_stride=config.BACKBONE_STRIDES[0],
-                        name="roi_align_classifier")([rois, image_meta] + list(feature_maps))
+                        name="roi_align_classifier")([rois] + list(feature_maps))
     x = FlattenRois(name="mrcnn_class_flatten_rois")(x)
     if config.BOX_HEAD == "2fc":
         x = layers.Conv2D(fc_size, pool_size, padding="valid", name="mrcnn_class_conv1",

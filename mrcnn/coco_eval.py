@@ -308,7 +308,8 @@ def evaluate(
         gt_list: ground truth per image, see ``build_coco_gt``.
         det_list: detections per image, see ``build_coco_results``. Images may be missing
             (no detections); every image must appear in ``gt_list``.
-        iou_type: "bbox" or "segm" ("segm" needs ``masks`` in both lists).
+        iou_type: "bbox" or "segm" ("segm" needs ``masks`` in both lists; checked, with
+            ``max_dets``, by ``evaluate_results``).
         class_names: see ``build_coco_gt``.
         verbose: print the standard COCOeval summary table.
         max_dets: detections per image that count (COCO's 100). Dense scenes (nuclei,
@@ -329,8 +330,6 @@ def evaluate(
         exists and -1 where COCOeval has nothing to measure (e.g. an area range with no
         ground truth), exactly as COCOeval reports them.
     """
-    if iou_type not in ("bbox", "segm"):
-        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
     if not gt_list:
         raise ValueError("evaluate: gt_list is empty")
     if iou_type == "segm":
@@ -346,17 +345,50 @@ def evaluate(
     unknown = {int(d["image_id"]) for d in det_list} - set(coco_gt.getImgIds())
     if unknown:
         raise ValueError(f"evaluate: detections for image ids {sorted(unknown)} not in gt_list")
-    results = build_coco_results(det_list)
-    coco_dt = load_results(coco_gt, results, iou_type)
+    return evaluate_results(coco_gt, build_coco_results(det_list), iou_type, verbose=verbose,
+                            max_dets=max_dets)
 
-    cocoeval = COCOeval(coco_gt, coco_dt, iou_type)
+
+def evaluate_results(
+    coco_gt: COCO,
+    results: Sequence[dict],
+    iou_type: str = "bbox",
+    image_ids: Sequence[int] | None = None,
+    verbose: bool = True,
+    max_dets: int = 100,
+) -> dict[str, Any]:
+    """Run COCOeval on COCO result dicts against a ``COCO`` ground truth.
+
+    What ``evaluate`` does after building both sides; call it directly with an official
+    annotation file (``COCO(path)``: crowd regions and areas as the file has them) and
+    results collected image by image with ``build_coco_results`` (masks RLE-encoded as
+    they come, so a large evaluation never holds every mask at once).
+
+    Args:
+        coco_gt: the ground truth.
+        results: ``{"image_id", "category_id", "bbox", "score"[, "segmentation"]}`` dicts
+            whose ids are ``coco_gt``'s image and category ids.
+        iou_type: "bbox" or "segm".
+        image_ids: the images to evaluate (default: all of ``coco_gt``'s); images without
+            results count as images where nothing was found.
+        verbose, max_dets: see ``evaluate``.
+
+    Returns:
+        See ``evaluate``.
+    """
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
     if int(max_dets) < 1:
         raise ValueError(f"evaluate: max_dets must be >= 1, got {max_dets}")
+    coco_dt = load_results(coco_gt, results, iou_type)
+    cocoeval = COCOeval(coco_gt, coco_dt, iou_type)
+    if image_ids is not None:
+        cocoeval.params.imgIds = [int(i) for i in image_ids]
     cocoeval.params.maxDets = [1, 10, int(max_dets)]
     _silent(cocoeval.evaluate)
     _silent(cocoeval.accumulate)
     if verbose:
-        print(f"COCO evaluation, iou_type={iou_type!r}, {len(gt_list)} images, "
+        print(f"COCO evaluation, iou_type={iou_type!r}, {len(cocoeval.params.imgIds)} images, "
               f"{len(results)} detections")
         cocoeval.summarize()
     else:

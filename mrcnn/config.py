@@ -7,8 +7,10 @@ Subclass ``Config`` and override what your dataset needs, as with Matterport's M
         NUM_CLASSES = 1 + 1
         STEPS_PER_EPOCH = 100
 
-Every attribute keeps Matterport's name and default. Knobs added by mrcnn (normalization,
-box head, optimizer, schedule, mixed precision, XLA) sit in their own section below. Each
+Every attribute keeps Matterport's name and default. Knobs added by mrcnn sit in their own
+section after Matterport's, grouped by stage: backbone (normalization), RPN (conv width),
+ROI heads (GT boxes as proposals, box head, mask head width), training (optimizer,
+schedule), compute (mixed precision, XLA) and data loading (workers, allocator). Each
 comment says what the knob trades off. ``Config()`` validates itself and raises ``ValueError``
 naming the attribute, its value and what is allowed.
 
@@ -172,15 +174,6 @@ class Config:
     # These follow the ResNet stages and are rarely changed.
     BACKBONE_STRIDES = [4, 8, 16, 32, 64]
 
-    # Channels of the RPN's shared 3x3 conv (512 in Matterport and the paper). It runs on
-    # every pyramid level, P2 included, so it is one of the largest costs at high
-    # resolution; 256 or 128 is plenty for simple data.
-    RPN_CONV_CHANNELS = 512
-
-    # Channels of the mask head's four 3x3 convs and deconv (256 in the paper). Its cost
-    # scales with positive ROIs x channels^2: the main lever of mask-head time and memory.
-    MASK_HEAD_CHANNELS = 256
-
     # Size of the fully connected layers of the classification head ("2fc" box head).
     # 1024 as in the FPN paper; smaller saves memory with some loss of box accuracy.
     FPN_CLASSIF_FC_LAYERS_SIZE = 1024
@@ -306,12 +299,6 @@ class Config:
         "mrcnn_mask_loss": 1.,
     }
 
-    # Add the ground-truth boxes to the RPN proposals before sampling the ROIs of the heads
-    # (as Detectron and torchvision do; Matterport did not). Early in training, and above all
-    # from scratch, the RPN finds few objects; the GT boxes give the heads positives to learn
-    # from at once. Costs MAX_GT_INSTANCES more candidate ROIs, nothing at inference.
-    TRAIN_ROIS_INCLUDE_GT = True
-
     # Train the heads on RPN proposals (True) or on ROIs that the data generator samples
     # around the ground truth (False; only for debugging the heads without an RPN).
     USE_RPN_ROIS = True
@@ -326,8 +313,10 @@ class Config:
     GRADIENT_CLIP_NORM = 5.0
 
     # ---------------------------------------------------------------------------------
-    # mrcnn knobs (not in Matterport)
+    # mrcnn knobs (not in Matterport), grouped by stage
     # ---------------------------------------------------------------------------------
+
+    # -- Backbone and pyramid --
 
     # Normalization layers.
     # frozen_bn: BatchNorm always in inference mode and not trained (Matterport's
@@ -342,10 +331,31 @@ class Config:
     # Groups of GroupNorm (NORM="gn"). 32 as in the GN paper; must divide every channel count.
     GN_GROUPS = 32
 
+    # -- RPN --
+
+    # Channels of the RPN's shared 3x3 conv (512 in Matterport and the paper). It runs on
+    # every pyramid level, P2 included, so it is one of the largest costs at high
+    # resolution; 256 or 128 is plenty for simple data.
+    RPN_CONV_CHANNELS = 512
+
+    # -- ROI heads --
+
+    # Add the ground-truth boxes to the RPN proposals before sampling the ROIs of the heads
+    # (as Detectron and torchvision do; Matterport did not). Early in training, and above all
+    # from scratch, the RPN finds few objects; the GT boxes give the heads positives to learn
+    # from at once. Costs MAX_GT_INSTANCES more candidate ROIs, nothing at inference.
+    TRAIN_ROIS_INCLUDE_GT = True
+
+    # Channels of the mask head's four 3x3 convs and deconv (256 in the paper). Its cost
+    # scales with positive ROIs x channels^2: the main lever of mask-head time and memory.
+    MASK_HEAD_CHANNELS = 256
+
     # Box head. "2fc": Matterport's two 1024-wide layers (a 7x7 conv and a 1x1 conv).
     # "4conv1fc": four 3x3 convs and one fc, as in the GN paper: more accurate with GN,
     # slower.
     BOX_HEAD = "2fc"
+
+    # -- Training --
 
     # Optimizer. "sgd": SGD with momentum LEARNING_MOMENTUM (Matterport). "adamw": AdamW with
     # decoupled weight decay, more forgiving for training from scratch and fine-tuning with
@@ -354,12 +364,14 @@ class Config:
 
     # Learning-rate schedule. "constant" (Matterport); "plateau": multiply the rate by
     # LR_PLATEAU_FACTOR when the validation loss stops improving for LR_PLATEAU_PATIENCE
-    # epochs (ReduceLROnPlateau), down to LR_MIN_FACTOR * LEARNING_RATE; "cosine": cosine decay over the epochs of each train() call
-    # down to LR_MIN_FACTOR * LEARNING_RATE.
+    # epochs (ReduceLROnPlateau), down to LR_MIN_FACTOR * LEARNING_RATE; "cosine": cosine
+    # decay over the epochs of each train() call down to LR_MIN_FACTOR * LEARNING_RATE.
     LR_SCHEDULE = "constant"
     LR_PLATEAU_FACTOR = 0.1
     LR_PLATEAU_PATIENCE = 3
     LR_MIN_FACTOR = 0.0
+
+    # -- Compute: precision and compilation --
 
     # Mixed precision policy: None / "float32" (full precision), "mixed_bfloat16" (Ampere+
     # GPUs, TPUs; no loss scaling needed) or "mixed_float16" (older GPUs; loss scaling is
@@ -374,6 +386,8 @@ class Config:
     # alternative is running op by op), on TensorFlow only with a GPU/TPU. False is also the
     # setting for quick debugging.
     JIT_COMPILE: bool | str = "auto"
+
+    # -- Data loading --
 
     # Data loading: worker threads (or processes) of the training PyDataset, by default one
     # per usable core, so that the host keeps the accelerator fed. 0 loads in the training

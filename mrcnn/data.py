@@ -10,13 +10,14 @@ How one training example is made (``DataGenerator.load_batch``)::
       -> molded, zero-padded arrays in the order of the training model's inputs.
 
 Names, signatures and semantics follow Matterport's ``mrcnn/model.py`` (``load_image_gt``,
-``build_rpn_targets``, ``data_generator``, ``compose_image_meta``, ...), so notebooks that
-call them through ``import mrcnn.model as modellib`` keep working. Everything here is
-NumPy; Keras is imported only for ``keras.utils.PyDataset``, so the module works with any
-Keras backend (TensorFlow, JAX, PyTorch).
+``build_rpn_targets``, ``compose_image_meta``, ...), so notebooks that call them through
+``import mrcnn.model as modellib`` keep working; Matterport's debugging paths
+(``data_generator``, random ROIs, ``build_detection_targets``) are in ``mrcnn.inspection``.
+Everything here is NumPy; Keras is imported only for ``keras.utils.PyDataset``, so the
+module works with any Keras backend (TensorFlow, JAX, PyTorch).
 
-Randomness: ``resize_image``'s crop, the MAX_GT_INSTANCES subset, the RPN anchor sampling
-and the random ROIs draw from an ``rng`` argument, by default ``np.random`` (seed it to
+Randomness: ``resize_image``'s crop, the MAX_GT_INSTANCES subset and the RPN anchor
+sampling draw from an ``rng`` argument, by default ``np.random`` (seed it to
 reproduce them, as with Matterport). ``DataGenerator`` passes each batch its own
 ``RandomState`` seeded by (seed, epoch, batch index), so worker threads reproduce a seeded
 run; albumentations transforms use their own generator (``A.Compose(..., seed=...)``).
@@ -29,13 +30,14 @@ import math
 import os
 import warnings
 import weakref
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import keras
 import numpy as np
 
 from mrcnn import transform, utils
 from mrcnn.anchors import compute_backbone_shapes, pyramid_anchors
+from mrcnn.dataset import as_model_image, check_mask
 
 # albumentations 2.x checks PyPI for a newer version on import. Training machines are often
 # offline, so opt out unless the user decided otherwise. Set here (not when augmenting)
@@ -50,8 +52,6 @@ RPN_POSITIVE_IOU = 0.7
 RPN_NEGATIVE_IOU = 0.3
 # Anchors that overlap a crowd box by at least this IoU are never negatives.
 CROWD_IOU = 0.001
-# IoU that splits sampled ROIs into foreground and background (build_detection_targets).
-ROI_FOREGROUND_IOU = 0.5
 
 
 ############################################################
@@ -92,26 +92,6 @@ def _transform_name(transform: Any) -> str:
         except TypeError:
             pass
     return type(transform).__name__
-
-
-def _validate_mask(dataset: Any, image_id: int, image: np.ndarray, mask: np.ndarray,
-                   class_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Check ``load_mask``'s output against the image; bool [H, W, N] and int32 [N] out."""
-    check = getattr(utils, "check_mask", None)
-    if check is not None:
-        return check(mask, class_ids, image_id, image.shape,
-                     num_classes=getattr(dataset, "num_classes", None))
-    # Fallback when utils has no validator: the few checks the pipeline relies on.
-    mask, class_ids = np.asarray(mask), np.asarray(class_ids).astype(np.int32).reshape(-1)
-    if mask.ndim != 3 or mask.shape[-1] != class_ids.shape[0]:
-        raise ValueError(f"load_mask(image_id={image_id!r}): expected masks [H, W, N] and "
-                         f"class_ids [N], got {mask.shape} and {class_ids.shape}")
-    if mask.shape[-1] == 0:
-        return np.zeros(image.shape[:2] + (0,), bool), class_ids
-    if mask.shape[:2] != image.shape[:2]:
-        raise ValueError(f"load_mask(image_id={image_id!r}): mask size {mask.shape[:2]} "
-                         f"differs from the image size {image.shape[:2]}")
-    return mask.astype(bool), class_ids
 
 
 def _apply_augmentation(augmentation: Callable, image: np.ndarray, mask: np.ndarray,
@@ -186,7 +166,7 @@ def load_image_gt(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Load an image and its ground truth, resized as the Config says.
 
-    Steps: ``load_image`` + ``load_mask`` (validated by ``utils.check_mask``), resize with
+    Steps: ``load_image`` + ``load_mask`` (validated by ``check_mask``), resize with
     IMAGE_MIN_DIM / IMAGE_MAX_DIM / IMAGE_MIN_SCALE / IMAGE_RESIZE_MODE, optional
     augmentation, drop instances whose mask vanished (crop or augmentation; an image may
     end up with zero instances, which is valid), keep a random MAX_GT_INSTANCES subset when
@@ -233,9 +213,10 @@ def load_image_gt(
 
     # Shape checked, NaN/inf rejected, non-uint8 pixels converted as Dataset.load_image
     # converts files.
-    image = utils.as_model_image(dataset.load_image(image_id), where, config.IMAGE_CHANNEL_COUNT)
+    image = as_model_image(dataset.load_image(image_id), where, config.IMAGE_CHANNEL_COUNT)
     mask, class_ids = dataset.load_mask(image_id)
-    mask, class_ids = _validate_mask(dataset, image_id, image, mask, class_ids)
+    mask, class_ids = check_mask(mask, class_ids, image_id, image.shape,
+                                 num_classes=getattr(dataset, "num_classes", None))
     original_shape = image.shape
 
     image, window, scale, padding, crop = transform.resize_image(
@@ -611,172 +592,6 @@ def build_rpn_targets(
 
 
 ############################################################
-#  Random ROIs and detection targets (inspection / debugging)
-############################################################
-
-
-def _random_boxes(region: Sequence[int], count: int, image_hw: Sequence[int],
-                  random: Any = np.random) -> np.ndarray:
-    """``count`` random boxes of at least 1 pixel inside ``region`` (y1, x1, y2, x2)."""
-    height, width = int(image_hw[0]), int(image_hw[1])
-
-    def coordinate_pairs(low: int, high: int, limit: int) -> np.ndarray:
-        # Make the range hold two values at least, so a non-empty box exists.
-        if high - low < 2:
-            low, high = max(0, min(low, limit - 2)), min(limit, max(high, low + 2))
-        pairs = random.randint(low, high, (count, 2))
-        equal = pairs[:, 0] == pairs[:, 1]
-        while equal.any():  # redraw degenerate pairs (Matterport drew twice as many)
-            pairs[equal] = random.randint(low, high, (int(equal.sum()), 2))
-            equal = pairs[:, 0] == pairs[:, 1]
-        return np.sort(pairs, axis=1)
-
-    ys = coordinate_pairs(int(region[0]), int(region[2]), height)
-    xs = coordinate_pairs(int(region[1]), int(region[3]), width)
-    return np.stack([ys[:, 0], xs[:, 0], ys[:, 1], xs[:, 1]], axis=1).astype(np.int32)
-
-
-def generate_random_rois(
-    image_shape: Sequence[int],
-    count: int,
-    gt_class_ids: np.ndarray,
-    gt_boxes: np.ndarray,
-    rng: np.random.RandomState | None = None,
-) -> np.ndarray:
-    """Random ROIs, mostly around the GT boxes (Matterport's debugging stand-in for the RPN).
-
-    90% of the ROIs are split evenly among the GT boxes, each drawn inside its box grown by
-    its own size on every side; the rest are drawn anywhere in the image. Uses ``rng``
-    (default ``np.random``).
-
-    Args:
-        image_shape: [H, W, ...] of the image.
-        count: number of ROIs.
-        gt_class_ids: [N] class ids (unused; kept for Matterport's signature).
-        gt_boxes: [N, (y1, x1, y2, x2)] in pixels.
-        rng: ``np.random.RandomState`` (default: the global ``np.random``).
-
-    Returns:
-        int32 [count, (y1, x1, y2, x2)] in pixels, every ROI at least 1 pixel tall and wide.
-    """
-    del gt_class_ids
-    random = np.random if rng is None else rng
-    height, width = int(image_shape[0]), int(image_shape[1])
-    gt_boxes = np.asarray(gt_boxes).reshape(-1, 4).astype(np.int64)
-    rois = np.zeros([count, 4], dtype=np.int32)
-    per_box = int(0.9 * count / gt_boxes.shape[0]) if gt_boxes.shape[0] else 0
-    for i, (y1, x1, y2, x2) in enumerate(gt_boxes if per_box else []):
-        h, w = y2 - y1, x2 - x1
-        region = (max(y1 - h, 0), max(x1 - w, 0), min(y2 + h, height), min(x2 + w, width))
-        rois[i * per_box:(i + 1) * per_box] = _random_boxes(region, per_box, (height, width),
-                                                            random)
-    remaining = count - per_box * gt_boxes.shape[0]
-    if remaining > 0:  # Matterport's rois[-remaining:] broke for remaining == 0
-        rois[count - remaining:] = _random_boxes((0, 0, height, width), remaining,
-                                                 (height, width), random)
-    return rois
-
-
-def build_detection_targets(
-    rpn_rois: np.ndarray,
-    gt_class_ids: np.ndarray,
-    gt_boxes: np.ndarray,
-    gt_masks: np.ndarray,
-    config: Any,
-    rng: np.random.RandomState | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Sample ROIs and build the targets of the classifier and mask heads (NumPy).
-
-    The graph computes these targets itself during training; this NumPy version serves
-    the inspection notebook (``data_generator(..., detection_targets=True)``). ROIs with
-    IoU > 0.5 with a (non-crowd) GT box are foreground, < 0.5 background; up to
-    TRAIN_ROIS_PER_IMAGE * ROI_POSITIVE_RATIO foreground ROIs are kept, background fills
-    the rest, and when there are too few ROIs, kept ones are repeated. Images without
-    instances give background-only targets (Matterport asserted).
-
-    Args:
-        rpn_rois: [R, (y1, x1, y2, x2)] proposals in pixels (R > 0).
-        gt_class_ids: [N] int class ids (crowds, i.e. negative ids, are ignored).
-        gt_boxes: [N, (y1, x1, y2, x2)] in pixels.
-        gt_masks: bool [H, W, N] full masks, or mini masks when config.USE_MINI_MASK.
-        config: a ``Config``.
-        rng: ``np.random.RandomState`` for the sampling (default: the global ``np.random``).
-
-    Returns:
-        rois: [TRAIN_ROIS_PER_IMAGE, 4] (dtype of ``rpn_rois``) in pixels.
-        class_ids: int32 [TRAIN_ROIS_PER_IMAGE], 0 for background.
-        bboxes: float32 [TRAIN_ROIS_PER_IMAGE, NUM_CLASSES, (dy, dx, log(dh), log(dw))],
-            the deltas in the slot of the ROI's class, divided by BBOX_STD_DEV.
-        masks: float32 [TRAIN_ROIS_PER_IMAGE, MASK_SHAPE[0], MASK_SHAPE[1], NUM_CLASSES],
-            the GT mask cropped to the ROI and resized (bilinear), in its class's slot.
-    """
-    rpn_rois = np.asarray(rpn_rois)
-    if rpn_rois.ndim != 2 or rpn_rois.shape[0] == 0:
-        raise ValueError(f"build_detection_targets needs rpn_rois [R > 0, 4], got "
-                         f"{rpn_rois.shape}")
-    gt_class_ids = np.asarray(gt_class_ids).reshape(-1).astype(np.int32)
-    gt_boxes = np.asarray(gt_boxes).reshape(-1, 4).astype(np.int32)
-    gt_masks = np.asarray(gt_masks).astype(bool)
-    instances = np.flatnonzero(gt_class_ids > 0)
-    gt_class_ids, gt_boxes = gt_class_ids[instances], gt_boxes[instances]
-    gt_masks = gt_masks[:, :, instances]
-
-    total = int(config.TRAIN_ROIS_PER_IMAGE)
-    overlaps = utils.compute_overlaps(rpn_rois, gt_boxes)  # [R, N]
-    if gt_boxes.shape[0]:
-        roi_argmax = overlaps.argmax(axis=1)
-        roi_max = overlaps[np.arange(rpn_rois.shape[0]), roi_argmax]
-    else:
-        roi_argmax = np.zeros([rpn_rois.shape[0]], dtype=np.int64)
-        roi_max = np.zeros([rpn_rois.shape[0]])
-
-    fg_ids = np.flatnonzero(roi_max > ROI_FOREGROUND_IOU)
-    bg_ids = np.flatnonzero(roi_max < ROI_FOREGROUND_IOU)
-    fg_count = int(total * config.ROI_POSITIVE_RATIO)
-    random = np.random if rng is None else rng
-    keep_fg = (random.choice(fg_ids, fg_count, replace=False)
-               if fg_ids.shape[0] > fg_count else fg_ids)
-    remaining = total - keep_fg.shape[0]
-    keep_bg = (random.choice(bg_ids, remaining, replace=False)
-               if bg_ids.shape[0] > remaining else bg_ids)
-    keep = np.concatenate([keep_fg, keep_bg]).astype(np.int64)
-    remaining = total - keep.shape[0]
-    if remaining > 0:
-        # Too few ROIs: repeat background ones (or whatever there is).
-        pool = keep_bg if keep_bg.shape[0] else keep if keep.shape[0] else np.arange(
-            rpn_rois.shape[0])
-        keep = np.concatenate([keep, random.choice(pool, remaining, replace=True)])
-
-    rois = rpn_rois[keep]
-    is_fg = roi_max[keep] > ROI_FOREGROUND_IOU
-    assignment = roi_argmax[keep]
-    class_ids = np.zeros([total], dtype=np.int32)
-    bboxes = np.zeros([total, config.NUM_CLASSES, 4], dtype=np.float32)
-    masks = np.zeros([total, config.MASK_SHAPE[0], config.MASK_SHAPE[1], config.NUM_CLASSES],
-                     dtype=np.float32)
-    positive = np.flatnonzero(is_fg)
-    if positive.shape[0] == 0:
-        return rois, class_ids, bboxes, masks
-
-    class_ids[positive] = gt_class_ids[assignment[positive]]
-    deltas = utils.box_refinement(rois[positive], gt_boxes[assignment[positive]])
-    bboxes[positive, class_ids[positive]] = deltas / np.asarray(config.BBOX_STD_DEV,
-                                                                np.float32)
-    if config.USE_MINI_MASK:
-        full_masks = utils.expand_mask(gt_boxes, gt_masks, config.IMAGE_SHAPE)
-    else:
-        full_masks = gt_masks
-    for i in positive:
-        y1, x1, y2, x2 = (int(v) for v in rois[i])
-        crop = full_masks[y1:y2, x1:x2, assignment[i]]
-        if crop.size == 0:
-            continue
-        masks[i, :, :, class_ids[i]] = utils.resize(crop.astype(np.float32),
-                                                     config.MASK_SHAPE[:2])
-    return rois, class_ids, bboxes, masks
-
-
-############################################################
 #  Data generator
 ############################################################
 
@@ -796,8 +611,8 @@ class DataGenerator(keras.utils.PyDataset):
         input_gt_boxes     float32 [B, G, 4]     pixels (y1, x1, y2, x2)
         input_gt_masks     bool    [B, mh, mw, G] MINI_MASK_SHAPE or IMAGE_SHAPE[:2]
 
-    With ``random_rois`` (and ``detection_targets``) the batch also carries Matterport's
-    debugging extras and becomes ``(inputs, outputs)``, see ``load_batch``.
+    ``mrcnn.inspection.InspectionGenerator`` adds Matterport's debugging extras (random
+    ROIs, the heads' targets) to these batches.
 
     The last batch of an epoch is filled up with images from the start of the epoch's
     order, so every batch has the same shape (a new shape would retrace the model).
@@ -822,8 +637,6 @@ class DataGenerator(keras.utils.PyDataset):
         config: a ``Config``.
         shuffle: shuffle the image order at the start and after every epoch.
         augmentation: albumentations transform applied to images and masks.
-        random_rois: if > 0, also generate this many random ROIs per image (debugging).
-        detection_targets: with ``random_rois``, also build the heads' targets (debugging).
         no_augmentation_sources: dataset sources whose images are never augmented.
         batch_size: images per batch (default ``config.BATCH_SIZE``).
         seed: seed of the epoch order and of every batch's randomness (default: drawn from
@@ -844,17 +657,14 @@ class DataGenerator(keras.utils.PyDataset):
         config: Any,
         shuffle: bool = True,
         augmentation: Callable | None = None,
-        random_rois: int = 0,
-        detection_targets: bool = False,
         no_augmentation_sources: Sequence[str] | None = None,
         batch_size: int | None = None,
         seed: int | None = None,
         steps: int | None = None,
         **pydataset_kwargs: Any,
     ) -> None:
-        pydataset_kwargs.setdefault("workers", int(getattr(config, "DATA_WORKERS", 0)))
-        pydataset_kwargs.setdefault("use_multiprocessing",
-                                    bool(getattr(config, "DATA_USE_MULTIPROCESSING", False)))
+        pydataset_kwargs.setdefault("workers", int(config.DATA_WORKERS))
+        pydataset_kwargs.setdefault("use_multiprocessing", bool(config.DATA_USE_MULTIPROCESSING))
         super().__init__(**pydataset_kwargs)
         self.dataset = dataset
         self.config = config
@@ -865,17 +675,12 @@ class DataGenerator(keras.utils.PyDataset):
         self.shuffle = shuffle
         self.augmentation = augmentation
         self.no_augmentation_sources = set(no_augmentation_sources or ())
-        self.random_rois = int(random_rois or 0)
-        self.detection_targets = bool(detection_targets)
-        if self.detection_targets and not self.random_rois:
-            warnings.warn("detection_targets=True has no effect without random_rois > 0 "
-                          "(as in Matterport)", stacklevel=2)
         self.batch_size = int(batch_size or config.BATCH_SIZE)
         if steps is not None and int(steps) < 1:
             raise ValueError(f"DataGenerator: steps must be >= 1, got {steps}")
         self.steps = int(steps) if steps is not None else None
         self.use_mini_mask = bool(config.USE_MINI_MASK)
-        self._augment = False  # Matterport's deprecated fliplr flag (data_generator only)
+        self._augment = False  # Matterport's deprecated fliplr flag (inspection.data_generator)
 
         self.image_shape = tuple(int(s) for s in config.IMAGE_SHAPE)
         self.backbone_shapes = compute_backbone_shapes(config, self.image_shape)
@@ -940,8 +745,7 @@ class DataGenerator(keras.utils.PyDataset):
 
         Returns:
             dict with image, image_meta, gt_class_ids, gt_boxes, gt_masks (see
-            ``load_image_gt``), rpn_match, rpn_bbox, and with random_rois also rpn_rois
-            and (detection_targets) rois, mrcnn_class_ids, mrcnn_bbox, mrcnn_mask.
+            ``load_image_gt``), rpn_match, rpn_bbox.
         """
         config = self.config
         image, image_meta, gt_class_ids, gt_boxes, gt_masks = load_image_gt(
@@ -950,17 +754,9 @@ class DataGenerator(keras.utils.PyDataset):
             rng=rng)
         rpn_match, rpn_bbox = build_rpn_targets(image.shape, self.anchors, gt_class_ids,
                                                 gt_boxes, config, rng=rng)
-        example = dict(image=image, image_meta=image_meta, gt_class_ids=gt_class_ids,
-                       gt_boxes=gt_boxes, gt_masks=gt_masks, rpn_match=rpn_match,
-                       rpn_bbox=rpn_bbox)
-        if self.random_rois:
-            example["rpn_rois"] = generate_random_rois(image.shape, self.random_rois,
-                                                       gt_class_ids, gt_boxes, rng=rng)
-            if self.detection_targets:
-                (example["rois"], example["mrcnn_class_ids"], example["mrcnn_bbox"],
-                 example["mrcnn_mask"]) = build_detection_targets(
-                    example["rpn_rois"], gt_class_ids, gt_boxes, gt_masks, config, rng=rng)
-        return example
+        return dict(image=image, image_meta=image_meta, gt_class_ids=gt_class_ids,
+                    gt_boxes=gt_boxes, gt_masks=gt_masks, rpn_match=rpn_match,
+                    rpn_bbox=rpn_bbox)
 
     def _load_example_or_substitute(self, image_id: int, rng: np.random.RandomState | None
                                     ) -> dict[str, Any]:
@@ -995,12 +791,8 @@ class DataGenerator(keras.utils.PyDataset):
 
         Returns:
             inputs: [images, image_meta, rpn_match, rpn_bbox, gt_class_ids, gt_boxes,
-                gt_masks] (see the class doc), then with random_rois ``rpn_rois`` int32
-                [B, random_rois, 4], then with detection_targets ``rois`` int32
-                [B, TRAIN_ROIS_PER_IMAGE, 4].
-            outputs: [] or, with detection_targets, [mrcnn_class_ids int32 [B, T, 1],
-                mrcnn_bbox float32 [B, T, NUM_CLASSES, 4], mrcnn_mask float32
-                [B, T, MASK_SHAPE[0], MASK_SHAPE[1], NUM_CLASSES]].
+                gt_masks] (see the class doc), then what ``batch_extras`` adds.
+            outputs: what ``batch_extras`` returns ([] here).
         """
         config = self.config
         batch = len(image_ids)
@@ -1015,7 +807,7 @@ class DataGenerator(keras.utils.PyDataset):
         gt_class_ids = np.zeros([batch, max_gt], dtype=np.int32)
         gt_boxes = np.zeros([batch, max_gt, 4], dtype=np.float32)
         gt_masks = np.zeros((batch,) + mask_hw + (max_gt,), dtype=bool)
-        extras: dict[str, list[np.ndarray]] = {}
+        examples = []
 
         for b, image_id in enumerate(image_ids):
             ex = self._load_example_or_substitute(int(image_id), rng)
@@ -1027,63 +819,20 @@ class DataGenerator(keras.utils.PyDataset):
             gt_class_ids[b, :count] = ex["gt_class_ids"]
             gt_boxes[b, :count] = ex["gt_boxes"]
             gt_masks[b, :, :, :count] = ex["gt_masks"]
-            for key in ("rpn_rois", "rois", "mrcnn_class_ids", "mrcnn_bbox", "mrcnn_mask"):
-                if key in ex:
-                    extras.setdefault(key, []).append(ex[key])
+            examples.append(ex)
 
+        extra_inputs, outputs = self.batch_extras(examples)
         inputs = [images, image_meta, rpn_match, rpn_bbox, gt_class_ids, gt_boxes, gt_masks]
-        outputs: list[np.ndarray] = []
-        if "rpn_rois" in extras:
-            inputs.append(np.stack(extras["rpn_rois"]))
-            if "rois" in extras:
-                inputs.append(np.stack(extras["rois"]))
-                # Matterport: Keras wanted targets with the outputs' rank, hence [B, T, 1].
-                outputs = [np.stack(extras["mrcnn_class_ids"])[..., np.newaxis],
-                           np.stack(extras["mrcnn_bbox"]),
-                           np.stack(extras["mrcnn_mask"])]
-        return inputs, outputs
+        return inputs + extra_inputs, outputs
 
+    def batch_extras(self, examples: list[dict[str, Any]]
+                     ) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """What a subclass adds to a batch (``mrcnn.inspection.InspectionGenerator``).
 
-def data_generator(
-    dataset: Any,
-    config: Any,
-    shuffle: bool = True,
-    augment: bool = False,
-    augmentation: Callable | None = None,
-    random_rois: int = 0,
-    batch_size: int = 1,
-    detection_targets: bool = False,
-    no_augmentation_sources: Sequence[str] | None = None,
-) -> Iterator[tuple[list[np.ndarray], list[np.ndarray]]]:
-    """Matterport's endless Python generator of training batches.
+        Args:
+            examples: the batch's ``load_example`` dicts, in slot order.
 
-    Kept for notebooks and scripts written for Matterport; training uses
-    ``DataGenerator`` (a ``PyDataset``), which this wraps, so batches are identical.
-
-    Args:
-        dataset: a prepared ``utils.Dataset``.
-        config: a ``Config``.
-        shuffle: reshuffle the images every epoch.
-        augment: deprecated fliplr augmentation (use ``augmentation``).
-        augmentation: albumentations transform.
-        random_rois: if > 0, add this many random ROIs per image to the inputs.
-        batch_size: images per batch.
-        detection_targets: with random_rois, add the heads' targets.
-        no_augmentation_sources: sources whose images are never augmented.
-
-    Yields:
-        ``(inputs, outputs)`` lists, see ``DataGenerator.load_batch``.
-    """
-    generator = DataGenerator(dataset, config, shuffle=shuffle, augmentation=augmentation,
-                              random_rois=random_rois, detection_targets=detection_targets,
-                              no_augmentation_sources=no_augmentation_sources,
-                              batch_size=batch_size, workers=0, use_multiprocessing=False)
-    if augment:
-        warnings.warn("data_generator(augment=True) is deprecated; pass an albumentations "
-                      "transform, e.g. augmentation=A.HorizontalFlip(p=0.5)",
-                      DeprecationWarning, stacklevel=2)
-        generator._augment = True
-    while True:
-        for idx in range(len(generator)):
-            yield generator.load_batch(generator.batch_image_ids(idx))
-        generator.on_epoch_end()
+        Returns:
+            (arrays appended to the inputs, the outputs); ([], []) for training batches.
+        """
+        return [], []

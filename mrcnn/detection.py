@@ -8,7 +8,6 @@ from keras import layers, ops
 
 from mrcnn import ops as mops
 from mrcnn.layer_config import PlainConfigMixin
-from mrcnn.proposals import clamp_deltas
 from mrcnn.transform import parse_image_meta_graph
 
 
@@ -33,7 +32,7 @@ def refine_detections_graph(rois, probs, deltas, window, config):
     class_deltas = ops.take_along_axis(
         ops.cast(deltas, "float32"), class_ids[:, :, None, None], axis=2)[:, :, 0]
     class_deltas = class_deltas * np.asarray(config.BBOX_STD_DEV, np.float32)
-    boxes = mops.apply_box_deltas(rois, clamp_deltas(class_deltas))
+    boxes = mops.apply_box_deltas(rois, mops.clamp_deltas(class_deltas))
     boxes = mops.clip_boxes(boxes, window[:, None, :])
 
     keep = (class_ids > 0) & ops.any(rois != 0, axis=-1)

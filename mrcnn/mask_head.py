@@ -10,14 +10,13 @@ from mrcnn.norm import norm_layer
 from mrcnn.roi_align import FlattenRois, PyramidROIAlign, UnflattenRois
 
 
-def build_fpn_mask_graph(rois, feature_maps: list, image_meta, pool_size: int,
+def build_fpn_mask_graph(rois, feature_maps: list, pool_size: int,
                          num_classes: int, config):
     """Build the mask head on the ROIs (Matterport names mrcnn_mask_conv1..4, ..., mrcnn_mask).
 
     Args:
         rois: [B, N, 4] normalized boxes.
         feature_maps: [P2, P3, P4, P5].
-        image_meta: [B, META] (passed to PyramidROIAlign, Matterport's signature).
         pool_size: ROI align size (MASK_POOL_SIZE); the output is twice that.
         num_classes: NUM_CLASSES (background included).
         config: the ``Config`` (NORM, GN_GROUPS, MASK_HEAD_CHANNELS).
@@ -28,7 +27,7 @@ def build_fpn_mask_graph(rois, feature_maps: list, image_meta, pool_size: int,
     num_rois = rois.shape[1]
     norm, groups = config.NORM, config.GN_GROUPS
     x = PyramidROIAlign((pool_size, pool_size), image_stride=config.BACKBONE_STRIDES[0],
-                        name="roi_align_mask")([rois, image_meta] + list(feature_maps))
+                        name="roi_align_mask")([rois] + list(feature_maps))
     x = FlattenRois(name="mrcnn_mask_flatten_rois")(x)
     for i in range(1, 5):
         x = layers.Conv2D(config.MASK_HEAD_CHANNELS, 3, padding="same",

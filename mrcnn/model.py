@@ -23,11 +23,8 @@ from mrcnn.allocator import allocator_callbacks
 from mrcnn.anchors import compute_backbone_shapes, pyramid_anchors
 from mrcnn.data import (  # noqa: F401  (Matterport's modellib surface)
     DataGenerator,
-    build_detection_targets,
     build_rpn_targets,
     compose_image_meta,
-    data_generator,
-    generate_random_rois,
     load_image_gt,
     mold_image,
     parse_image_meta,
@@ -36,6 +33,11 @@ from mrcnn.data import (  # noqa: F401  (Matterport's modellib surface)
 from mrcnn.detection import DetectionLayer, parse_image_meta_graph  # noqa: F401
 from mrcnn.detection_targets import DetectionTargetLayer  # noqa: F401
 from mrcnn.export import export_saved_model
+from mrcnn.inspection import (  # noqa: F401  (Matterport's modellib surface)
+    build_detection_targets,
+    data_generator,
+    generate_random_rois,
+)
 from mrcnn.network import build_inference_graph, build_training_graph
 from mrcnn.ops.device import resolve_jit_compile
 from mrcnn.proposals import ProposalLayer  # noqa: F401

@@ -7,9 +7,9 @@ the two modes; ``mrcnn.training.MaskRCNNTrainModel`` and ``mrcnn.model.MaskRCNN`
 from __future__ import annotations
 
 import keras
-from keras import layers, ops
+from keras import layers
 
-from mrcnn.anchors import AnchorsLayer
+from mrcnn import ops as mops
 from mrcnn.backbone import build_backbone
 from mrcnn.box_head import fpn_classifier_graph
 from mrcnn.detection import DetectionLayer
@@ -18,18 +18,16 @@ from mrcnn.fpn import fpn_graph
 from mrcnn.layer_config import config_values
 from mrcnn.mask_head import build_fpn_mask_graph
 from mrcnn.proposals import ProposalLayer
-from mrcnn.rpn import build_rpn_model, rpn_on_pyramid
+from mrcnn.rpn import AnchorsLayer, build_rpn_model, rpn_on_pyramid
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
 class NormBoxes(layers.Layer):
-    """Pixel GT boxes [B, G, 4] -> normalized, using the (static) image size."""
+    """Pixel GT boxes [B, G, 4] -> normalized (``mrcnn.ops.norm_boxes``), using the (static)
+    image size. A layer only so that the training graph saves as ``.keras``."""
 
     def call(self, boxes, image):
-        h, w = image.shape[1], image.shape[2]
-        scale = ops.convert_to_tensor([h - 1, w - 1, h - 1, w - 1], "float32")
-        shift = ops.convert_to_tensor([0, 0, 1, 1], "float32")
-        return (ops.cast(boxes, "float32") - shift) / scale
+        return mops.norm_boxes(boxes, (image.shape[1], image.shape[2]))
 
     def compute_output_shape(self, boxes_shape, image_shape=None):
         return boxes_shape
@@ -91,7 +89,7 @@ def build_training_graph(config) -> tuple[dict, dict]:
         mrcnn_bbox, mrcnn_mask, active_class_ids.
     """
     inputs = _inputs(config, training=True)
-    input_image, input_image_meta = inputs["input_image"], inputs["input_image_meta"]
+    input_image = inputs["input_image"]
     if config.USE_MINI_MASK:
         mask_hw = tuple(config.MINI_MASK_SHAPE)
     else:
@@ -118,12 +116,11 @@ def build_training_graph(config) -> tuple[dict, dict]:
         [rpn_rois, inputs["input_gt_class_ids"], gt_boxes, inputs["input_gt_masks"]])
 
     mrcnn_class_logits, mrcnn_class, mrcnn_bbox = fpn_classifier_graph(
-        rois, mrcnn_feature_maps, input_image_meta, config.POOL_SIZE, config.NUM_CLASSES,
-        config)
+        rois, mrcnn_feature_maps, config.POOL_SIZE, config.NUM_CLASSES, config)
     # Masks are learned on positive ROIs only, and those fill the first slots.
     positive_rois = rois[:, :positive_slots(config)]
-    mrcnn_mask = build_fpn_mask_graph(positive_rois, mrcnn_feature_maps, input_image_meta,
-                                      config.MASK_POOL_SIZE, config.NUM_CLASSES, config)
+    mrcnn_mask = build_fpn_mask_graph(positive_rois, mrcnn_feature_maps, config.MASK_POOL_SIZE,
+                                      config.NUM_CLASSES, config)
     outputs = {
         "rpn_class_logits": rpn_class_logits, "rpn_class": rpn_class, "rpn_bbox": rpn_bbox,
         "rois": rois, "target_class_ids": target_class_ids, "target_bbox": target_bbox,
@@ -153,13 +150,12 @@ def build_inference_graph(config) -> tuple[dict, dict]:
     rpn_rois = _proposal_layer(config, config.POST_NMS_ROIS_INFERENCE)(
         [rpn_class, rpn_bbox, anchors])
     _, mrcnn_class, mrcnn_bbox = fpn_classifier_graph(
-        rpn_rois, mrcnn_feature_maps, input_image_meta, config.POOL_SIZE, config.NUM_CLASSES,
-        config)
+        rpn_rois, mrcnn_feature_maps, config.POOL_SIZE, config.NUM_CLASSES, config)
     detections = DetectionLayer(name="mrcnn_detection",
                                 **config_values(config, DetectionLayer.CONFIG_KEYS))(
         [rpn_rois, mrcnn_class, mrcnn_bbox, input_image_meta])
     detection_boxes = layers.Identity(name="detection_boxes")(detections[..., :4])
-    mrcnn_mask = build_fpn_mask_graph(detection_boxes, mrcnn_feature_maps, input_image_meta,
+    mrcnn_mask = build_fpn_mask_graph(detection_boxes, mrcnn_feature_maps,
                                       config.MASK_POOL_SIZE, config.NUM_CLASSES, config)
     outputs = {
         "mrcnn_detection": detections, "mrcnn_class": mrcnn_class, "mrcnn_bbox": mrcnn_bbox,

@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mrcnn import utils
+from mrcnn.dataset import load_image_file
 from mrcnn.progress import track
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -111,7 +111,7 @@ def detect_images(model: Any, paths: Sequence[str], class_names: Sequence[str],
     for path in track(paths, label="detect", unit="img", verbose=verbose):
         name = os.path.basename(path)
         try:
-            image = utils.load_image_file(path)
+            image = load_image_file(path)
         except (OSError, ValueError) as err:  # unreadable file: report it, go on
             errors.append({"file_name": path, "error": f"{type(err).__name__}: {err}"})
             continue

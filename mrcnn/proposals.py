@@ -12,16 +12,7 @@ from keras import layers, ops
 
 from mrcnn import ops as mops
 from mrcnn.layer_config import PlainConfigMixin
-
-# Largest log-scale delta applied to a box (torchvision's BBOX_XFORM_CLIP): a box grows at
-# most 1000/16 times, so an untrained or diverging head cannot overflow exp() into inf/NaN.
-MAX_LOG_SCALE = float(np.log(1000.0 / 16))
-
-
-def clamp_deltas(deltas):
-    """Clamp the (log dh, log dw) part of deltas [..., 4] at MAX_LOG_SCALE."""
-    return ops.concatenate([deltas[..., :2], ops.minimum(deltas[..., 2:], MAX_LOG_SCALE)],
-                           axis=-1)
+from mrcnn.ops.boxes import clamp_deltas
 
 
 def refine_top_anchors(rpn_probs, rpn_bbox, anchors, pre_nms_limit: int, bbox_std_dev):

@@ -8,6 +8,13 @@ from keras import layers, ops
 from mrcnn import ops as mops
 
 
+def _without_meta(inputs: list) -> list:
+    """[boxes, P2, ...] from either call form (Matterport's passes image_meta second)."""
+    if len(inputs) > 1 and len(inputs[1].shape) == 2:
+        return [inputs[0], *inputs[2:]]
+    return list(inputs)
+
+
 @keras.saving.register_keras_serializable(package="mrcnn")
 class PyramidROIAlign(layers.Layer):
     """ROI align over the feature pyramid (Matterport's layer, static-shape kernel).
@@ -22,8 +29,9 @@ class PyramidROIAlign(layers.Layer):
             (BACKBONE_STRIDES[0]); gives the image size for the level formula.
 
     Call args:
-        inputs: [boxes [B, N, 4] normalized, image_meta [B, META] (unused, kept for
-            Matterport's call signature), P2, P3, P4, P5].
+        inputs: [boxes [B, N, 4] normalized, P2, P3, P4, P5]. Matterport's
+            [boxes, image_meta, P2, ...] is accepted too: the meta (the only rank-2 input)
+            is dropped, since the image size comes from P2's shape and ``image_stride``.
 
     Returns:
         [B, N, pool_h, pool_w, C].
@@ -35,13 +43,13 @@ class PyramidROIAlign(layers.Layer):
         self.image_stride = int(image_stride)
 
     def call(self, inputs):
-        boxes, _image_meta, *feature_maps = inputs
+        boxes, *feature_maps = _without_meta(inputs)
         p2 = feature_maps[0]
         image_shape = (p2.shape[1] * self.image_stride, p2.shape[2] * self.image_stride)
         return mops.multilevel_roi_align(feature_maps, boxes, image_shape, self.pool_shape)
 
     def compute_output_shape(self, input_shape):
-        boxes_shape, channels = input_shape[0], input_shape[2][-1]
+        boxes_shape, channels = input_shape[0], input_shape[-1][-1]
         return (boxes_shape[0], boxes_shape[1], *self.pool_shape, channels)
 
     def get_config(self):

@@ -1,9 +1,15 @@
-"""Region Proposal Network: one small conv net shared across pyramid levels (``rpn_model``)."""
+"""Region Proposal Network: one small conv net shared across pyramid levels (``rpn_model``),
+and the layer that holds its anchors (``AnchorsLayer``, from ``mrcnn.anchors``)."""
 
 from __future__ import annotations
 
+import importlib
+
 import keras
-from keras import initializers, layers
+from keras import initializers, layers, ops
+
+from mrcnn.anchors import pyramid_anchors
+from mrcnn.layer_config import PlainConfigMixin
 
 
 def predictor_init() -> initializers.Initializer:
@@ -28,7 +34,7 @@ def rpn_graph(feature_map, anchors_per_location: int, anchor_stride: int,
         rpn_class_logits [B, H*W*anchors, 2], rpn_probs [B, H*W*anchors, 2] (background,
         foreground), rpn_bbox [B, H*W*anchors, 4] (dy, dx, log dh, log dw).
         The anchor order is cell-major (y, then x), anchor ratio minor, matching
-        ``utils.generate_pyramid_anchors``.
+        ``mrcnn.anchors.generate_pyramid_anchors``.
     """
     shared = layers.Conv2D(channels, 3, padding="same", activation="relu", strides=anchor_stride,
                            name="rpn_conv_shared")(feature_map)
@@ -80,3 +86,66 @@ def rpn_on_pyramid(rpn_model: keras.Model, feature_maps: list) -> list:
     names = ["rpn_class_logits", "rpn_class", "rpn_bbox"]
     return [layers.Concatenate(axis=1, name=name)([lvl[i] for lvl in per_level])
             for i, name in enumerate(names)]
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class AnchorsLayer(PlainConfigMixin, layers.Layer):
+    """Outputs the normalized anchors of the input image's shape, broadcast to the batch.
+
+    The image's height and width must be static when the layer runs (they are: the training
+    graph has a fixed shape and inference is traced per image shape).
+
+    Args:
+        config: a ``Config`` to read the values below from (Matterport's signature).
+        rpn_anchor_scales, rpn_anchor_ratios, backbone_strides, rpn_anchor_stride: the
+            Config values (keyword arguments, see ``mrcnn.layer_config``).
+        compute_backbone_shape: Config.COMPUTE_BACKBONE_SHAPE of a callable BACKBONE, or
+            None (shapes from the strides). ``get_config`` stores it as its import path
+            ("package.module.function"), so it must be a module-level function.
+
+    Call args:
+        image: the input image [B, H, W, C] (only its shape is used).
+
+    Returns:
+        [B, A, 4] normalized anchors.
+    """
+
+    CONFIG_KEYS = ("RPN_ANCHOR_SCALES", "RPN_ANCHOR_RATIOS", "BACKBONE_STRIDES",
+                   "RPN_ANCHOR_STRIDE")
+
+    def __init__(self, config=None, compute_backbone_shape=None, **kwargs):
+        if config is not None and callable(config.BACKBONE):
+            compute_backbone_shape = compute_backbone_shape or config.COMPUTE_BACKBONE_SHAPE
+        if isinstance(compute_backbone_shape, str):  # an import path, from get_config
+            module, _, name = compute_backbone_shape.rpartition(".")
+            compute_backbone_shape = getattr(importlib.import_module(module), name)
+        super().__init__(**self._take_config(config, kwargs))
+        self.compute_backbone_shape = compute_backbone_shape
+        # compute_backbone_shapes() calls COMPUTE_BACKBONE_SHAPE when BACKBONE is callable.
+        self.config.BACKBONE = self.config.COMPUTE_BACKBONE_SHAPE = compute_backbone_shape
+
+    def call(self, image):
+        height, width = image.shape[1], image.shape[2]
+        if height is None or width is None:
+            raise ValueError("AnchorsLayer needs a static image height and width; got "
+                             f"{image.shape}. Trace the model with concrete image shapes.")
+        anchors = ops.convert_to_tensor(pyramid_anchors(self.config, (height, width)))
+        batch = ops.shape(image)[0]
+        return ops.broadcast_to(anchors[None], (batch, anchors.shape[0], 4))
+
+    def compute_output_shape(self, image_shape):
+        h, w = image_shape[1], image_shape[2]
+        count = None
+        if h is not None and w is not None:
+            count = len(pyramid_anchors(self.config, (h, w)))
+        return (image_shape[0], count, 4)
+
+    def get_config(self):
+        base = super().get_config()
+        fn = self.compute_backbone_shape
+        if fn is not None and ("<" in fn.__qualname__ or "." in fn.__qualname__):
+            raise ValueError(f"AnchorsLayer.get_config: COMPUTE_BACKBONE_SHAPE {fn} must be a "
+                             "module-level function to be saved (its import path is stored).")
+        base.update(compute_backbone_shape=f"{fn.__module__}.{fn.__qualname__}" if fn
+                    else None)
+        return base

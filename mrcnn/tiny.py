@@ -8,15 +8,37 @@ costs time for tiny values: 64 px images, a five-conv backbone (Matterport's cal
 
 The model it builds is not meant to be good, only to exercise every code path: the same
 layers, losses, data pipeline, checkpoints and detection post-processing as the real one.
+
+One switch turns it on everywhere: the samples' ``--tiny`` flag, or the environment
+variable ``MRCNN_TINY=1`` (``tiny_requested``), which the notebooks read too.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numpy as np
 
 from mrcnn.config import Config
+
+
+# The environment switch of the tiny mode (samples and notebooks).
+TINY_ENV = "MRCNN_TINY"
+
+
+def tiny_requested(args: Any = None) -> bool:
+    """Whether the tiny mode is on: ``args.tiny`` (a ``--tiny`` flag) or ``MRCNN_TINY``.
+
+    Args:
+        args: parsed command-line arguments, or None (only the environment counts).
+
+    Returns:
+        True when ``args.tiny`` is set or ``MRCNN_TINY`` is 1, true, yes or on.
+    """
+    if getattr(args, "tiny", False):
+        return True
+    return os.environ.get(TINY_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def tiny_backbone(input_image, stage5: bool = True, train_bn: Any = None) -> list:

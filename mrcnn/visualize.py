@@ -52,6 +52,7 @@ from matplotlib.patches import Polygon  # noqa: E402
 from skimage.measure import find_contours  # noqa: E402
 
 from mrcnn import utils  # noqa: E402
+from mrcnn.metrics import compute_matches  # noqa: E402
 
 # Backends that cannot show a window; plt.show() on them only warns.
 _NON_INTERACTIVE_BACKENDS = {"agg", "pdf", "ps", "svg", "pgf", "cairo", "template"}
@@ -331,7 +332,7 @@ def display_differences(image: np.ndarray, gt_box: np.ndarray, gt_class_id: np.n
     """Draw ground truth (green) and predictions (red) together.
 
     Each prediction is captioned "score / IoU", where IoU is the mask IoU with the ground
-    truth it matched (``utils.compute_matches``) or, when unmatched, its best IoU with any
+    truth it matched (``metrics.compute_matches``) or, when unmatched, its best IoU with any
     ground truth.
 
     Args:
@@ -362,7 +363,7 @@ def display_differences(image: np.ndarray, gt_box: np.ndarray, gt_class_id: np.n
     pred_score = np.asarray(pred_score)[keep][order]
     pred_mask = np.asarray(pred_mask)[..., keep][..., order]
 
-    gt_match, pred_match, overlaps = utils.compute_matches(
+    gt_match, pred_match, overlaps = compute_matches(
         gt_box, gt_class_id, gt_mask, pred_box, pred_class_id, pred_score, pred_mask,
         iou_threshold=iou_threshold, score_threshold=score_threshold)
     n_gt, n_pred = len(gt_match), len(pred_match)
@@ -556,7 +557,7 @@ def plot_precision_recall(AP: float, precisions: np.ndarray, recalls: np.ndarray
 
     Args:
         AP: average precision at IoU 0.5, shown in the title.
-        precisions: precision values (as returned by ``utils.compute_ap``).
+        precisions: precision values (as returned by ``metrics.compute_ap``).
         recalls: recall values, same length.
         ax: draw on these Axes instead of a new figure.
         save_path: save the figure there (PNG by default).
@@ -588,7 +589,7 @@ def plot_overlaps(gt_class_ids: np.ndarray, pred_class_ids: np.ndarray,
         gt_class_ids: [N] ground-truth class ids (0 entries are padding, dropped).
         pred_class_ids: [P] predicted class ids (0 entries dropped).
         pred_scores: [P] prediction scores.
-        overlaps: [P, N] IoUs, e.g. from ``utils.compute_matches``.
+        overlaps: [P, N] IoUs, e.g. from ``metrics.compute_matches``.
         class_names: class names of the dataset.
         threshold: IoU from which a cell is labelled.
         ax: draw on these Axes instead of a new figure.

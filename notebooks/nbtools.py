@@ -3,9 +3,10 @@
 The notebooks run on their real tutorial sizes by default. Two environment variables make
 them cheap enough for the test suite (``tests/test_notebooks.py``):
 
-- ``MRCNN_NOTEBOOK_TINY=1``: ``notebook_config`` returns a 64 px variant of the config
-  with a five-conv backbone, few ROIs and 2-step epochs, and ``sizes`` picks the small
-  counts (images, epochs).
+- ``MRCNN_TINY=1`` (the samples' tiny switch, ``mrcnn.tiny.tiny_requested``):
+  ``notebook_config`` returns ``mrcnn.tiny``'s 64 px variant of the config (five-conv
+  backbone, few ROIs) with 2-step epochs, and ``sizes`` picks the small counts (images,
+  epochs).
 - ``MRCNN_LOGS=<folder>``: logs and checkpoints go there instead of ``<repo>/logs``.
 
 Importing this module puts the repository root on ``sys.path`` so that
@@ -24,10 +25,11 @@ ROOT_DIR = os.path.dirname(NOTEBOOKS_DIR)
 if ROOT_DIR not in sys.path:
     sys.path.insert(0, ROOT_DIR)
 
-# Test switch: tiny configs and counts. Unset, "", "0", "false" and "no" mean off.
-TINY = os.environ.get("MRCNN_NOTEBOOK_TINY", "").strip().lower() not in ("", "0", "false",
-                                                                          "no")
-# Logs and checkpoints (the shapes sample's default is the same <repo>/logs).
+from mrcnn.tiny import tiny_config, tiny_requested  # noqa: E402
+
+# Test switch: tiny configs and counts (MRCNN_TINY=1, as for the samples).
+TINY = tiny_requested()
+# Logs and checkpoints: <repo>/logs unless MRCNN_LOGS says otherwise.
 LOGS_DIR = os.environ.get("MRCNN_LOGS") or os.path.join(ROOT_DIR, "logs")
 
 # Shapes' seeds: training, validation and held-out images never overlap.
@@ -35,34 +37,30 @@ TRAIN_SEED, VAL_SEED, TEST_SEED = 0, 1, 2
 
 
 def sizes(real: Any, tiny: Any) -> Any:
-    """``real`` normally, ``tiny`` when MRCNN_NOTEBOOK_TINY is set (counts, epochs...)."""
+    """``real`` normally, ``tiny`` when MRCNN_TINY is set (counts, epochs...)."""
     return tiny if TINY else real
 
 
 # ---------------------------------------------------------------------------- tiny config
-def _tiny_settings() -> dict:
-    """mrcnn.tiny's settings, with what a notebook run of a few steps needs on top."""
-    from mrcnn.tiny import TINY_SETTINGS
-
-    return {
-        **TINY_SETTINGS,
-        "IMAGES_PER_GPU": 2,
-        # A model trained for 2 steps is unsure of everything: keep all its detections so
-        # that every drawing cell has something to draw.
-        "DETECTION_MIN_CONFIDENCE": 0.0,
-        "STEPS_PER_EPOCH": 2,
-        # No validation pass: it would trace a second (test) step function, which costs
-        # more than the two training steps.
-        "VALIDATION_STEPS": 0,
-    }
+# What a notebook run of a few steps needs on top of mrcnn.tiny's settings.
+NOTEBOOK_TINY_OVERRIDES = {
+    "IMAGES_PER_GPU": 2,
+    # A model trained for 2 steps is unsure of everything: keep all its detections so
+    # that every drawing cell has something to draw.
+    "DETECTION_MIN_CONFIDENCE": 0.0,
+    "STEPS_PER_EPOCH": 2,
+    # No validation pass: it would trace a second (test) step function, which costs
+    # more than the two training steps.
+    "VALIDATION_STEPS": 0,
+}
 
 
 def notebook_config(config_class: type, **overrides: Any):
-    """An instance of ``config_class``, or of its tiny variant when MRCNN_NOTEBOOK_TINY is set.
+    """An instance of ``config_class``, or of its tiny variant when MRCNN_TINY is set.
 
-    The tiny variant is a subclass named ``Tiny<Name>`` whose NAME is ``"tiny" + NAME``,
-    so its checkpoints never mix with the real ones (``find_last`` matches run folders by
-    name prefix).
+    The tiny variant is ``mrcnn.tiny.tiny_config``'s ``Tiny<Name>`` subclass, whose NAME is
+    ``"tiny" + NAME``, so its checkpoints never mix with the real ones (``find_last``
+    matches run folders by name).
 
     Args:
         config_class: a ``Config`` subclass, e.g. ``ShapesConfig`` or your own.
@@ -72,13 +70,11 @@ def notebook_config(config_class: type, **overrides: Any):
     Returns:
         A config instance.
     """
-    attrs = dict(overrides)
     if TINY:
-        attrs = {**_tiny_settings(), "NAME": "tiny" + str(config_class.NAME), **overrides}
-    if not attrs:
+        return tiny_config(config_class, **{**NOTEBOOK_TINY_OVERRIDES, **overrides})
+    if not overrides:
         return config_class()
-    prefix = "Tiny" if TINY else ""
-    return type(prefix + config_class.__name__, (config_class,), attrs)()
+    return type(config_class.__name__, (config_class,), dict(overrides))()
 
 
 def inference_config(config, **overrides: Any):
@@ -170,7 +166,8 @@ def compute_batch_ap(model, dataset, config, image_ids, iou_threshold: float = 0
                      verbose: int = 1) -> list[float]:
     """VOC-style AP (mask IoU) of each image: ``load_image_gt``, ``detect``, ``compute_ap``.
 
-    Matterport's notebooks defined this loop in place; the mAP is ``np.mean`` of the result.
+    Matterport's notebooks defined this loop in place; it is ``metrics.per_image_ap`` with
+    the ground truth molded by ``config``. The mAP is ``np.mean`` of the result.
 
     Args:
         model: a ``MaskRCNN`` in inference mode.
@@ -183,23 +180,11 @@ def compute_batch_ap(model, dataset, config, image_ids, iou_threshold: float = 0
     Returns:
         The AP of each image, in ``image_ids`` order.
     """
-    import mrcnn.model as modellib
-    from mrcnn import utils
+    from mrcnn import metrics
 
-    aps = []
-    for image_id in image_ids:
-        # Load the image and its ground truth at the model's input size.
-        image, _, gt_class_id, gt_bbox, gt_mask = modellib.load_image_gt(
-            dataset, config, image_id, use_mini_mask=False)
-        r = model.detect([image], verbose=0)[0]
-        ap, _, _, _ = utils.compute_ap(gt_bbox, gt_class_id, gt_mask, r["rois"],
-                                       r["class_ids"], r["scores"], r["masks"],
-                                       iou_threshold=iou_threshold)
-        aps.append(ap)
-        if verbose:
-            print(f"image {image_id:4}: {len(gt_class_id)} objects, "
-                  f"{len(r['class_ids']):3} detections, AP {ap:.3f}")
-    return aps
+    aps = metrics.per_image_ap(model, dataset, image_ids, config=config,
+                               iou_thresholds=[iou_threshold], verbose=2 if verbose else 0)
+    return aps[:, 0].tolist()
 
 
 def get_ax(rows: int = 1, cols: int = 1, size: float = 8):

@@ -319,7 +319,7 @@ def run_cli(main: Callable[[Sequence[str]], Any], argv: Sequence[str]) -> tuple[
                                                                                   str]:
     """Run ``main(argv)``; return (exit status, return value, stdout, stderr).
 
-    SystemExit (argparse errors, ``common.cli_errors``) gives its code and None; the
+    SystemExit (argparse errors, ``cli.cli_errors``) gives its code and None; the
     output is captured AND echoed to the real streams so pytest shows it on failure.
     """
     out, err = io.StringIO(), io.StringIO()

@@ -204,6 +204,22 @@ def test_matches_pycocotools_on_hand_built_json(tmp_path, iou_type, seed):
     assert np.isnan(res["per_class_ap"][3])
 
 
+def test_evaluate_results_on_a_subset_of_images_equals_evaluate_of_that_subset():
+    # The samples' path: a COCO ground truth of many images, results for some of them.
+    gt_list, det_list = make_case(6)
+    keep = [g["image_id"] for g in gt_list[:3]]
+    coco_gt = coco_eval.build_coco_gt(gt_list, CLASS_NAMES)
+    results = coco_eval.build_coco_results([d for d in det_list if d["image_id"] in keep])
+    subset = coco_eval.evaluate_results(coco_gt, results, "segm", image_ids=keep,
+                                        verbose=False)
+    alone = coco_eval.evaluate([g for g in gt_list if g["image_id"] in keep],
+                               [d for d in det_list if d["image_id"] in keep], "segm",
+                               class_names=CLASS_NAMES, verbose=False)
+    np.testing.assert_allclose(subset["stats"], alone["stats"])
+    whole = coco_eval.evaluate_results(coco_gt, results, "segm", verbose=False)
+    assert whole["AR100"] < subset["AR100"]  # the other images' objects count as missed
+
+
 def test_string_image_ids_are_mapped():
     gt_list, det_list = make_case(5)
     names = {g["image_id"]: f"img_{g['image_id']}.jpg" for g in gt_list}

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pytest
 
-from mrcnn import data, utils
+from mrcnn import data, inspection, utils
 from mrcnn.config import Config
 
 A = pytest.importorskip("albumentations")
@@ -353,8 +353,9 @@ def test_crop_missing_all_objects_gives_empty_image_that_batches():
     assert not gt_ids.any() and not gt_boxes.any() and not gt_masks.any()
     assert not rpn_bbox.any()
     # The debugging extras cope with an empty image too.
-    generator = data.DataGenerator(dataset, config, shuffle=False, batch_size=1, workers=0,
-                                   random_rois=30, detection_targets=True)
+    generator = inspection.InspectionGenerator(dataset, config, shuffle=False, batch_size=1,
+                                               workers=0, random_rois=30,
+                                               detection_targets=True)
     np.random.seed(seed)
     inputs, outputs = generator.load_batch([0])
     assert len(inputs) == 9 and len(outputs) == 3
@@ -608,7 +609,7 @@ def test_build_rpn_targets_without_gt(config):
 def test_generate_random_rois():
     np.random.seed(0)
     boxes = np.array([[10, 10, 20, 30], [40, 0, 64, 2]], np.int32)
-    rois = data.generate_random_rois((64, 64, 3), 50, np.array([1, 2]), boxes)
+    rois = inspection.generate_random_rois((64, 64, 3), 50, np.array([1, 2]), boxes)
     assert rois.shape == (50, 4) and rois.dtype == np.int32
     assert (rois[:, 2] > rois[:, 0]).all() and (rois[:, 3] > rois[:, 1]).all()
     assert (rois >= 0).all() and (rois[:, [2, 3]] <= 64).all()
@@ -616,7 +617,7 @@ def test_generate_random_rois():
     first = rois[:22]
     assert (first[:, :2] >= 0).all() and (first[:, 2] <= 30).all() and (first[:, 3] <= 50).all()
     for count, gt in [(7, np.zeros([0, 4])), (10, boxes[:1])]:
-        rois = data.generate_random_rois((64, 64, 3), count, np.ones(len(gt)), gt)
+        rois = inspection.generate_random_rois((64, 64, 3), count, np.ones(len(gt)), gt)
         assert rois.shape == (count, 4)
         assert (rois[:, 2] > rois[:, 0]).all() and (rois[:, 3] > rois[:, 1]).all()
 
@@ -625,9 +626,10 @@ def test_build_detection_targets(dataset, config):
     np.random.seed(1)
     _, _, class_ids, boxes, masks = data.load_image_gt(dataset, config, 0, use_mini_mask=True,
                                                        fixed_shape=True)
-    rois = np.concatenate([boxes, data.generate_random_rois((64, 64), 40, class_ids, boxes)])
-    out_rois, roi_ids, deltas, roi_masks = data.build_detection_targets(rois, class_ids, boxes,
-                                                                        masks, config)
+    rois = np.concatenate([boxes,
+                           inspection.generate_random_rois((64, 64), 40, class_ids, boxes)])
+    out_rois, roi_ids, deltas, roi_masks = inspection.build_detection_targets(
+        rois, class_ids, boxes, masks, config)
     total = config.TRAIN_ROIS_PER_IMAGE
     assert out_rois.shape == (total, 4) and roi_ids.shape == (total,)
     assert deltas.shape == (total, config.NUM_CLASSES, 4)
@@ -782,19 +784,20 @@ def test_all_images_broken_raises(config):
 
 def test_data_generator_matterport_structure(dataset, config):
     np.random.seed(0)
-    gen = data.data_generator(dataset, config, shuffle=True, batch_size=2)
+    gen = inspection.data_generator(dataset, config, shuffle=True, batch_size=2)
     inputs, outputs = next(gen)
     assert isinstance(inputs, list) and outputs == []
     check_training_inputs(inputs, config, 2, toy_anchors(config).shape[0])
 
-    gen = data.data_generator(dataset, config, shuffle=True, random_rois=40, batch_size=2)
+    gen = inspection.data_generator(dataset, config, shuffle=True, random_rois=40,
+                                    batch_size=2)
     inputs, outputs = next(gen)
     assert len(inputs) == 8 and outputs == []
     assert inputs[7].shape == (2, 40, 4) and inputs[7].dtype == np.int32
 
     np.random.seed(0)
-    gen = data.data_generator(dataset, config, shuffle=True, random_rois=300, batch_size=2,
-                              detection_targets=True)
+    gen = inspection.data_generator(dataset, config, shuffle=True, random_rois=300,
+                                    batch_size=2, detection_targets=True)
     for _ in range(4):  # crosses an epoch boundary (3 batches per epoch)
         inputs, outputs = next(gen)
     total, classes = config.TRAIN_ROIS_PER_IMAGE, config.NUM_CLASSES

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mrcnn import utils
+from mrcnn import dataset as dataset_module, utils
 
 
 def two_source_dataset():
@@ -118,11 +118,11 @@ def test_load_image_16bit_rescaled_by_dtype_range(tmp_path):
 def test_to_uint8_float_and_16bit_rgb():
     # The conversion used by load_image, on decoded arrays directly.
     floats = np.array([[[0.0, 0.5, 1.0]]])
-    np.testing.assert_array_equal(utils._to_rgb_uint8(floats), [[[0, 128, 255]]])
+    np.testing.assert_array_equal(dataset_module._to_rgb_uint8(floats), [[[0, 128, 255]]])
     rgb16 = np.array([[[65535, 0, 32896]]], dtype=np.uint16)
-    np.testing.assert_array_equal(utils._to_rgb_uint8(rgb16), [[[255, 0, 128]]])
+    np.testing.assert_array_equal(dataset_module._to_rgb_uint8(rgb16), [[[255, 0, 128]]])
     gray_alpha = np.array([[[50, 255]]], dtype=np.uint8)
-    np.testing.assert_array_equal(utils._to_rgb_uint8(gray_alpha), [[[50, 50, 50]]])
+    np.testing.assert_array_equal(dataset_module._to_rgb_uint8(gray_alpha), [[[50, 50, 50]]])
 
 
 def test_load_image_missing_file_names_path_and_id(tmp_path):

@@ -120,7 +120,7 @@ def test_download_trained_weights_goes_through_it(server, tmp_path, monkeypatch)
 
 def test_coco_sample_download_failure_is_one_input_error(tmp_path):
     from samples.coco import coco
-    from samples.common import InputError
+    from mrcnn.cli import InputError
 
     with pytest.raises(InputError) as info:
         coco._download(closed_port_url(), str(tmp_path / "val2017.zip"))

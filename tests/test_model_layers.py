@@ -177,10 +177,12 @@ def test_pyramid_roi_align_levels_and_crops():
             for s in (4, 8, 16, 32)]
     boxes = np.stack([_random_boxes(rng, 24, 0.02, 0.9) for _ in range(2)])
     boxes[1, -2:] = 0  # padding rows
-    meta = np.zeros((2, LayerConfig().IMAGE_META_SIZE), np.float32)
     layer = PyramidROIAlign((pool, pool), image_stride=stride)
-    out = _np(layer([boxes, meta] + maps))
+    out = _np(layer([boxes] + maps))
     assert out.shape == (2, 24, pool, pool, channels)
+    # Matterport's call form passes the image meta second; it changes nothing.
+    meta = np.zeros((2, LayerConfig().IMAGE_META_SIZE), np.float32)
+    np.testing.assert_array_equal(_np(layer([boxes, meta] + maps)), out)
 
     # Matterport: level = 4 + round(log2(sqrt(h * w) / (224 / sqrt(image_area)))), in 2..5.
     h = boxes[..., 2] - boxes[..., 0]

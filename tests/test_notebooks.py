@@ -1,6 +1,6 @@
 """Execute every notebook headless on the tiny config and check what each one shows.
 
-The notebooks run with ``MRCNN_NOTEBOOK_TINY=1`` (a 64 px model with a five-conv backbone,
+The notebooks run with ``MRCNN_TINY=1`` (a 64 px model with a five-conv backbone,
 2-step epochs; see ``notebooks/nbtools.py``) and ``MRCNN_LOGS`` pointing to a temporary
 folder, so nothing is written into the repository. ``train_shapes`` runs first and the
 others load its checkpoint (``find_last``) instead of training their own. Each kernel
@@ -99,7 +99,7 @@ def _number(nb, pattern: str) -> float:
 def _execute(name: str, logs_dir: str):
     nb = _read(name)
     env = dict(os.environ)
-    env.update(MRCNN_NOTEBOOK_TINY="1", MRCNN_LOGS=logs_dir, TF_CPP_MIN_LOG_LEVEL="2",
+    env.update(MRCNN_TINY="1", MRCNN_LOGS=logs_dir, TF_CPP_MIN_LOG_LEVEL="2",
                CI="1")  # CI: one line per epoch in Keras' progress output
     env.setdefault("KERAS_BACKEND", "tensorflow")
     env.pop("MPLBACKEND", None)  # the notebooks select the inline backend themselves

@@ -430,6 +430,20 @@ def test_apply_deltas_refinement_round_trip():
     assert all(g is not None and np.isfinite(g.numpy()).all() for g in grads)
 
 
+def test_clamp_deltas_bounds_only_the_log_scales():
+    # Large log scales (an untrained head) are cut at log(1000 / 16), as torchvision's
+    # BBOX_XFORM_CLIP; shifts and smaller or negative scales pass unchanged.
+    deltas = np.array([[[9.0, -9.0, 10.0, -10.0], [0.1, 0.2, 3.0, 4.5]]], np.float32)
+    out = np.asarray(mo.clamp_deltas(deltas))
+    expected = deltas.copy()
+    expected[..., 2:] = np.minimum(expected[..., 2:], np.log(1000.0 / 16))
+    np.testing.assert_allclose(out, expected, rtol=1e-6)
+    assert mo.MAX_LOG_SCALE == pytest.approx(np.log(1000.0 / 16))
+    boxes = np.array([[[0.4, 0.4, 0.6, 0.6]] * 2], np.float32)
+    assert np.isfinite(np.asarray(mo.apply_box_deltas(boxes, mo.clamp_deltas(deltas * 100)))
+                       ).all()
+
+
 def test_clip_norm_denorm():
     rng = np.random.default_rng(RNG_SEED)
     boxes = rng.uniform(-0.5, 1.5, size=(2, 10, 4)).astype("float32")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -17,7 +18,7 @@ import h5py
 import numpy as np
 import pytest
 
-from samples import common
+from mrcnn import cli
 from samples.balloon import balloon
 from tests import sample_data as sd
 
@@ -154,13 +155,13 @@ def test_norm_follows_the_weights(tmp_path):
     bn, gn = weights_file("bn.h5", "bn_conv1"), weights_file("gn.h5", "gn_conv1")
     logs = str(tmp_path)
     assert balloon.BalloonConfig.NORM == "gn"
-    assert common.norm_for_weights("coco", balloon.BalloonConfig, logs) == {"NORM": None}
-    assert common.norm_for_weights("imagenet", balloon.BalloonConfig, logs) == {"NORM": None}
-    assert common.norm_for_weights(bn, balloon.BalloonConfig, logs) == {"NORM": None}
-    assert common.norm_for_weights(gn, balloon.BalloonConfig, logs) == {}
-    assert common.norm_for_weights("none", balloon.BalloonConfig, logs) == {}
-    assert common.norm_for_weights("coco", balloon.BalloonConfig, logs, tiny=True) == {}
-    config = common.make_config(balloon.BalloonConfig, weights=bn, model_dir=logs)
+    assert cli.norm_for_weights("coco", balloon.BalloonConfig, logs) == {"NORM": None}
+    assert cli.norm_for_weights("imagenet", balloon.BalloonConfig, logs) == {"NORM": None}
+    assert cli.norm_for_weights(bn, balloon.BalloonConfig, logs) == {"NORM": None}
+    assert cli.norm_for_weights(gn, balloon.BalloonConfig, logs) == {}
+    assert cli.norm_for_weights("none", balloon.BalloonConfig, logs) == {}
+    assert cli.norm_for_weights("coco", balloon.BalloonConfig, logs, tiny=True) == {}
+    config = cli.make_config(balloon.BalloonConfig, weights=bn, model_dir=logs)
     assert config.NORM == "frozen_bn"
 
 
@@ -225,19 +226,31 @@ def test_train_writes_a_checkpoint(trained):
     assert "layers='all'" in trained["stdout"]  # from scratch: all layers
 
 
-def test_splash_script_writes_an_image_of_the_input_size(via, trained, tmp_path):
+def test_splash_script_copied_alone_runs(via, trained, tmp_path):
+    """balloon.py copied alone (no samples/ package, no repository on the path) runs with
+    --tiny: everything it shares with the other samples is library API (mrcnn.cli)."""
+    folder = tmp_path / "my_project"
+    folder.mkdir()
+    script = str(folder / "balloon.py")
+    shutil.copy(os.path.join(sd.ROOT_DIR, "samples", "balloon", "balloon.py"), script)
+    # Only the mrcnn package on the path (a link to this checkout's), so that neither
+    # samples/ nor tests/ can be imported by the copy.
+    path_dir = tmp_path / "site"
+    path_dir.mkdir()
+    os.symlink(os.path.join(sd.ROOT_DIR, "mrcnn"), path_dir / "mrcnn")
+    env = {k: v for k, v in os.environ.items() if k != "MRCNN_TINY"}
+    env["PYTHONPATH"] = str(path_dir)
     image = os.path.join(via["root"], "val", "val_0.jpg")
     output = str(tmp_path / "splash.png")
-    env = dict(os.environ, MRCNN_TINY="1")
-    script = os.path.join(sd.ROOT_DIR, "samples", "balloon", "balloon.py")
     proc = subprocess.run(
-        [sys.executable, script, "splash", f"--weights={trained['checkpoint']}",
+        [sys.executable, script, "splash", "--tiny", f"--weights={trained['checkpoint']}",
          f"--image={image}", f"--output={output}", f"--logs={trained['logs']}"],
-        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+        cwd=str(folder), env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"Saved to {output}" in proc.stdout
     written = cv2.imread(output)
     assert written is not None and written.shape == cv2.imread(image).shape
+    assert "samples" not in proc.stderr  # no fallback import of the repository's samples
 
 
 def test_detect_images_writes_pictures_and_results(via, trained, tmp_path):
@@ -249,7 +262,7 @@ def test_detect_images_writes_pictures_and_results(via, trained, tmp_path):
         "detect", f"--images={pattern}", f"--weights={trained['checkpoint']}", "--tiny",
         f"--logs={trained['logs']}", f"--output={out}"])
     assert code == 0, err[-2000:]
-    paths = common.image_files(pattern)
+    paths = cli.image_files(pattern)
     data = json.loads(open(summary["result_file"]).read())
     assert os.path.dirname(summary["result_file"]) == out
     assert sorted(i["file_name"] for i in data["images"]) == sorted(paths)
@@ -266,7 +279,7 @@ def test_detect_without_images_is_one_line(trained):
 
 
 def test_set_overrides_win_and_a_bad_key_is_one_line(via, tmp_path):
-    config = common.make_config(balloon.BalloonConfig, tiny=True,
+    config = cli.make_config(balloon.BalloonConfig, tiny=True,
                                 settings={"STEPS_PER_EPOCH": 7, "DETECTION_MIN_CONFIDENCE": 0.5})
     assert config.STEPS_PER_EPOCH == 7  # over tiny's 1 step per epoch
     assert config.DETECTION_MIN_CONFIDENCE == 0.5 and config.NAME == "tinyballoon"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from mrcnn import utils
-from samples import common
+from mrcnn import cli
 from samples.coco import coco
 from tests import sample_data as sd
 
@@ -91,24 +91,34 @@ def test_class_subset(mini):
         sorted({a["image_id"] for a in dogs})
     masks, class_ids = dataset.load_mask(dataset.image_ids[0])
     assert masks.shape[-1] == len(dogs) and (class_ids == 1).all()
-    with pytest.raises(common.InputError, match="99"):
+    with pytest.raises(cli.InputError, match="99"):
         load(mini, class_ids=[18, 99])
 
 
-def test_build_coco_results_maps_classes_and_boxes(mini):
+def test_detect_coco_maps_classes_images_and_boxes(mini):
     dataset, _ = load(mini)
-    masks = np.zeros([56, 64, 1], bool)
-    masks[10:20, 5:15, 0] = True
-    results = coco.build_coco_results(dataset, [123], np.array([[10, 5, 20, 15]]),
-                                      np.array([3]), np.array([0.75]), masks)
-    assert len(results) == 1
+
+    class OneBox:
+        """One detection of internal class 3 (COCO category 18) on every image."""
+
+        def detect(self, images, verbose=0):
+            masks = np.zeros(images[0].shape[:2] + (1,), bool)
+            masks[10:20, 5:15, 0] = True
+            return [{"rois": np.array([[10, 5, 20, 15]]), "class_ids": np.array([3]),
+                     "scores": np.array([0.75]), "masks": masks}]
+
+    first = dataset.image_ids[0]
+    results, coco_ids, _ = coco.detect_coco(OneBox(), dataset, limit=1)
+    assert coco_ids == [dataset.image_info[first]["id"]] and len(results) == 1
     r = results[0]
-    assert r["image_id"] == 123 and r["category_id"] == 18 and r["score"] == 0.75
+    assert r["image_id"] == coco_ids[0] and r["category_id"] == 18 and r["score"] == 0.75
+    assert dataset.get_source_class_id(3, "coco") == 18
     assert r["bbox"] == [5.0, 10.0, 10.0, 10.0]
     from pycocotools import mask as mask_utils
 
-    np.testing.assert_array_equal(mask_utils.decode(r["segmentation"]).astype(bool),
-                                  masks[..., 0])
+    expected = np.zeros(dataset.load_image(first).shape[:2], bool)
+    expected[10:20, 5:15] = True
+    np.testing.assert_array_equal(mask_utils.decode(r["segmentation"]).astype(bool), expected)
 
 
 class PerfectModel:
@@ -267,7 +277,7 @@ def test_bad_annotation_file_is_one_line_before_the_model(tmp_path, mini, edit, 
     root, path = _write_variant(tmp_path, mini, edit)
     fragments = [f.format(ann=mini["anns"]["val"][0]["id"]) for f in fragments]
     # The check runs before any model is built.
-    monkeypatch.setattr(common, "setup_model", lambda *a, **k: pytest.fail("model built"))
+    monkeypatch.setattr(cli, "setup_model", lambda *a, **k: pytest.fail("model built"))
     assert_one_error_line(sd.run_cli(coco.main, [
         "evaluate", f"--dataset={root}", "--model=none", "--tiny"]), path, *fragments)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from mrcnn import utils
-from samples import common
+from mrcnn import cli
 from samples.nucleus import nucleus
 from tests import sample_data as sd
 
@@ -112,7 +112,7 @@ def test_configs_are_matterports():
 
 
 def test_tiny_config_keeps_the_sample_and_renames_it():
-    c = common.make_config(nucleus.NucleusConfig, tiny=True)
+    c = cli.make_config(nucleus.NucleusConfig, tiny=True)
     assert c.NAME == "tinynucleus" and c.IMAGE_MAX_DIM == 64
     assert c.IMAGE_RESIZE_MODE == "crop" and c.NUM_CLASSES == 2
     assert c.STEPS_PER_EPOCH == 1 and c.BATCH_SIZE <= 2
@@ -132,9 +132,9 @@ def test_val_split_rules():
     assert len(nucleus.split_val_ids(others[:2], val_fraction=0.99)) == 1
     # Explicit ids win over both; unknown ones are an error.
     assert nucleus.split_val_ids(ids, val_ids=["img05", "img01"]) == ["img05", "img01"]
-    with pytest.raises(common.InputError, match="nope"):
+    with pytest.raises(cli.InputError, match="nope"):
         nucleus.split_val_ids(ids, val_ids=["img05", "nope"])
-    with pytest.raises(common.InputError, match="val-fraction"):
+    with pytest.raises(cli.InputError, match="val-fraction"):
         nucleus.split_val_ids(others, val_fraction=1.5)
 
 
@@ -192,7 +192,7 @@ def test_crops_on_empty_background_are_negatives(tmp_path):
     d = nucleus.NucleusDataset()
     d.load_nucleus(root, "stage1_train", verify=True)
     d.prepare()
-    config = common.make_config(nucleus.NucleusConfig, tiny=True)
+    config = cli.make_config(nucleus.NucleusConfig, tiny=True)
     # load_example: what the training generator does per image, without its fallback
     # (which would silently replace an image that fails).
     generator = modellib.DataGenerator(d, config, shuffle=False,
@@ -387,7 +387,7 @@ def test_detect_images_of_a_folder(dsb, trained, tmp_path):
         "detect", f"--images={folder}", "--weights=last", "--tiny",
         f"--logs={trained['logs']}", f"--results={tmp_path}"])
     assert code == 0, err[-2000:]
-    paths = common.image_files(folder)
+    paths = cli.image_files(folder)
     data = _check_detections_json(summary, paths)
     assert {d["class_name"] for d in data["detections"]} <= {"nucleus"}
     out_dir = os.path.dirname(summary["result_file"])

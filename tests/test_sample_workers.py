@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from samples import common
+from mrcnn import cli
 from samples.balloon import balloon
 from samples.coco import coco
 from samples.nucleus import nucleus
@@ -21,12 +21,12 @@ def test_workers_override_maps_to_config_and_rejects_negatives():
     class Args:
         workers = 3
 
-    assert common.workers_override(Args()) == {"DATA_WORKERS": 3}
+    assert cli.workers_override(Args()) == {"DATA_WORKERS": 3}
     Args.workers = None
-    assert common.workers_override(Args()) == {}
+    assert cli.workers_override(Args()) == {}
     Args.workers = -1
-    with pytest.raises(common.InputError, match="--workers must be 0 or more, got -1"):
-        common.workers_override(Args())
+    with pytest.raises(cli.InputError, match="--workers must be 0 or more, got -1"):
+        cli.workers_override(Args())
 
 
 def test_shapes_train_passes_workers_to_its_config(monkeypatch):

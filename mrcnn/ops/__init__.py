@@ -1,6 +1,7 @@
 """Backend-specific kernels, each with a pure ``keras.ops`` twin.
 
-- ``boxes``: box deltas, clipping, IoU, (de)normalization on tensors.
+- ``boxes``: box coding (deltas: encode, decode, clamp), clipping, IoU, (de)normalization
+  on tensors.
 - ``roi_align``: ``crop_and_resize`` (exact ``tf.image.crop_and_resize`` semantics) and the
   one-gather ``multilevel_roi_align`` of the FPN heads.
 - ``conv``: the non-overlapping transposed convolution (the mask head's deconv).
@@ -12,8 +13,10 @@ Everything here takes and returns static shapes and compiles with XLA on TensorF
 """
 
 from mrcnn.ops.boxes import (
+    MAX_LOG_SCALE,
     apply_box_deltas,
     box_refinement,
+    clamp_deltas,
     clip_boxes,
     denorm_boxes,
     norm_boxes,
@@ -31,9 +34,11 @@ from mrcnn.ops.nms import (
 from mrcnn.ops.roi_align import crop_and_resize, multilevel_roi_align, roi_pyramid_levels
 
 __all__ = [
+    "MAX_LOG_SCALE",
     "accelerator_present",
     "apply_box_deltas",
     "box_refinement",
+    "clamp_deltas",
     "clip_boxes",
     "crop_and_resize",
     "denorm_boxes",

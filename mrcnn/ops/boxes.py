@@ -1,4 +1,6 @@
-"""Box arithmetic on tensors (``keras.ops``), the graph twins of ``mrcnn.utils``.
+"""Box arithmetic on tensors (``keras.ops``), the graph twins of ``mrcnn.utils``: box coding
+(``box_refinement`` encodes, ``apply_box_deltas`` decodes, ``clamp_deltas`` bounds what is
+decoded), clipping, IoU and (de)normalization.
 
 All boxes are ``(y1, x1, y2, x2)`` in the last axis. Functions broadcast over any leading
 axes, keep static shapes and compile under XLA on every backend.
@@ -6,6 +8,7 @@ axes, keep static shapes and compile under XLA on every backend.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence, Union
 
 import keras
@@ -41,6 +44,27 @@ def apply_box_deltas(boxes, deltas):
     new_y1 = center_y - 0.5 * height
     new_x1 = center_x - 0.5 * width
     return ops.stack([new_y1, new_x1, new_y1 + height, new_x1 + width], axis=-1)
+
+
+# Largest log-scale delta applied to a box (torchvision's BBOX_XFORM_CLIP): a box grows at
+# most 1000/16 times, so an untrained or diverging head cannot overflow exp() into inf/NaN.
+MAX_LOG_SCALE = math.log(1000.0 / 16)
+
+
+def clamp_deltas(deltas):
+    """Clamp the (log dh, log dw) part of deltas ``[..., 4]`` at ``MAX_LOG_SCALE``.
+
+    Applied before :func:`apply_box_deltas` wherever predicted deltas are decoded (proposals,
+    detections).
+
+    Args:
+        deltas: ``[..., 4]`` ``(dy, dx, log(dh), log(dw))``.
+
+    Returns:
+        ``[..., 4]`` deltas with the log scales at most ``MAX_LOG_SCALE``.
+    """
+    return ops.concatenate([deltas[..., :2], ops.minimum(deltas[..., 2:], MAX_LOG_SCALE)],
+                           axis=-1)
 
 
 def clip_boxes(boxes, window):

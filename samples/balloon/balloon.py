@@ -30,21 +30,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import warnings
 from typing import Any, Sequence
 
 import numpy as np
 
-ROOT_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-if ROOT_DIR not in sys.path:
-    sys.path.append(ROOT_DIR)
-
-from mrcnn import utils  # noqa: E402
-from mrcnn.config import Config  # noqa: E402
-from mrcnn.progress import Progress  # noqa: E402
-from samples import common  # noqa: E402
-from samples.common import fail  # noqa: E402
+from mrcnn import cli, utils
+from mrcnn.cli import fail
+from mrcnn.config import Config
+from mrcnn.progress import Progress
 
 ANNOTATION_FILE = "via_region_data.json"
 
@@ -167,7 +161,7 @@ def read_via_annotations(json_path: str) -> list[dict]:
         InputError: missing or malformed file, an unsupported or malformed region (the
             message names the file, the image and the region).
     """
-    common.require_file(json_path, "annotation file")
+    cli.require_file(json_path, "annotation file")
     try:
         with open(json_path, encoding="utf-8") as f:
             data = json.load(f)
@@ -242,9 +236,9 @@ class BalloonDataset(utils.Dataset):
             InputError: missing folder, annotation file or image; malformed annotations.
         """
         self.add_class("balloon", 1, "balloon")
-        common.require_dir(dataset_dir, "dataset folder")
+        cli.require_dir(dataset_dir, "dataset folder")
         subset_dir = os.path.join(dataset_dir, subset)
-        common.require_dir(subset_dir, "subset folder")
+        cli.require_dir(subset_dir, "subset folder")
         json_path = os.path.join(subset_dir, ANNOTATION_FILE)
         entries = read_via_annotations(json_path)
         if not entries:
@@ -253,7 +247,7 @@ class BalloonDataset(utils.Dataset):
             path = os.path.join(subset_dir, entry["filename"])
             if not os.path.isfile(path):
                 fail(f"{json_path}: image {entry['filename']!r}: file not found: {path}")
-            height, width = common.verify_image(path)
+            height, width = cli.verify_image(path)
             where = f"{json_path}: image {entry['filename']!r}"
             shapes = [_polygon_in_image(shape, f"{where}, region {k}", height, width)
                       for k, shape in enumerate(entry["shapes"])]
@@ -271,7 +265,7 @@ class BalloonDataset(utils.Dataset):
         if info["source"] != "balloon":
             return super().load_mask(image_id)
         height, width = info["height"], info["width"]
-        return common.stack_instance_masks(
+        return cli.stack_instance_masks(
             [draw_shape(s, height, width) for s in info["polygons"]], height, width)
 
     def image_reference(self, image_id: int) -> str:
@@ -295,7 +289,7 @@ def train(model, dataset_dir: str, heads_epochs: int = 30, layers: str = "heads"
     """
     dataset_train, dataset_val = load_datasets(dataset_dir)
     lr = learning_rate or model.config.LEARNING_RATE
-    common.run_schedule(model, dataset_train, dataset_val,
+    cli.run_schedule(model, dataset_train, dataset_val,
                         [(f"Training layers={layers}", layers, heads_epochs, lr)])
 
 
@@ -359,7 +353,7 @@ def splash_video(model, video_path: str, output: str) -> int:
     """
     import cv2
 
-    common.require_file(video_path, "video file")
+    cli.require_file(video_path, "video file")
     capture = cv2.VideoCapture(video_path)
     if not capture.isOpened():
         fail(f"cannot read video {video_path} (OpenCV could not open it)")
@@ -414,15 +408,15 @@ def detect_and_color_splash(model, image_path: str | None = None,
     if bool(image_path) == bool(video_path):
         fail("give --image or --video (one of them)")
     if image_path:
-        image = common.read_image(image_path)
-        output = output or f"splash_{common.timestamp()}.png"
+        image = cli.read_image(image_path)
+        output = output or f"splash_{cli.timestamp()}.png"
         r = model.detect([image], verbose=0)[0]
         print(f"{image_path}: {len(r['scores'])} balloons")
         splash = color_splash(image, r["masks"])
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         skimage.io.imsave(output, splash, check_contrast=False)
     else:
-        output = output or f"splash_{common.timestamp()}.avi"
+        output = output or f"splash_{cli.timestamp()}.avi"
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         splash_video(model, video_path, output)
     print(f"Saved to {output}")
@@ -439,8 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("command", choices=("train", "splash", "detect"))
     parser.add_argument("--dataset", metavar="/path/to/balloon/dataset/",
                         help="train: folder with train/ and val/")
-    common.add_weights_argument(parser)
-    common.add_common_arguments(parser)
+    cli.add_weights_argument(parser)
+    cli.add_common_arguments(parser)
     parser.add_argument("--image", metavar="path to image",
                         help="splash: image to apply the color splash effect on")
     parser.add_argument("--video", metavar="path to video",
@@ -448,48 +442,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default=None,
                         help="splash: output file (default splash_<time>.png / .avi); "
                              "detect: output folder (default detect_<time>)")
-    common.add_images_argument(parser)
+    cli.add_images_argument(parser)
     parser.add_argument("--layers", default=None,
                         help="train: layers to train: heads, 3+, 4+, 5+, all or a regex "
                              "(default: heads from pretrained weights, all with --weights=none)")
-    common.add_schedule_arguments(parser, [
+    cli.add_schedule_arguments(parser, [
         (["--epochs", "--heads-epochs"], "train: train up to this epoch (default 30)")])
     return parser
 
 
 def run(args: argparse.Namespace) -> Any:
     """Run a parsed command line (errors of the input raise ``InputError``)."""
-    tiny = common.tiny_requested(args)
-    common.check_weights_spec(args.weights, BalloonConfig, args.logs, tiny)
+    tiny = cli.tiny_requested(args)
+    cli.check_weights_spec(args.weights, BalloonConfig, args.logs, tiny)
     if args.command == "train":
-        common.require_dir(args.dataset, "dataset folder", "--dataset")
-        (epochs,) = common.stage_epochs([args.epochs], [30], tiny)
+        cli.require_dir(args.dataset, "dataset folder", "--dataset")
+        (epochs,) = cli.stage_epochs([args.epochs], [30], tiny)
         layers = args.layers or ("all" if args.weights.lower() == "none" else "heads")
         load_datasets(args.dataset)  # validate the annotations before building the model
-        model = common.setup_model("training", BalloonConfig, args.weights, args.logs, tiny,
-                                   settings=common.settings(args, BalloonConfig),
-                                   exclude_heads=True, **common.workers_override(args))
+        model = cli.setup_model("training", BalloonConfig, args.weights, args.logs, tiny,
+                                   settings=cli.settings(args, BalloonConfig),
+                                   exclude_heads=True, **cli.workers_override(args))
         return train(model, args.dataset, epochs, layers, args.lr)
 
     if args.command == "detect":
         if not args.images:
             fail("detect needs --images DIR or GLOB")
-        paths = common.image_files(args.images)
-        model = common.setup_model("inference", BalloonInferenceConfig, args.weights,
+        paths = cli.image_files(args.images)
+        model = cli.setup_model("inference", BalloonInferenceConfig, args.weights,
                                    args.logs, tiny,
-                                   settings=common.settings(args, BalloonInferenceConfig),
+                                   settings=cli.settings(args, BalloonInferenceConfig),
                                    exclude_heads=True)
-        out = args.output or f"detect_{common.timestamp()}"
-        return common.detect_files(model, paths, ("BG", "balloon"), out)
+        out = args.output or f"detect_{cli.timestamp()}"
+        return cli.detect_files(model, paths, ("BG", "balloon"), out)
     if bool(args.image) == bool(args.video):
         fail("splash needs --image or --video (one of them)")
     if args.image:
-        common.read_image(args.image)  # fail on a bad file before building the model
+        cli.read_image(args.image)  # fail on a bad file before building the model
     else:
-        common.require_file(args.video, "video file")
-    model = common.setup_model("inference", BalloonInferenceConfig, args.weights, args.logs,
+        cli.require_file(args.video, "video file")
+    model = cli.setup_model("inference", BalloonInferenceConfig, args.weights, args.logs,
                                tiny,
-                               settings=common.settings(args, BalloonInferenceConfig),
+                               settings=cli.settings(args, BalloonInferenceConfig),
                                exclude_heads=True)
     return detect_and_color_splash(model, image_path=args.image, video_path=args.video,
                                    output=args.output)
@@ -497,7 +491,7 @@ def run(args: argparse.Namespace) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> Any:
     """Command line entry point; see the module docstring."""
-    return common.run_main(build_parser(), run, argv)
+    return cli.run_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

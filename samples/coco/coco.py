@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 import warnings
 import zipfile
@@ -34,20 +33,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
-ROOT_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-if ROOT_DIR not in sys.path:
-    sys.path.append(ROOT_DIR)
-
-from mrcnn import utils  # noqa: E402
-from mrcnn.config import Config  # noqa: E402
-from mrcnn.progress import track  # noqa: E402
-from samples import common  # noqa: E402
-from samples.common import fail  # noqa: E402
+from mrcnn import cli, utils
+from mrcnn.cli import fail
+from mrcnn.config import Config
+from mrcnn.progress import track
 
 DEFAULT_DATASET_YEAR = "2017"
 
 # Matterport's released COCO weights (downloaded there by --model=coco when missing).
-COCO_MODEL_PATH = common.COCO_WEIGHTS_PATH
+COCO_MODEL_PATH = cli.COCO_WEIGHTS_PATH
 
 IMAGES_URL = "http://images.cocodataset.org/zips/{subset}{year}.zip"
 ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval{year}.zip"
@@ -132,7 +126,7 @@ def _unzip(zip_path: str, target_dir: str) -> None:
         with zipfile.ZipFile(zip_path) as archive:
             archive.extractall(target_dir)
     except (zipfile.BadZipFile, OSError) as err:
-        fail(f"cannot unzip {zip_path}: {common.one_line(err)}")
+        fail(f"cannot unzip {zip_path}: {cli.one_line(err)}")
 
 
 def download_coco(dataset_dir: str, subset: str, year: str) -> None:
@@ -186,7 +180,7 @@ def read_coco(path: str):
     import io
 
     COCO, _ = _pycocotools()
-    common.require_file(path, "annotation file")
+    cli.require_file(path, "annotation file")
     try:
         with open(path) as f:
             data = json.load(f)
@@ -310,10 +304,10 @@ class CocoDataset(utils.Dataset):
         year = str(year)
         if auto_download:
             self.auto_download(dataset_dir, subset, year)
-        common.require_dir(dataset_dir, "dataset folder")
+        cli.require_dir(dataset_dir, "dataset folder")
         coco = read_coco(annotation_file(dataset_dir, subset, year))
         image_dir = image_folder(dataset_dir, subset, year)
-        common.require_dir(image_dir, "image folder")
+        cli.require_dir(image_dir, "image folder")
 
         all_class_ids = sorted(coco.getCatIds())
         if class_ids:
@@ -407,99 +401,34 @@ class CocoDataset(utils.Dataset):
 #  COCO evaluation
 ############################################################
 
-def build_coco_results(dataset: CocoDataset, image_ids: Sequence[int], rois: np.ndarray,
-                       class_ids: np.ndarray, scores: np.ndarray,
-                       masks: np.ndarray | None) -> list[dict]:
-    """Detections of one image as COCO result dicts (http://cocodataset.org/#format).
-
-    Args:
-        dataset: the dataset (maps internal class ids back to COCO category ids).
-        image_ids: COCO image id(s) the detections belong to; as in Matterport, pass a
-            one-element list (each id gets all the detections).
-        rois: [N, (y1, x1, y2, x2)] pixel boxes.
-        class_ids: [N] internal class ids.
-        scores: [N].
-        masks: [H, W, N] masks, or None for box-only results.
+def detect_coco(model, dataset: CocoDataset, limit: int = 0,
+                image_ids: Sequence[int] | None = None) -> tuple[list[dict], list[int], float]:
+    """Run the model on the images and collect COCO result dicts, image by image.
 
     Returns:
-        A list of {"image_id", "category_id", "bbox" [x, y, w, h], "score",
-        "segmentation" (compressed RLE)} with plain Python values.
+        results (``mrcnn.coco_eval.build_coco_results``, with COCO image and category
+        ids), the COCO image ids, prediction seconds.
     """
     from mrcnn import coco_eval
 
-    if rois is None:
-        return []
-    rois = np.asarray(rois).reshape(-1, 4)
-    rles = coco_eval.masks_to_rle(np.asarray(masks)) if masks is not None else None
-    results = []
-    for image_id in image_ids:
-        for i in range(rois.shape[0]):
-            y1, x1, y2, x2 = (float(v) for v in np.around(rois[i], 1))
-            result = {
-                "image_id": int(image_id),
-                "category_id": int(dataset.get_source_class_id(int(class_ids[i]), "coco")),
-                "bbox": [x1, y1, x2 - x1, y2 - y1],
-                "score": float(scores[i]),
-            }
-            if rles is not None:
-                result["segmentation"] = rles[i]
-            results.append(result)
-    return results
-
-
-def detect_coco(model, dataset: CocoDataset, limit: int = 0,
-                image_ids: Sequence[int] | None = None) -> tuple[list[dict], list[int], float]:
-    """Run the model on the images and collect COCO results.
-
-    Returns:
-        results (see ``build_coco_results``), the COCO image ids, prediction seconds.
-    """
     image_ids = list(dataset.image_ids if image_ids is None else image_ids)
     if limit:
         image_ids = image_ids[:limit]
     coco_image_ids = [dataset.image_info[i]["id"] for i in image_ids]
+    # Internal class id -> COCO category id (0, the background, is never detected).
+    categories = np.array([0] + [dataset.get_source_class_id(c, "coco")
+                                 for c in dataset.class_ids[1:]])
     results, t_prediction = [], 0.0
-    for k, image_id in enumerate(track(image_ids, label="detect", unit="img")):
-        image = common.load_dataset_image(dataset, image_id)
+    for image_id, coco_id in zip(track(image_ids, label="detect", unit="img"),
+                                 coco_image_ids):
+        image = cli.load_dataset_image(dataset, image_id)
         t = time.time()
         r = model.detect([image], verbose=0)[0]
         t_prediction += time.time() - t
-        results.extend(build_coco_results(dataset, coco_image_ids[k:k + 1], r["rois"],
-                                          r["class_ids"], r["scores"], r["masks"]))
+        # One image at a time: its masks are RLE-encoded here, never all held at once.
+        results.extend(coco_eval.build_coco_results([{
+            **r, "image_id": coco_id, "class_ids": categories[np.asarray(r["class_ids"])]}]))
     return results, coco_image_ids, t_prediction
-
-
-def coco_stats(coco, results: list[dict], eval_type: str,
-               coco_image_ids: Sequence[int]) -> np.ndarray:
-    """COCOeval of ``results`` against ``coco``; prints the standard table.
-
-    With no results at all (an untrained model) the evaluation still runs on an empty
-    result set (``mrcnn.coco_eval.load_results``): AP/AR are 0 where there is ground truth
-    and -1 where COCOeval has nothing to measure.
-
-    Returns:
-        float64 [12]: COCOeval.stats (AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100,
-        ARs, ARm, ARl).
-    """
-    import contextlib
-    import io
-
-    from pycocotools.cocoeval import COCOeval
-
-    from mrcnn.coco_eval import load_results
-
-    if eval_type not in ("bbox", "segm"):
-        raise ValueError(f"eval_type must be 'bbox' or 'segm', got {eval_type!r}")
-    coco_results = load_results(coco, results, eval_type)
-    coco_eval = COCOeval(coco, coco_results, eval_type)
-    coco_eval.params.imgIds = list(coco_image_ids)
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_eval.evaluate()
-        coco_eval.accumulate()
-    print(f"COCO {eval_type} evaluation on {len(coco_image_ids)} images, "
-          f"{len(results)} detections:")
-    coco_eval.summarize()
-    return np.asarray(coco_eval.stats, dtype=np.float64)
 
 
 def evaluate_coco(model, dataset: CocoDataset, coco, eval_type: str = "bbox", limit: int = 0,
@@ -517,9 +446,11 @@ def evaluate_coco(model, dataset: CocoDataset, coco, eval_type: str = "bbox", li
     Returns:
         The 12 COCOeval stats.
     """
+    from mrcnn import coco_eval
+
     t_start = time.time()
     results, coco_image_ids, t_prediction = detect_coco(model, dataset, limit, image_ids)
-    stats = coco_stats(coco, results, eval_type, coco_image_ids)
+    stats = coco_eval.evaluate_results(coco, results, eval_type, coco_image_ids)["stats"]
     count = max(len(coco_image_ids), 1)
     print(f"Prediction time: {t_prediction:.1f} s. Average {t_prediction / count:.3f} s/image")
     print(f"Total time: {time.time() - t_start:.1f} s")
@@ -537,15 +468,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="root folder of the MS-COCO dataset")
     parser.add_argument("--year", default=DEFAULT_DATASET_YEAR, choices=("2014", "2017"),
                         help=f"dataset year (default {DEFAULT_DATASET_YEAR})")
-    common.add_weights_argument(parser, "--model")
-    common.add_common_arguments(parser)
+    cli.add_weights_argument(parser, "--model")
+    cli.add_common_arguments(parser)
     parser.add_argument("--limit", type=int, default=500,
                         help="evaluate: images to use, 0 for all (default 500)")
     parser.add_argument("--eval-type", choices=("bbox", "segm", "both"), default="both",
                         help="evaluate: box AP, mask AP or both (default both)")
     parser.add_argument("--download", action="store_true",
                         help="download and unzip missing MS-COCO files (needs network)")
-    common.add_schedule_arguments(parser, [
+    cli.add_schedule_arguments(parser, [
         (["--heads-epochs"], "train: heads up to this epoch (default 40)"),
         (["--fourplus-epochs"], "train: then ResNet stage 4 and up to this epoch (default 120)"),
         (["--all-epochs"], "train: then all layers, at lr/10, up to this epoch (default 160)")])
@@ -562,15 +493,15 @@ def _exclude_heads(spec: str, num_classes: int) -> bool:
 
 def run(args: argparse.Namespace) -> Any:
     """Run a parsed command line (errors of the input raise ``InputError``)."""
-    tiny = common.tiny_requested(args)
-    common.check_weights_spec(args.model, CocoConfig, args.logs, tiny)
+    tiny = cli.tiny_requested(args)
+    cli.check_weights_spec(args.model, CocoConfig, args.logs, tiny)
     year = args.year
     print(f"Command: {args.command}  Model: {args.model}  Dataset: {args.dataset}  "
           f"Year: {year}  Logs: {args.logs}  Auto download: {args.download}")
     val_type = "val" if year == "2017" else "minival"
 
     if args.command == "train":
-        epochs = common.stage_epochs(
+        epochs = cli.stage_epochs(
             [args.heads_epochs, args.fourplus_epochs, args.all_epochs], [40, 120, 160], tiny)
         # As in the Mask R-CNN paper: train + valminusminival (35k val images) for 2014.
         dataset_train = CocoDataset()
@@ -584,14 +515,14 @@ def run(args: argparse.Namespace) -> Any:
         dataset_val.prepare()
 
         num_classes = dataset_train.num_classes
-        model = common.setup_model("training", CocoConfig, args.model, args.logs, tiny,
-                                   settings=common.settings(args, CocoConfig),
+        model = cli.setup_model("training", CocoConfig, args.model, args.logs, tiny,
+                                   settings=cli.settings(args, CocoConfig),
                                    exclude_heads=_exclude_heads(args.model, num_classes),
-                                   NUM_CLASSES=num_classes, **common.workers_override(args))
+                                   NUM_CLASSES=num_classes, **cli.workers_override(args))
         import albumentations as A
 
         lr = args.lr or model.config.LEARNING_RATE
-        common.run_schedule(model, dataset_train, dataset_val, [
+        cli.run_schedule(model, dataset_train, dataset_val, [
             ("Training network heads", "heads", epochs[0], lr),
             ("Fine tune Resnet stage 4 and up", "4+", epochs[1], lr),
             ("Fine tune all layers", "all", epochs[2], lr / 10),
@@ -603,8 +534,8 @@ def run(args: argparse.Namespace) -> Any:
                                  auto_download=args.download)
     dataset_val.prepare()
     num_classes = dataset_val.num_classes
-    model = common.setup_model("inference", CocoInferenceConfig, args.model, args.logs, tiny,
-                               settings=common.settings(args, CocoInferenceConfig),
+    model = cli.setup_model("inference", CocoInferenceConfig, args.model, args.logs, tiny,
+                               settings=cli.settings(args, CocoInferenceConfig),
                                exclude_heads=_exclude_heads(args.model, num_classes),
                                NUM_CLASSES=num_classes)
     eval_types = ("bbox", "segm") if args.eval_type == "both" else (args.eval_type,)
@@ -614,9 +545,12 @@ def run(args: argparse.Namespace) -> Any:
     t_start = time.time()
     # Detect once, evaluate boxes and masks from the same detections.
     results, coco_image_ids, t_prediction = detect_coco(model, dataset_val, args.limit)
+    from mrcnn import coco_eval
+
     stats = {}
     for eval_type in eval_types:
-        stats[eval_type] = coco_stats(coco, results, eval_type, coco_image_ids)
+        stats[eval_type] = coco_eval.evaluate_results(coco, results, eval_type,
+                                                      coco_image_ids)["stats"]
         print(f"{eval_type} stats: " + " ".join(f"{v:.4f}" for v in stats[eval_type]))
     print(f"Prediction time: {t_prediction:.1f} s. Average "
           f"{t_prediction / max(len(coco_image_ids), 1):.3f} s/image")
@@ -626,7 +560,7 @@ def run(args: argparse.Namespace) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> Any:
     """Command line entry point; see the module docstring."""
-    return common.run_main(build_parser(), run, argv)
+    return cli.run_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -29,23 +29,17 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from typing import Any, Sequence
 
 import numpy as np
 
-ROOT_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-if ROOT_DIR not in sys.path:
-    sys.path.append(ROOT_DIR)
-
-from mrcnn import utils  # noqa: E402
-from mrcnn.config import Config  # noqa: E402
-from mrcnn.progress import track  # noqa: E402
-from samples import common  # noqa: E402
-from samples.common import fail  # noqa: E402
+from mrcnn import cli, metrics, utils
+from mrcnn.cli import fail
+from mrcnn.config import Config
+from mrcnn.progress import track
 
 # Submission files and overlay pictures go to a timestamped folder under this one.
-RESULTS_DIR = os.path.join(ROOT_DIR, "results", "nucleus")
+RESULTS_DIR = os.path.abspath(os.path.join("results", "nucleus"))
 
 # The dataset has no standard train/val split; Matterport picked these stage1_train
 # images (a variety of imaging types) as the validation set.
@@ -175,7 +169,7 @@ def read_mask_png(path: str) -> np.ndarray:
     try:
         mask = np.asarray(skimage.io.imread(path))
     except Exception as err:  # decoders raise many types
-        raise OSError(f"cannot read mask {path}: {common.one_line(err)}") from err
+        raise OSError(f"cannot read mask {path}: {cli.one_line(err)}") from err
     if mask.ndim == 3:
         color = mask[..., :-1] if mask.shape[-1] in (2, 4) else mask
         mask = color if color.any() or mask.shape[-1] not in (2, 4) else mask[..., -1:]
@@ -200,9 +194,9 @@ def verify_image_and_masks(image_path: str, mask_paths: Sequence[str]) -> None:
     Raises:
         InputError: naming the first bad file.
     """
-    size = common.verify_image(image_path)
+    size = cli.verify_image(image_path)
     for path in mask_paths:
-        mask_size = common.verify_image(path)
+        mask_size = cli.verify_image(path)
         if mask_size != size:
             fail(f"mask {path} is {mask_size[0]}x{mask_size[1]} pixels but its image "
                  f"{image_path} is {size[0]}x{size[1]}")
@@ -210,7 +204,7 @@ def verify_image_and_masks(image_path: str, mask_paths: Sequence[str]) -> None:
 
 def read_val_ids(path: str) -> list[str]:
     """Image ids from a text file, one per line (blank lines and # comments ignored)."""
-    common.require_file(path, "validation id file")
+    cli.require_file(path, "validation id file")
     with open(path, encoding="utf-8") as f:
         ids = [line.split("#", 1)[0].strip() for line in f]
     ids = [i for i in ids if i]
@@ -276,7 +270,7 @@ class NucleusDataset(utils.Dataset):
             InputError: missing folders or files, an image without masks, a corrupt image.
         """
         self.add_class("nucleus", 1, "nucleus")
-        common.require_dir(dataset_dir, "dataset folder")
+        cli.require_dir(dataset_dir, "dataset folder")
         folder = "stage1_train" if subset in ("train", "val") else subset
         subset_dir = os.path.join(dataset_dir, folder)
         if not os.path.isdir(subset_dir):
@@ -322,7 +316,7 @@ class NucleusDataset(utils.Dataset):
         if len(shapes) > 1:
             raise ValueError(f"masks of image {info['id']} have different sizes {sorted(shapes)}")
         # An image without masks: [0, 0, 0] as the base class (the size is not read here).
-        return common.stack_instance_masks(masks, *(shapes.pop() if shapes else (0, 0)))
+        return cli.stack_instance_masks(masks, *(shapes.pop() if shapes else (0, 0)))
 
     def image_reference(self, image_id: int) -> str:
         """The image id (the folder name)."""
@@ -394,7 +388,7 @@ def train(model, dataset_train: NucleusDataset, dataset_val: NucleusDataset,
     lr = learning_rate or model.config.LEARNING_RATE
     if isinstance(augmentation, str) and augmentation == "default":
         augmentation = build_augmentation()
-    common.run_schedule(model, dataset_train, dataset_val, [
+    cli.run_schedule(model, dataset_train, dataset_val, [
         ("Train network heads", "heads", heads_epochs, lr),
         ("Train all layers", "all", all_epochs, lr),
     ], augmentation=augmentation)
@@ -527,12 +521,12 @@ def detect(model, dataset: NucleusDataset, results_dir: str = RESULTS_DIR,
     """
     from mrcnn import visualize
 
-    submit_dir = os.path.join(results_dir, f"submit_{common.timestamp()}")
+    submit_dir = os.path.join(results_dir, f"submit_{cli.timestamp()}")
     os.makedirs(submit_dir, exist_ok=True)
     rows = []
     for image_id in track(dataset.image_ids, label="detect", unit="img"):
         source_id = dataset.image_info[image_id]["id"]
-        image = common.load_dataset_image(dataset, image_id)
+        image = cli.load_dataset_image(dataset, image_id)
         r = model.detect([image], verbose=0)[0]
         rows.append(mask_to_rle(source_id, r["masks"], r["scores"]))
         if save_npz:
@@ -553,25 +547,17 @@ def evaluate(model, dataset: NucleusDataset, verbose: bool = True) -> dict[str, 
     """Mask AP per image at IoU 0.5 and averaged over 0.5:0.95, then averaged over images.
 
     Detection runs on the original images and is compared with their masks (not with the
-    crops or the upscaled images the model sees), with ``utils.compute_ap`` and
-    ``utils.compute_ap_range`` (Matterport's metrics, not the competition's).
+    crops or the upscaled images the model sees), with ``metrics.per_image_ap``
+    (Matterport's ``compute_ap`` per threshold, not the competition's metric).
 
     Returns:
         {"AP50": ..., "AP": ..., "images": N}.
     """
-    ap50s, aps = [], []
-    for image_id in track(dataset.image_ids, label="evaluate", unit="img",
-                          verbose=int(verbose)):
-        image = common.load_dataset_image(dataset, image_id)
-        gt_masks, gt_class_ids = dataset.load_mask(image_id)
-        gt_masks, gt_class_ids = utils.check_mask(gt_masks, gt_class_ids, image_id, image.shape)
-        gt_boxes = utils.extract_bboxes(gt_masks)
-        r = model.detect([image], verbose=0)[0]
-        args = (gt_boxes, gt_class_ids, gt_masks, r["rois"], r["class_ids"], r["scores"],
-                r["masks"])
-        ap50s.append(utils.compute_ap(*args, iou_threshold=0.5)[0])
-        aps.append(utils.compute_ap_range(*args, verbose=0))
-    result = {"AP50": float(np.mean(ap50s)), "AP": float(np.mean(aps)), "images": len(aps)}
+    # Rows: images; columns: IoU 0.5, 0.55, ..., 0.95 (column 0 is AP50, a row's mean its AP).
+    aps = metrics.per_image_ap(model, dataset, iou_thresholds=np.arange(0.5, 1.0, 0.05),
+                               verbose=int(verbose))
+    result = {"AP50": float(np.mean(aps[:, 0])), "AP": float(np.mean(aps.mean(axis=1))),
+              "images": len(aps)}
     if verbose:
         print(f"AP@0.5: {result['AP50']:.4f}  ({result['images']} images)")
         print(f"AP@[.5:.95]: {result['AP']:.4f}  ({result['images']} images)")
@@ -597,9 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="subset: train/val (split of stage1_train), stage1_train, "
                              "stage1_test, stage2_test (default: train for train, "
                              "stage1_test for detect, val for evaluate)")
-    common.add_weights_argument(parser)
-    common.add_common_arguments(parser)
-    common.add_schedule_arguments(parser, [
+    cli.add_weights_argument(parser)
+    cli.add_common_arguments(parser)
+    cli.add_schedule_arguments(parser, [
         (["--heads-epochs"], "train: the heads up to this epoch (default 20)"),
         (["--all-epochs"], "train: then all layers up to this epoch (default 40)")])
     parser.add_argument("--val-ids", default=None, metavar="FILE",
@@ -613,24 +599,24 @@ def build_parser() -> argparse.ArgumentParser:
                         help="detect: do not save pictures of the detections")
     parser.add_argument("--save-npz", action="store_true",
                         help="detect: also save the raw detections as <image_id>.npz")
-    common.add_images_argument(parser)
+    cli.add_images_argument(parser)
     return parser
 
 
 def run(args: argparse.Namespace) -> Any:
     """Run a parsed command line (errors of the input raise ``InputError``)."""
-    tiny = common.tiny_requested(args)
-    common.check_weights_spec(args.weights, NucleusConfig, args.logs, tiny)
+    tiny = cli.tiny_requested(args)
+    cli.check_weights_spec(args.weights, NucleusConfig, args.logs, tiny)
     if args.images:
         if args.command != "detect":
             fail(f"--images is for detect, not {args.command}")
-        paths = common.image_files(args.images)
-        model = common.setup_model("inference", NucleusInferenceConfig, args.weights,
+        paths = cli.image_files(args.images)
+        model = cli.setup_model("inference", NucleusInferenceConfig, args.weights,
                                    args.logs, tiny,
-                                   settings=common.settings(args, NucleusInferenceConfig),
+                                   settings=cli.settings(args, NucleusInferenceConfig),
                                    exclude_heads=True)
-        out = os.path.join(args.results, f"detect_{common.timestamp()}")
-        return common.detect_files(model, paths, ("BG", "nucleus"), out)
+        out = os.path.join(args.results, f"detect_{cli.timestamp()}")
+        return cli.detect_files(model, paths, ("BG", "nucleus"), out)
     if not args.dataset:
         fail(f"{args.command} needs --dataset (or detect --images DIR)")
     subset = args.subset or DEFAULT_SUBSETS[args.command]
@@ -639,17 +625,17 @@ def run(args: argparse.Namespace) -> Any:
           f"Weights: {args.weights}  Logs: {args.logs}")
 
     if args.command == "train":
-        heads_epochs, all_epochs = common.stage_epochs(
+        heads_epochs, all_epochs = cli.stage_epochs(
             [args.heads_epochs, args.all_epochs], [20, 40], tiny)
         dataset_train, dataset_val = load_datasets(args.dataset, subset, val_ids,
                                                    args.val_fraction)
         per_batch = NucleusConfig.IMAGES_PER_GPU * NucleusConfig.GPU_COUNT
-        model = common.setup_model(
+        model = cli.setup_model(
             "training", NucleusConfig, args.weights, args.logs, tiny,
-            settings=common.settings(args, NucleusConfig), exclude_heads=True,
+            settings=cli.settings(args, NucleusConfig), exclude_heads=True,
             STEPS_PER_EPOCH=max(1, len(dataset_train.image_ids) // per_batch),
             VALIDATION_STEPS=max(1, len(dataset_val.image_ids) // per_batch),
-            **common.workers_override(args))
+            **cli.workers_override(args))
         return train(model, dataset_train, dataset_val, heads_epochs, all_epochs, args.lr)
 
     dataset = NucleusDataset()
@@ -657,9 +643,9 @@ def run(args: argparse.Namespace) -> Any:
                          require_masks=True if args.command == "evaluate" else None,
                          verify=True)
     dataset.prepare()
-    model = common.setup_model("inference", NucleusInferenceConfig, args.weights, args.logs,
+    model = cli.setup_model("inference", NucleusInferenceConfig, args.weights, args.logs,
                                tiny,
-                               settings=common.settings(args, NucleusInferenceConfig),
+                               settings=cli.settings(args, NucleusInferenceConfig),
                                exclude_heads=True)
     if args.command == "detect":
         return detect(model, dataset, args.results, overlays=not args.no_overlays,
@@ -669,7 +655,7 @@ def run(args: argparse.Namespace) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> Any:
     """Command line entry point; see the module docstring."""
-    return common.run_main(build_parser(), run, argv)
+    return cli.run_main(build_parser(), run, argv)
 
 
 if __name__ == "__main__":

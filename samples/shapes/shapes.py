@@ -20,20 +20,17 @@ from __future__ import annotations
 
 import math
 import os
-import sys
-from typing import Any, NoReturn
+from typing import Any
 
 import cv2
 import numpy as np
 
-# Let ``python samples/shapes/shapes.py`` find the mrcnn package without installing it.
-ROOT_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-if ROOT_DIR not in sys.path:
-    sys.path.append(ROOT_DIR)
+from mrcnn import cli, metrics, utils
+from mrcnn.config import Config
+from mrcnn.tiny import TINY_ENV, tiny_requested
 
-from mrcnn import utils  # noqa: E402
-from mrcnn.config import Config  # noqa: E402
-from mrcnn.progress import track  # noqa: E402
+# Default --output: out/ beside this file.
+SAMPLE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 # Class names in id order (id 0 is the background). The ids are fixed so that load_mask
 # works before prepare(); with this dataset as the only source they equal the internal ids.
@@ -325,21 +322,9 @@ def evaluate_map(model, dataset: ShapesDataset, config: Config,
     Returns:
         mAP over the dataset's images.
     """
-    from mrcnn import model as modellib
-
-    aps = []
-    ids = list(dataset.image_ids)
-    bs = config.BATCH_SIZE
-    batches = range(0, len(ids), bs)
-    for start in track(batches, label="evaluate", unit="batch", verbose=int(verbose)):
-        batch_ids = ids[start:start + bs]
-        gts = [modellib.load_image_gt(dataset, config, i) for i in batch_ids]
-        results = model.detect([gt[0] for gt in gts])
-        for (_, _, class_ids, boxes, masks), r in zip(gts, results):
-            ap, _, _, _ = utils.compute_ap(boxes, class_ids, masks, r["rois"], r["class_ids"],
-                                           r["scores"], r["masks"], iou_threshold)
-            aps.append(ap)
-    m_ap = float(np.mean(aps)) if aps else 0.0
+    aps = metrics.per_image_ap(model, dataset, config=config, iou_thresholds=[iou_threshold],
+                               batch_size=config.BATCH_SIZE, verbose=int(verbose))[:, 0]
+    m_ap = float(np.mean(aps)) if len(aps) else 0.0
     if verbose:
         print(f"mAP@{iou_threshold:.2f} over {len(aps)} held-out images: {m_ap:.3f}")
     return m_ap
@@ -370,41 +355,33 @@ def save_detection_grid(model, dataset: ShapesDataset, path: str, count: int = 6
     return path
 
 
-def _input_error(message: str) -> NoReturn:
-    """Bad input ends the command with one line on stderr and exit status 2 (argparse's)."""
-    sys.stdout.flush()
-    print(f"shapes.py: error: {message}", file=sys.stderr)
-    raise SystemExit(2)
-
-
 def _resolve_weights(model, weights: str) -> str | None:
     """'none' -> None, 'last' -> model.find_last(), else the path itself."""
     if weights.lower() == "none":
         return None
     if weights.lower() != "last":
         if not os.path.isfile(weights):
-            _input_error(f"--weights {weights}: no such file")
+            cli.fail(f"--weights {weights}: no such file")
         return weights
     try:
         return model.find_last()
     except FileNotFoundError as err:
-        _input_error(f"--weights=last: no checkpoint to load ({err}); train first or "
+        cli.fail(f"--weights=last: no checkpoint to load ({err}); train first or "
                      f"give a checkpoint path")
 
 
 def _make_config(args, base: type[Config], **overrides) -> Config:
-    """``base`` with ``overrides`` then ``--set``; with --tiny, mrcnn.tiny's variant."""
-    from mrcnn.config import parse_overrides
-
+    """``base`` with ``overrides`` then ``--set``; with --tiny (or MRCNN_TINY=1),
+    mrcnn.tiny's variant."""
+    overrides = {**overrides, **cli.settings(args, base)}
     try:
-        overrides = {**overrides, **parse_overrides(getattr(args, "set", None) or [], base)}
-        if getattr(args, "tiny", False):
+        if tiny_requested(args):
             from mrcnn.tiny import tiny_config
 
             return tiny_config(base, **overrides)
         return type(base.__name__, (base,), overrides)() if overrides else base()
-    except ValueError as err:  # an unknown key or a value Config rejects
-        _input_error(str(err))
+    except ValueError as err:  # a value Config rejects
+        cli.fail(str(err))
 
 
 def _inference_model(args):
@@ -414,7 +391,7 @@ def _inference_model(args):
     model = modellib.MaskRCNN("inference", config, args.logs)
     path = _resolve_weights(model, args.weights)
     if path is None:
-        _input_error("--weights=none: evaluating an untrained model is pointless; give "
+        cli.fail("--weights=none: evaluating an untrained model is pointless; give "
                      "'last' or a checkpoint path")
     print(f"Loading weights {path}")
     model.load_weights(path)
@@ -423,8 +400,8 @@ def _inference_model(args):
 
 def _train_config(args) -> Config:
     """ShapesConfig with --steps and --workers (DATA_WORKERS) applied."""
-    workers = {} if getattr(args, "workers", None) is None else {"DATA_WORKERS": args.workers}
-    return _make_config(args, ShapesConfig, STEPS_PER_EPOCH=args.steps, **workers)
+    return _make_config(args, ShapesConfig, STEPS_PER_EPOCH=args.steps,
+                        **cli.workers_override(args))
 
 
 def cmd_train(args) -> float:
@@ -497,10 +474,11 @@ def main(argv: list[str] | None = None) -> float | None:
     import argparse
 
     parser = argparse.ArgumentParser(
+        prog="shapes.py",
         description="Train and evaluate Mask R-CNN on synthetic shapes (no download).")
     parser.add_argument("command", choices=("train", "evaluate", "detect"))
-    parser.add_argument("--logs", default=os.path.join(ROOT_DIR, "logs"),
-                        help="logs and checkpoints folder (default: <repo>/logs)")
+    parser.add_argument("--logs", default=cli.DEFAULT_LOGS_DIR,
+                        help=f"logs and checkpoints folder (default: {cli.DEFAULT_LOGS_DIR})")
     parser.add_argument("--weights", default=None,
                         help="'none', 'last' or a checkpoint path (default: none for "
                              "train, last otherwise)")
@@ -521,26 +499,24 @@ def main(argv: list[str] | None = None) -> float | None:
                              "LEARNING_RATE=0.002 (Python literals; bare words are strings)")
     parser.add_argument("--tiny", action="store_true",
                         help="64 px five-conv model (mrcnn.tiny) that runs in seconds: for "
-                             "smoke tests of the command line, not for results")
-    parser.add_argument("--output", default=os.path.join(ROOT_DIR, "samples", "shapes", "out"),
-                        help="folder for the pictures")
-    from samples import common
+                             f"smoke tests of the command line, not for results; also "
+                             f"{TINY_ENV}=1")
+    parser.add_argument("--output", default=os.path.join(SAMPLE_DIR, "out"),
+                        help="folder for the pictures (default: out/ beside this file)")
+    cli.add_workers_argument(parser)
+    return cli.run_main(parser, _run, argv)
 
-    common.add_workers_argument(parser)
-    args = parser.parse_args(argv)
+
+def _run(args) -> float | None:
+    """Run the parsed command line of ``main``; bad input raises ``cli.InputError``."""
     if args.workers is not None and args.workers < 0:
-        parser.error(f"--workers must be 0 or more, got {args.workers}")
+        cli.fail(f"--workers must be 0 or more, got {args.workers}")
     if args.weights is None:
         args.weights = "none" if args.command == "train" else "last"
     if args.image and not os.path.isfile(args.image):
-        parser.error(f"--image {args.image}: no such file")
+        cli.fail(f"--image {args.image}: no such file")
     if args.images:
-        from mrcnn import predict
-
-        try:
-            args.images = predict.list_images(args.images)
-        except FileNotFoundError as err:
-            parser.error(str(err))
+        args.images = cli.image_files(args.images)
     return {"train": cmd_train, "evaluate": cmd_evaluate,
             "detect": cmd_detect}[args.command](args)
 

@@ -1,7 +1,7 @@
-"""Command-line helpers shared by the nucleus, balloon and coco samples.
+"""Command-line building blocks of the samples: errors, arguments, configs, weights, schedules.
 
 The samples are meant to be copied as the start of a project, so what they have in common
-lives here rather than three times in slightly different versions:
+is library API (``from mrcnn import cli``) rather than a helper module next to them:
 
 - ``cli_errors``: bad input (a missing folder, a malformed annotation file, an unreadable
   image) ends the program with ONE line on stderr naming the file and exit status 2, not a
@@ -12,15 +12,19 @@ lives here rather than three times in slightly different versions:
 - ``make_config``: builds a Config subclass with overrides, and for tests a *tiny* variant
   (``mrcnn.tiny.tiny_config``: 64 px images, a five-conv backbone, a handful of ROIs; one
   step per epoch) when ``--tiny`` is given or the environment variable ``MRCNN_TINY=1`` is
-  set, so that the real command lines can be exercised end to end on a CPU in seconds.
+  set (``mrcnn.tiny.tiny_requested``), so that the real command lines can be exercised end
+  to end on a CPU in seconds.
 - ``norm_for_weights``: NORM follows the weights (frozen BatchNorm for Matterport's
   ImageNet/COCO files and checkpoints trained from them, GroupNorm for GN checkpoints), so
   a by-name load never silently skips the normalization layers.
 - ``setup_model``: config + ``MaskRCNN`` + weights, as every command starts;
   ``run_main``: parse, run, report bad input; ``add_schedule_arguments``,
   ``stack_instance_masks``: the pieces the samples' parsers and one-class datasets share.
-- ``run_schedule``: Matterport's stage-wise training (heads, then deeper layers), skipping
-  stages that a resumed run (``--weights=last``) has already completed.
+- ``stage_epochs``, ``run_schedule``: Matterport's stage-wise training (heads, then deeper
+  layers), skipping stages that a resumed run (``--weights=last``) has already completed.
+
+Default locations are relative to the working directory: checkpoints under ``./logs``,
+Matterport's COCO weights at ``./mask_rcnn_coco.h5``.
 
 Nothing here imports TensorFlow or Keras at module level: a sample validates its command
 line and its dataset first, and only then builds the model, so bad input fails fast.
@@ -37,26 +41,21 @@ from typing import Any, Callable, Iterator, NoReturn, Sequence
 
 import numpy as np
 
-ROOT_DIR = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
-if ROOT_DIR not in sys.path:
-    sys.path.append(ROOT_DIR)
-
-from mrcnn import utils  # noqa: E402  (NumPy only)
-from mrcnn.config import Config  # noqa: E402  (NumPy only)
+from mrcnn import utils  # NumPy only
+from mrcnn.config import Config  # NumPy only
+from mrcnn.dataset import Dataset, load_image_file
+from mrcnn.tiny import TINY_ENV, tiny_requested  # noqa: F401  (part of this module's API)
 
 # Checkpoints and TensorBoard logs, unless --logs says otherwise.
-DEFAULT_LOGS_DIR = os.path.join(ROOT_DIR, "logs")
+DEFAULT_LOGS_DIR = os.path.abspath("logs")
 
 # Where --weights=coco looks for (and, with network, downloads) Matterport's COCO weights.
-COCO_WEIGHTS_PATH = os.path.join(ROOT_DIR, "mask_rcnn_coco.h5")
+COCO_WEIGHTS_PATH = os.path.abspath("mask_rcnn_coco.h5")
 
 # Class-specific layers: skipped when starting from weights trained on other classes.
 HEAD_LAYERS = ("mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask")
 
 WEIGHT_KEYWORDS = ("none", "last", "imagenet", "coco")
-
-# Environment switch for the tiny test configuration (same as the hidden --tiny flag).
-TINY_ENV = "MRCNN_TINY"
 
 ############################################################
 #  Errors
@@ -164,7 +163,7 @@ def _read_or_fail(read, path) -> np.ndarray:
         fail(f"cannot read image {path}: {one_line(cause) or type(cause).__name__}")
 
 
-def load_dataset_image(dataset: utils.Dataset, image_id: int) -> np.ndarray:
+def load_dataset_image(dataset: Dataset, image_id: int) -> np.ndarray:
     """``dataset.load_image`` with read errors turned into ``InputError`` naming the file."""
     return _read_or_fail(lambda: dataset.load_image(image_id),
                          dataset.image_info[image_id].get("path"))
@@ -177,7 +176,7 @@ def read_image(path: str) -> np.ndarray:
         InputError: the file is missing or cannot be decoded.
     """
     require_file(path, "image file")
-    return _read_or_fail(lambda: utils.load_image_file(path), path)
+    return _read_or_fail(lambda: load_image_file(path), path)
 
 
 def timestamp() -> str:
@@ -289,13 +288,6 @@ def add_schedule_arguments(parser: argparse.ArgumentParser,
                         help="train: learning rate (default: config.LEARNING_RATE)")
 
 
-def tiny_requested(args: Any = None) -> bool:
-    """True when ``--tiny`` was given or ``MRCNN_TINY`` is set to 1/true/yes/on."""
-    if getattr(args, "tiny", False):
-        return True
-    return os.environ.get(TINY_ENV, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def tiny_overrides(base: type[Config]) -> dict[str, Any]:
     """What ``--tiny`` changes on top of ``mrcnn.tiny.tiny_config``: one training and one
     validation step per epoch, at most two images per batch."""
@@ -386,19 +378,17 @@ def add_weights_argument(parser: argparse.ArgumentParser, flag: str = "--weights
                              "need network), or the path of a weights file")
 
 
-def find_last(name: str, model_dir: str) -> str:
-    """``MaskRCNN.find_last`` for a config NAME, before any model is built.
+def find_last(model_dir: str, name: str) -> str:
+    """``mrcnn.runs.find_last``: the last sound checkpoint of config NAME ``name`` under
+    ``model_dir``, before any model is built (imported on call: it reads weight files
+    with Keras, and this module stays free of it until a model is needed).
 
     Raises:
         FileNotFoundError: no checkpoint of ``name`` under ``model_dir``.
     """
-    import types
+    from mrcnn import runs
 
-    from mrcnn import model as modellib
-
-    finder = types.SimpleNamespace(config=types.SimpleNamespace(NAME=name),
-                                   model_dir=model_dir)
-    return modellib.MaskRCNN.find_last(finder)
+    return runs.find_last(model_dir, name)
 
 
 def check_weights_spec(spec: str, base: type[Config] | None = None,
@@ -419,7 +409,7 @@ def check_weights_spec(spec: str, base: type[Config] | None = None,
     if keyword == "last" and base is not None:
         name = ("tiny" if tiny else "") + str(base.NAME)
         try:
-            find_last(name.lower(), model_dir)
+            find_last(model_dir, name)
         except FileNotFoundError as err:
             fail(f"--weights=last: no checkpoint of '{name}' found under {model_dir} "
                  f"({err.strerror or err}); train first or give a path")
@@ -458,7 +448,7 @@ def norm_for_weights(spec: str, base: type[Config], model_dir: str,
         path = spec
         if keyword == "last":
             try:
-                path = find_last(str(base.NAME).lower(), model_dir)
+                path = find_last(model_dir, str(base.NAME))
             except FileNotFoundError:
                 return {}  # resolve_weights reports it
         norm = weights_norm(path)
