@@ -192,7 +192,8 @@ def test_rpn_targets_from_model_anchors(tmp_path):
     positive_anchor_ix = np.where(target_rpn_match[:] == 1)[0]
     positive_anchors = model.anchors[positive_anchor_ix]
     refined_anchors = utils.apply_box_deltas(
-        positive_anchors, target_rpn_bbox[:positive_anchors.shape[0]] * model.config.RPN_BBOX_STD_DEV)
+        positive_anchors,
+        target_rpn_bbox[:positive_anchors.shape[0]] * model.config.RPN_BBOX_STD_DEV)
     assert len(positive_anchor_ix) > 0
     # Each refined positive anchor lands on the ground-truth box it overlaps most.
     best = utils.compute_overlaps(positive_anchors, gt_bbox.astype(np.float64)).argmax(axis=1)
