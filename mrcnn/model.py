@@ -3,8 +3,9 @@
 The graph itself is split along the data flow: ``backbone``, ``fpn``, ``rpn``, ``anchors``,
 ``proposals``, ``roi_align``, ``box_head``, ``mask_head``, ``detection``,
 ``detection_targets``, ``losses``; ``network`` wires them and ``training`` holds the
-loss-computing model. The data pipeline is in ``data``. This module re-exports the names
-Matterport's notebooks and scripts use.
+loss-computing model. The data pipeline is in ``data``; ``inspection`` gives Matterport's
+tensor names their meaning for ``ancestor``. This module re-exports the names Matterport's
+notebooks and scripts use.
 """
 
 from __future__ import annotations
@@ -665,7 +666,8 @@ class MaskRCNN:
         [B, K]) and the kept indices of NMS under all three of its TF names
         (``ROI/rpn_non_max_suppression:0``, ``.../NonMaxSuppressionV2:0``,
         ``.../NonMaxSuppressionV3:0``): indices into the K clipped boxes of image 0, 1-D,
-        best first, no padding. As in Matterport, ``ROI_1/...`` style counters match too.
+        best first, no padding. Names match as in Matterport (``"ROI/..."`` also finds a
+        layer Keras renamed ``ROI_1``).
 
         Args:
             tensor: a Keras tensor of ``keras_model`` to search from (the layer making it
