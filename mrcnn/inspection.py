@@ -14,6 +14,7 @@ the rest of ``run_graph``'s outputs, so the numbers are the layer's.
 from __future__ import annotations
 
 import re
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,9 +48,9 @@ def _upstream_nodes(tensor) -> list:
     if history is None or history.operation is None:
         return []
     start = history.operation._inbound_nodes[history.node_index]
-    seen, order, queue = {id(start)}, [], [start]
+    seen, order, queue = {id(start)}, [], deque([start])
     while queue:
-        node = queue.pop(0)
+        node = queue.popleft()
         order.append(node)
         for parent in node.arguments.keras_tensors:
             parent_history = parent._keras_history
