@@ -3,8 +3,9 @@
 The graph itself is split along the data flow: ``backbone``, ``fpn``, ``rpn``, ``anchors``,
 ``proposals``, ``roi_align``, ``box_head``, ``mask_head``, ``detection``,
 ``detection_targets``, ``losses``; ``network`` wires them and ``training`` holds the
-loss-computing model. The data pipeline is in ``data``. This module re-exports the names
-Matterport's notebooks and scripts use.
+loss-computing model. The data pipeline is in ``data``; ``inspection`` gives Matterport's
+tensor names their meaning for ``ancestor``. This module re-exports the names Matterport's
+notebooks and scripts use.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from mrcnn.inspection import (  # noqa: F401  (Matterport's modellib surface)
     data_generator,
     generate_random_rois,
 )
+from mrcnn.layer_steps import LayerStep, find_step, step_outputs, step_value
 from mrcnn.network import build_inference_graph, build_training_graph
 from mrcnn.ops.device import resolve_jit_compile
 from mrcnn.proposals import ProposalLayer  # noqa: F401
@@ -606,25 +608,42 @@ class MaskRCNN:
 
     def detect_molded(self, molded_images: np.ndarray, image_metas: np.ndarray,
                       verbose: int = 0) -> list[dict]:
-        """Detect on images already molded (e.g. from ``load_image_gt`` + ``mold_image``).
+        """Detect on images already molded, in the molded images' coordinates (Matterport).
+
+        Unlike ``detect``, the results are NOT mapped back to the original image: boxes
+        are pixels of the molded image and masks have its size [h, w, N], as in
+        Matterport's ``detect_molded`` (whose window is the whole molded image). That is
+        the frame of ``load_image_gt``'s image and ground truth, so its boxes and masks
+        compare with them directly (``utils.compute_ap``, ``visualize.display_differences``).
+        The detections are still clipped to each meta's window, as in ``detect``. Like
+        ``detect``, it leaves the molded shape's pixel anchors in ``self.anchors``.
 
         Args:
-            molded_images: [N, h, w, C] molded images.
-            image_metas: [N, META] their metas (original shape and window are read there).
+            molded_images: [N, h, w, C] molded images (e.g. ``mold_image`` of
+                ``load_image_gt``'s image), all of one shape.
+            image_metas: [N, META] their metas (the window is read there).
             verbose: print inputs.
 
         Returns:
-            One dict per image like ``detect`` (coordinates of the original image described
-            by each meta).
+            One dict per image: rois [N, (y1, x1, y2, x2)] int32 pixels of the molded
+            image, class_ids [N], scores [N], masks bool [h, w, N].
         """
+        molded_images = np.asarray(molded_images, np.float32)
+        image_metas = np.asarray(image_metas, np.float32)
+        if molded_images.ndim != 4 or image_metas.ndim != 2 \
+                or len(molded_images) != len(image_metas):
+            raise ValueError(
+                "detect_molded() takes molded_images [N, h, w, C] and image_metas [N, META] "
+                f"of the same N, got shapes {molded_images.shape} and {image_metas.shape} "
+                "(add the batch axis: images[np.newaxis], metas[np.newaxis]).")
         if verbose:
             log("molded_images", molded_images)
             log("image_metas", image_metas)
-        meta = parse_image_meta(np.asarray(image_metas))
-        originals = [np.zeros(tuple(int(v) for v in shape), np.uint8)
-                     for shape in meta["original_image_shape"]]
-        return self._detect_molded(originals, np.asarray(molded_images, np.float32),
-                                   np.asarray(image_metas, np.float32), meta["window"])
+        h, w = molded_images.shape[1:3]
+        whole = np.array([[0, 0, h, w]] * len(molded_images), np.int32)
+        results = self._detect_molded(list(molded_images), molded_images, image_metas, whole)
+        self.get_anchors(molded_images.shape[1:])
+        return results
 
     def get_anchors(self, image_shape) -> np.ndarray:
         """Normalized anchors for a molded image shape (pixel copy kept in ``self.anchors``).
@@ -638,36 +657,81 @@ class MaskRCNN:
         self.anchors = np.array(pyramid_anchors(self.config, image_shape, normalized=False))
         return np.array(pyramid_anchors(self.config, image_shape))
 
+    def ancestor(self, tensor, name, checked=None) -> LayerStep | None:
+        """A named tensor inside a layer that ``tensor`` depends on (Matterport's notebooks).
+
+        Matterport searched the TF graph for a tensor name; Keras 3 has no such graph, so
+        the layers declare Matterport's names (``MATTERPORT_TENSORS``). The proposal layer
+        (``ROI``) has ``ROI/pre_nms_anchors:0``, ``ROI/refined_anchors:0``,
+        ``ROI/refined_anchors_clipped:0`` [B, K, 4] normalized (K = PRE_NMS_LIMIT best
+        anchors), ``ROI/top_anchors:0`` / ``:1`` (their scores and anchor indices
+        [B, K]) and the kept indices of NMS under all three of its TF names
+        (``ROI/rpn_non_max_suppression:0``, ``.../NonMaxSuppressionV2:0``,
+        ``.../NonMaxSuppressionV3:0``): indices into the K clipped boxes of image 0, 1-D,
+        best first, no padding. Names match as in Matterport (``"ROI/..."`` also finds a
+        layer Keras renamed ``ROI_1``).
+
+        Args:
+            tensor: a Keras tensor of ``keras_model`` to search from (the layer making it
+                counts), e.g. ``model.keras_model.get_layer("ROI").output``.
+            name: the tensor name (or a compiled regex, as Matterport allowed).
+            checked: unused (Matterport's recursion state).
+
+        Returns:
+            A handle for ``run_graph``'s outputs, or None for a name no layer upstream of
+            ``tensor`` has (Matterport's notebooks try the NMS names in turn).
+        """
+        return find_step(tensor, name)
+
     def run_graph(self, images: Sequence[np.ndarray], outputs, image_metas=None) -> OrderedDict:
         """Run the model up to chosen intermediate tensors, for inspection.
 
         Args:
             images: list of images (molded here like ``detect``).
             outputs: list of (name, tensor) pairs where tensor is a Keras tensor of
-                ``keras_model`` (e.g. ``model.keras_model.get_layer("ROI").output``) or the
-                name of a layer or of a model output.
+                ``keras_model`` (e.g. ``model.keras_model.get_layer("ROI").output``), the
+                name of a layer or of a model output, or a handle from ``ancestor``.
             image_metas: unused (kept for Matterport's signature).
 
         Returns:
-            OrderedDict name -> NumPy array [len(images), ...].
+            OrderedDict name -> NumPy array [len(images), ...] (an ``ancestor`` handle of
+            NMS indices: 1-D, image 0's).
+
+        Raises:
+            ValueError: an output is None (e.g. an ``ancestor`` name that did not resolve).
         """
         model = self.keras_model
         named = OrderedDict()
         for name, tensor in outputs:
+            if tensor is None:
+                raise ValueError(f"run_graph: output {name!r} is None (an ancestor() name "
+                                 "that did not resolve?).")
             if isinstance(tensor, str):
                 if isinstance(model.output, dict) and tensor in model.output:
                     tensor = model.output[tensor]
                 else:
                     tensor = model.get_layer(tensor).output
             named[name] = tensor
-        sub = keras.Model(model.inputs, list(named.values()))
+        # Each output becomes a group of sub-model outputs: [tensor], or a handle's
+        # [value] / [value, valid mask] recomputed from its layer's inputs.
+        steps = [t for t in named.values() if isinstance(t, LayerStep)]
+        step_groups = iter(step_outputs(steps))
+        groups = [next(step_groups) if isinstance(t, LayerStep) else [t]
+                  for t in named.values()]
+        sub = keras.Model(model.inputs, [t for group in groups for t in group])
         molded_images, metas, _ = self.mold_inputs(images)
         chunks = self._run_batches(molded_images, metas, model=sub)
         # A functional model with one output returns that tensor, not a list of one: without
         # this, c[0] below would take the first image of each chunk instead of the output.
         chunks = [c if isinstance(c, (list, tuple)) else [c] for c in chunks]
         result = OrderedDict()
-        for i, name in enumerate(named):
-            result[name] = np.concatenate([np.asarray(c[i]) for c in chunks], axis=0)
+        start = 0
+        for (name, tensor), group in zip(named.items(), groups):
+            parts = [c[start:start + len(group)] for c in chunks]
+            start += len(group)
+            if isinstance(tensor, LayerStep):
+                result[name] = step_value(tensor, parts)
+            else:
+                result[name] = np.concatenate([np.asarray(p[0]) for p in parts], axis=0)
             log(name, result[name])
         return result

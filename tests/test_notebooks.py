@@ -203,9 +203,16 @@ def test_inspect_model(trained, logs_dir):
     for name in ["rpn_class", "rpn_bbox", "anchors", "proposals", "probs", "deltas",
                  "detections", "masks"]:
         assert re.search(rf"^{name}\s+shape:", graph_log, re.M), name
-    # The NumPy walk-through of the proposal layer finds the graph's proposals.
-    match = re.search(r"(\d+) proposals from the ROI layer; (\d+) of them match",
-                      _text(_cell(nb, "utils.non_max_suppression(refined_anchors_clipped")))
+    # Matterport's ancestor() names give the proposal layer's steps; the NumPy walk-through
+    # finds the same boxes, and the NMS indices pick the layer's proposals.
+    rpn_log = _text(_cell(nb, 'model.ancestor(pillar, "ROI/pre_nms_anchors:0")'))
+    for name in ["pre_nms_anchors", "refined_anchors", "refined_anchors_clipped",
+                 "post_nms_anchor_ix", "proposals"]:
+        assert re.search(rf"^{name}\s+shape:", rpn_log, re.M), name
+    assert _number(nb, r"refined and clipped anchors: max difference ([0-9.e+-]+)") < 1e-4
+    nms_log = _text(_cell(nb, "utils.non_max_suppression(refined_anchors_clipped"))
+    assert "post_nms_anchor_ix picks the ROI layer's proposals: True" in nms_log
+    match = re.search(r"(\d+) proposals from the ROI layer; (\d+) of them match", nms_log)
     assert match and int(match.group(1)) > 0
     assert int(match.group(2)) >= 0.8 * int(match.group(1))
     assert 0.0 <= _number(nb, r"Recall @ IoU 0.5: ([0-9.]+)") <= 1.0
