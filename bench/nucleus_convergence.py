@@ -18,6 +18,8 @@ Recipes (Config overrides on ``NucleusConfig`` plus the layers trained per stage
 - ``sgd``: all layers from the first step, SGD with momentum at a from-scratch rate.
 - ``adamw``: all layers from the first step, AdamW + ReduceLROnPlateau (reference
   document 003's recommendation for mask recall).
+- ``adamw_warmup``, ``sgd_warmup``: the same at twice the rate, after a 50-step linear
+  warm-up (``LR_WARMUP_STEPS``); SGD at torchvision's from-scratch rate 0.02.
 """
 
 from __future__ import annotations
@@ -46,6 +48,14 @@ RECIPES = {
     "adamw": {"stages": [("all", 1.0)],
               "config": {"OPTIMIZER": "adamw", "LEARNING_RATE": 0.001,
                          "LR_SCHEDULE": "plateau", "LR_PLATEAU_PATIENCE": 2}},
+    "adamw_warmup": {"stages": [("all", 1.0)],
+                     "config": {"OPTIMIZER": "adamw", "LEARNING_RATE": 0.002,
+                                "LR_SCHEDULE": "plateau", "LR_PLATEAU_PATIENCE": 2,
+                                "LR_WARMUP_STEPS": 50}},
+    "sgd_warmup": {"stages": [("all", 1.0)],
+                   "config": {"OPTIMIZER": "sgd", "LEARNING_RATE": 0.02,
+                              "LR_SCHEDULE": "cosine", "LR_MIN_FACTOR": 0.05,
+                              "LR_WARMUP_STEPS": 50}},
 }
 
 

@@ -113,7 +113,7 @@ ATTRIBUTE_TYPES: dict[str, Expect] = {
     **dict.fromkeys(
         ("LEARNING_RATE", "LEARNING_MOMENTUM", "WEIGHT_DECAY", "ROI_POSITIVE_RATIO",
          "RPN_NMS_THRESHOLD", "DETECTION_NMS_THRESHOLD", "DETECTION_MIN_CONFIDENCE",
-         "LR_PLATEAU_FACTOR", "LR_MIN_FACTOR"), _FINITE),
+         "LR_PLATEAU_FACTOR", "LR_MIN_FACTOR", "LR_WARMUP_FACTOR"), _FINITE),
     **dict.fromkeys(("GRADIENT_CLIP_NORM", "IMAGE_MIN_SCALE"), _optional(_FINITE)),
     **dict.fromkeys(("USE_MINI_MASK", "TRAIN_ROIS_INCLUDE_GT", "USE_RPN_ROIS"), _BOOL),
     # Matterport: None trains BN in Keras' default mode, like True here (NORM="bn").
@@ -371,6 +371,15 @@ class Config:
     LR_PLATEAU_PATIENCE = 3
     LR_MIN_FACTOR = 0.0
 
+    # Linear warm-up: over the first LR_WARMUP_STEPS optimizer steps of a run the rate
+    # climbs from LR_WARMUP_FACTOR x the scheduled rate to the full rate (Goyal et al.;
+    # Detectron's 1,000 iterations). From random weights the first gradients are large and
+    # erratic; a warm-up lets a high rate be used without diverging. 0 = none (Matterport,
+    # and fine-tuning, where the weights are already sane). Counted by the optimizer, so a
+    # resumed run continues the ramp and a later stage does not repeat it.
+    LR_WARMUP_STEPS = 0
+    LR_WARMUP_FACTOR = 0.001
+
     # -- Compute: precision and compilation --
 
     # Mixed precision policy: None / "float32" (full precision), "mixed_bfloat16" (Ampere+
@@ -481,12 +490,15 @@ class Config:
                 and 0 <= self.MALLOC_MMAP_THRESHOLD <= MAX_MMAP_THRESHOLD):
             fail("MALLOC_MMAP_THRESHOLD",
                  f"expected an integer number of bytes in [0, {MAX_MMAP_THRESHOLD}]")
-        for attr in ("VALIDATION_STEPS", "DATA_WORKERS", "LR_PLATEAU_PATIENCE"):
+        for attr in ("VALIDATION_STEPS", "DATA_WORKERS", "LR_PLATEAU_PATIENCE",
+                     "LR_WARMUP_STEPS"):
             value = getattr(self, attr)
             if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 0:
                 fail(attr, "expected an integer >= 0")
         if not 0 <= self.LR_MIN_FACTOR <= 1:
             fail("LR_MIN_FACTOR", "expected a fraction of LEARNING_RATE in [0, 1]")
+        if not 0 < self.LR_WARMUP_FACTOR <= 1:
+            fail("LR_WARMUP_FACTOR", "expected a fraction of the learning rate in (0, 1]")
         if not 0 <= self.LEARNING_MOMENTUM < 1:
             fail("LEARNING_MOMENTUM", "expected a momentum in [0, 1)")
 

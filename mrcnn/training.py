@@ -333,6 +333,44 @@ class ResumablePlateau(keras.callbacks.ReduceLROnPlateau):
         return {key: None if v is None else float(v) for key, v in values.items()}
 
 
+class LinearWarmup(keras.callbacks.Callback):
+    """Linear learning-rate warm-up over the first ``steps`` optimizer steps of a run.
+
+    Multiplies the rate the schedule set for the epoch by ``start + (1 - start) * t / steps``
+    at optimizer step ``t``. The step is the optimizer's own counter, so a resumed run
+    (which restores the optimizer) continues the ramp exactly, and a later ``train()`` stage
+    of the same model does not warm up again. At the end of each epoch the schedule's rate is
+    put back before later callbacks (ReduceLROnPlateau, the checkpoint) read it; it must
+    therefore come after a per-epoch schedule and before those in the callback list.
+    """
+
+    def __init__(self, steps: int, start_factor: float = 0.001):
+        super().__init__()
+        self.steps, self.start = int(steps), float(start_factor)
+        self._target: float | None = None
+
+    def _factor(self) -> float | None:
+        step = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        if step >= self.steps:
+            return None
+        return self.start + (1.0 - self.start) * step / self.steps
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._target = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        factor = self._factor()
+        if factor is not None and self._target is not None:
+            self.model.optimizer.learning_rate.assign(self._target * factor)
+        elif self._target is not None:
+            self.model.optimizer.learning_rate.assign(self._target)
+            self._target = None  # warm-up over: leave the rate to the schedule
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._target is not None:
+            self.model.optimizer.learning_rate.assign(self._target)
+
+
 def schedule_callbacks(config, learning_rate: float, first_epoch: int, last_epoch: int,
                        plateau_state: dict | None = None) -> list[keras.callbacks.Callback]:
     """Callbacks implementing Config.LR_SCHEDULE.
@@ -345,18 +383,21 @@ def schedule_callbacks(config, learning_rate: float, first_epoch: int, last_epoc
         plateau_state: counters of a resumed "plateau" schedule.
 
     Returns:
-        A list of Keras callbacks (empty for "constant").
+        A list of Keras callbacks (empty for "constant" without warm-up), in the order they
+        must run: the per-epoch schedule, the warm-up, then the plateau.
     """
+    warmup = ([LinearWarmup(config.LR_WARMUP_STEPS, config.LR_WARMUP_FACTOR)]
+              if config.LR_WARMUP_STEPS else [])
     if config.LR_SCHEDULE == "plateau":
-        return [ResumablePlateau(
+        return warmup + [ResumablePlateau(
             restore=plateau_state,
             monitor="val_loss" if config.VALIDATION_STEPS else "loss",
             factor=config.LR_PLATEAU_FACTOR, patience=config.LR_PLATEAU_PATIENCE,
             min_lr=learning_rate * config.LR_MIN_FACTOR, verbose=1)]
     if config.LR_SCHEDULE == "cosine":
         return [CosineDecayPerEpoch(learning_rate, first_epoch, last_epoch,
-                                    config.LR_MIN_FACTOR)]
-    return []
+                                    config.LR_MIN_FACTOR)] + warmup
+    return warmup
 
 
 # ------------------------------------------------------------------ checkpoints and resume
