@@ -22,6 +22,10 @@ is library API (``from mrcnn import cli``) rather than a helper module next to t
   ``stack_instance_masks``: the pieces the samples' parsers and one-class datasets share.
 - ``stage_epochs``, ``run_schedule``: Matterport's stage-wise training (heads, then deeper
   layers), skipping stages that a resumed run (``--weights=last``) has already completed.
+- ``FROM_SCRATCH``, ``trains_from_scratch``: with ``--weights=none`` (or resuming such a
+  run) the stages collapse into one: all layers from the first step, with the measured
+  from-scratch recipe (warm-up, optimizer, rate, schedule) instead of Matterport's
+  fine-tuning schedule, which trains a random backbone's heads for half the run.
 
 Default locations are relative to the working directory: checkpoints under ``./logs``,
 Matterport's COCO weights at ``./mask_rcnn_coco.h5``.
@@ -297,7 +301,7 @@ def tiny_overrides(base: type[Config]) -> dict[str, Any]:
 
 def make_config(base: type[Config], tiny: bool = False, *, weights: str | None = None,
                 model_dir: str = DEFAULT_LOGS_DIR, settings: dict[str, Any] | None = None,
-                **overrides: Any) -> Config:
+                from_scratch: bool = False, **overrides: Any) -> Config:
     """Instantiate ``base`` with class-attribute overrides (or its tiny test variant).
 
     Config computes derived attributes in ``__init__``, so overrides are applied on a
@@ -312,6 +316,9 @@ def make_config(base: type[Config], tiny: bool = False, *, weights: str | None =
         weights: the --weights value; NORM then follows the weights (``norm_for_weights``).
         model_dir: the --logs folder (to find "last").
         settings: the user's ``--set`` overrides, applied last (they win over everything).
+        from_scratch: apply ``FROM_SCRATCH`` under the other overrides (a training run from
+            random weights, ``trains_from_scratch``; not with ``tiny``, whose own settings
+            decide).
         **overrides: attribute values, e.g. STEPS_PER_EPOCH=100 (tiny settings win).
 
     Returns:
@@ -322,6 +329,8 @@ def make_config(base: type[Config], tiny: bool = False, *, weights: str | None =
     """
     if weights is not None:
         overrides = {**norm_for_weights(weights, base, model_dir, tiny), **overrides}
+    if from_scratch and not tiny:
+        overrides = {**FROM_SCRATCH, **overrides}
     try:
         if tiny:
             from mrcnn.tiny import tiny_config
@@ -333,6 +342,53 @@ def make_config(base: type[Config], tiny: bool = False, *, weights: str | None =
         return cls()
     except ValueError as err:
         fail(str(err))
+
+
+# The from-scratch recipe: Config overrides for a run that starts from random weights. Chosen
+# by measurement (bench/nucleus_convergence.py; README "Training from scratch"): all layers
+# from the first step; AdamW at 0.002 after a 50-step linear warm-up, divided by 10 when the
+# validation loss stalls for 2 epochs. The user's --set wins over each value.
+FROM_SCRATCH: dict[str, Any] = {
+    "OPTIMIZER": "adamw",
+    "LEARNING_RATE": 0.002,
+    "LR_SCHEDULE": "plateau",
+    "LR_PLATEAU_PATIENCE": 2,
+    "LR_WARMUP_STEPS": 50,
+}
+
+
+def trains_from_scratch(spec: str, base: type[Config], model_dir: str) -> bool:
+    """Whether a training command starts (or resumes) a run from random weights.
+
+    "none" does. A checkpoint ("last" or a path) does when its run trained all layers from
+    epoch 0, as only a from-scratch run does (Matterport's schedule starts with the heads),
+    so resuming it keeps the one-stage schedule and the recipe its optimizer state needs.
+
+    Args:
+        spec: the --weights value.
+        base: the sample's Config class (its NAME finds "last").
+        model_dir: the --logs folder.
+
+    Returns:
+        True for a from-scratch run.
+    """
+    keyword = spec.lower()
+    if keyword in ("none", "imagenet", "coco"):
+        return keyword == "none"
+    path = spec
+    if keyword == "last":
+        try:
+            path = find_last(model_dir, str(base.NAME))
+        except FileNotFoundError:
+            return False  # resolve_weights reports it
+    from mrcnn.training import read_training_state, resolve_layer_regex  # Keras: on use only
+
+    try:
+        state = read_training_state(path)
+    except (OSError, ValueError):
+        return False  # not a training checkpoint of ours: load_weights reports it
+    stage = (state or {}).get("stage", {})
+    return stage.get("first_epoch") == 0 and stage.get("layers") == resolve_layer_regex("all")
 
 
 def stage_epochs(values: Sequence[int | None], defaults: Sequence[int],
@@ -577,7 +633,8 @@ def load_weights(model, spec: str, exclude_heads: bool = False,
 
 def setup_model(mode: str, base: type[Config], weights: str, model_dir: str,
                 tiny: bool = False, exclude_heads: bool = False,
-                settings: dict[str, Any] | None = None, **overrides: Any):
+                settings: dict[str, Any] | None = None, from_scratch: bool = False,
+                **overrides: Any):
     """What every sample command does before its work: config, model, weights.
 
     ``make_config`` (NORM following the weights, tiny variant with ``tiny``), print the
@@ -591,13 +648,14 @@ def setup_model(mode: str, base: type[Config], weights: str, model_dir: str,
         tiny: --tiny.
         exclude_heads: see ``load_weights``.
         settings: the user's ``--set`` overrides (``settings(args, base)``), applied last.
+        from_scratch: a training run from random weights: the ``FROM_SCRATCH`` recipe.
         **overrides: Config attributes, e.g. NUM_CLASSES.
 
     Returns:
         The ``MaskRCNN``.
     """
     config = make_config(base, tiny, weights=weights, model_dir=model_dir, settings=settings,
-                         **overrides)
+                         from_scratch=from_scratch, **overrides)
     config.display()
     model = build_model(mode, config, model_dir)
     if load_weights(model, weights, exclude_heads=exclude_heads) is None and \
@@ -607,7 +665,7 @@ def setup_model(mode: str, base: type[Config], weights: str, model_dir: str,
 
 
 def run_schedule(model, dataset_train, dataset_val, stages: Sequence[tuple], *,
-                 augmentation=None) -> None:
+                 augmentation=None, from_scratch: bool = False) -> None:
     """Train stage by stage, each up to its epoch; stages already done are skipped.
 
     Args:
@@ -615,7 +673,12 @@ def run_schedule(model, dataset_train, dataset_val, stages: Sequence[tuple], *,
         dataset_train, dataset_val: prepared datasets.
         stages: (description, layers, epochs, learning_rate) per stage.
         augmentation: albumentations transform or None.
+        from_scratch: random initial weights (``trains_from_scratch``): one stage instead,
+            all layers up to the last stage's epoch, at the first stage's learning rate.
     """
+    if from_scratch and stages:
+        last_epoch = max(stage[2] for stage in stages)
+        stages = [("Train all layers from random weights", "all", last_epoch, stages[0][3])]
     for description, layers, epochs, learning_rate in stages:
         if epochs <= model.epoch:
             print(f"Skipping '{description}': already at epoch {model.epoch} >= {epochs}")

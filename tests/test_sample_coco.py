@@ -212,7 +212,9 @@ def test_download_without_network_fails_clearly(tmp_path, monkeypatch):
 def test_train_uses_the_dataset_classes(trained):
     # Background + the three categories of the annotation file, not COCO's 80.
     assert any(line.split() == ["NUM_CLASSES", "4"] for line in trained["stdout"].splitlines())
-    assert "Skipping 'Fine tune all layers'" in trained["stdout"]
+    # --model=none: the three stages collapse into one, all layers from random weights.
+    assert "Train all layers from random weights (layers='all'" in trained["stdout"]
+    assert "Training network heads" not in trained["stdout"]
 
 
 def test_evaluate_returns_12_stats_for_boxes_and_masks(mini, trained, monkeypatch):

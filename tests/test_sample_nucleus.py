@@ -341,7 +341,11 @@ def check_submission(rows, folder, dsb):
 
 
 def test_train_writes_a_checkpoint(trained):
-    assert "Skipping 'Train all layers'" in trained["stdout"]  # --tiny: one stage, 1 epoch
+    # --weights=none: one stage, all layers from the first step (not Matterport's heads
+    # first), up to the last stage's epoch (1 with --tiny).
+    assert "Train all layers from random weights (layers='all', up to epoch 1" in \
+        trained["stdout"]
+    assert "Train network heads" not in trained["stdout"]
     assert os.path.getsize(trained["checkpoint"]) > 0
 
 
@@ -401,3 +405,61 @@ def test_detect_images_that_match_nothing_is_one_line(trained, tmp_path):
     sd.assert_one_error_line(sd.run_cli(nucleus.main, [
         "detect", f"--images={tmp_path}/*.png", "--weights=last", "--tiny",
         f"--logs={trained['logs']}"]), "nucleus.py", "no image files", str(tmp_path))
+
+
+############################################################
+#  From scratch: one stage, all layers, the measured recipe
+############################################################
+
+def test_a_checkpoint_of_a_from_scratch_run_resumes_as_one(trained, tmp_path):
+    import h5py
+
+    from mrcnn.training import resolve_layer_regex
+    from mrcnn.weights import STATE_GROUP
+
+    base = nucleus.NucleusConfig
+    assert cli.trains_from_scratch("none", base, trained["logs"])
+    assert not cli.trains_from_scratch("coco", base, trained["logs"])
+    assert cli.trains_from_scratch(trained["checkpoint"], base, trained["logs"])
+    # The same file, as written by Matterport's heads-first schedule: not from scratch.
+    heads = str(tmp_path / "heads.h5")
+    shutil.copy(trained["checkpoint"], heads)
+    with h5py.File(heads, "r+") as f:
+        import json
+        stage = json.loads(f[STATE_GROUP].attrs["stage"])
+        assert stage["layers"] == resolve_layer_regex("all") and stage["first_epoch"] == 0
+        stage["layers"] = resolve_layer_regex("heads")
+        f[STATE_GROUP].attrs["stage"] = json.dumps(stage)
+    assert not cli.trains_from_scratch(heads, base, trained["logs"])
+    assert not cli.trains_from_scratch("last", base, str(tmp_path / "no_logs"))
+
+
+def test_from_scratch_recipe_is_applied_under_the_users_settings():
+    base = nucleus.NucleusConfig
+    config = cli.make_config(base, weights="none", from_scratch=True)
+    for key, value in cli.FROM_SCRATCH.items():
+        assert getattr(config, key) == value
+    config = cli.make_config(base, weights="none", from_scratch=True,
+                             settings={"LEARNING_RATE": 0.5})
+    assert config.LEARNING_RATE == 0.5 and config.OPTIMIZER == cli.FROM_SCRATCH["OPTIMIZER"]
+    # Fine-tuning keeps the sample's (Matterport's) optimizer settings.
+    config = cli.make_config(base, weights="none")
+    assert (config.OPTIMIZER, config.LEARNING_RATE) == (base.OPTIMIZER, base.LEARNING_RATE)
+
+
+def test_run_schedule_collapses_the_stages_when_from_scratch():
+    calls = []
+
+    class FakeModel:
+        epoch = 0
+
+        def train(self, *args, **kwargs):
+            calls.append((kwargs["layers"], kwargs["epochs"], kwargs["learning_rate"]))
+            self.epoch = kwargs["epochs"]
+
+    stages = [("heads", "heads", 20, 0.01), ("4+", "4+", 30, 0.01), ("all", "all", 40, 0.001)]
+    cli.run_schedule(FakeModel(), None, None, stages)
+    assert calls == [("heads", 20, 0.01), ("4+", 30, 0.01), ("all", 40, 0.001)]
+    calls.clear()
+    cli.run_schedule(FakeModel(), None, None, stages, from_scratch=True)
+    assert calls == [("all", 40, 0.01)]

@@ -281,16 +281,18 @@ class BalloonDataset(utils.Dataset):
 ############################################################
 
 def train(model, dataset_dir: str, heads_epochs: int = 30, layers: str = "heads",
-          learning_rate: float | None = None) -> None:
+          learning_rate: float | None = None, from_scratch: bool = False) -> None:
     """Train on ``<dataset>/train``, validating on ``<dataset>/val``.
 
     Matterport fine-tuned the heads of COCO weights for 30 epochs on this small dataset;
-    from scratch, pass ``layers="all"``.
+    from scratch, pass ``layers="all"`` (and ``from_scratch=True`` for the schedule of
+    ``cli.run_schedule``).
     """
     dataset_train, dataset_val = load_datasets(dataset_dir)
     lr = learning_rate or model.config.LEARNING_RATE
     cli.run_schedule(model, dataset_train, dataset_val,
-                        [(f"Training layers={layers}", layers, heads_epochs, lr)])
+                     [(f"Training layers={layers}", layers, heads_epochs, lr)],
+                     from_scratch=from_scratch)
 
 
 def load_datasets(dataset_dir: str) -> tuple[BalloonDataset, BalloonDataset]:
@@ -460,10 +462,13 @@ def run(args: argparse.Namespace) -> Any:
         (epochs,) = cli.stage_epochs([args.epochs], [30], tiny)
         layers = args.layers or ("all" if args.weights.lower() == "none" else "heads")
         load_datasets(args.dataset)  # validate the annotations before building the model
+        from_scratch = layers == "all" and cli.trains_from_scratch(args.weights, BalloonConfig,
+                                                                  args.logs)
         model = cli.setup_model("training", BalloonConfig, args.weights, args.logs, tiny,
-                                   settings=cli.settings(args, BalloonConfig),
-                                   exclude_heads=True, **cli.workers_override(args))
-        return train(model, args.dataset, epochs, layers, args.lr)
+                                settings=cli.settings(args, BalloonConfig),
+                                exclude_heads=True, from_scratch=from_scratch,
+                                **cli.workers_override(args))
+        return train(model, args.dataset, epochs, layers, args.lr, from_scratch=from_scratch)
 
     if args.command == "detect":
         if not args.images:

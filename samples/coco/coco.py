@@ -515,9 +515,11 @@ def run(args: argparse.Namespace) -> Any:
         dataset_val.prepare()
 
         num_classes = dataset_train.num_classes
+        from_scratch = cli.trains_from_scratch(args.model, CocoConfig, args.logs)
         model = cli.setup_model("training", CocoConfig, args.model, args.logs, tiny,
-                                   settings=cli.settings(args, CocoConfig),
-                                   exclude_heads=_exclude_heads(args.model, num_classes),
+                                settings=cli.settings(args, CocoConfig),
+                                exclude_heads=_exclude_heads(args.model, num_classes),
+                                from_scratch=from_scratch,
                                    NUM_CLASSES=num_classes, **cli.workers_override(args))
         import albumentations as A
 
@@ -526,7 +528,7 @@ def run(args: argparse.Namespace) -> Any:
             ("Training network heads", "heads", epochs[0], lr),
             ("Fine tune Resnet stage 4 and up", "4+", epochs[1], lr),
             ("Fine tune all layers", "all", epochs[2], lr / 10),
-        ], augmentation=A.HorizontalFlip(p=0.5))
+        ], augmentation=A.HorizontalFlip(p=0.5), from_scratch=from_scratch)
         return None
 
     dataset_val = CocoDataset()

@@ -374,9 +374,10 @@ def build_augmentation():
 
 def train(model, dataset_train: NucleusDataset, dataset_val: NucleusDataset,
           heads_epochs: int = 20, all_epochs: int = 40, learning_rate: float | None = None,
-          augmentation: Any = "default") -> None:
+          augmentation: Any = "default", from_scratch: bool = False) -> None:
     """Matterport's schedule: the heads up to ``heads_epochs``, then all layers up to
-    ``all_epochs`` (epochs to train up to, so 20 + 20 epochs by default).
+    ``all_epochs`` (epochs to train up to, so 20 + 20 epochs by default). From random
+    weights (``from_scratch``), all layers up to ``all_epochs`` in one stage instead.
 
     Args:
         model: a training ``MaskRCNN``.
@@ -384,6 +385,7 @@ def train(model, dataset_train: NucleusDataset, dataset_val: NucleusDataset,
         heads_epochs, all_epochs: epoch to train up to in each stage.
         learning_rate: default ``model.config.LEARNING_RATE``.
         augmentation: an albumentations transform, None, or "default" (``build_augmentation``).
+        from_scratch: the model starts from random weights (``cli.trains_from_scratch``).
     """
     lr = learning_rate or model.config.LEARNING_RATE
     if isinstance(augmentation, str) and augmentation == "default":
@@ -391,7 +393,7 @@ def train(model, dataset_train: NucleusDataset, dataset_val: NucleusDataset,
     cli.run_schedule(model, dataset_train, dataset_val, [
         ("Train network heads", "heads", heads_epochs, lr),
         ("Train all layers", "all", all_epochs, lr),
-    ], augmentation=augmentation)
+    ], augmentation=augmentation, from_scratch=from_scratch)
 
 
 ############################################################
@@ -630,13 +632,16 @@ def run(args: argparse.Namespace) -> Any:
         dataset_train, dataset_val = load_datasets(args.dataset, subset, val_ids,
                                                    args.val_fraction)
         per_batch = NucleusConfig.IMAGES_PER_GPU * NucleusConfig.GPU_COUNT
+        from_scratch = cli.trains_from_scratch(args.weights, NucleusConfig, args.logs)
         model = cli.setup_model(
             "training", NucleusConfig, args.weights, args.logs, tiny,
             settings=cli.settings(args, NucleusConfig), exclude_heads=True,
+            from_scratch=from_scratch,
             STEPS_PER_EPOCH=max(1, len(dataset_train.image_ids) // per_batch),
             VALIDATION_STEPS=max(1, len(dataset_val.image_ids) // per_batch),
             **cli.workers_override(args))
-        return train(model, dataset_train, dataset_val, heads_epochs, all_epochs, args.lr)
+        return train(model, dataset_train, dataset_val, heads_epochs, all_epochs, args.lr,
+                     from_scratch=from_scratch)
 
     dataset = NucleusDataset()
     dataset.load_nucleus(args.dataset, subset, val_ids=val_ids, val_fraction=args.val_fraction,
