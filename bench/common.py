@@ -154,14 +154,30 @@ def peak_memory_gib() -> tuple[float, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, "process max RSS"
 
 
-def time_train_steps(model, x, steps: int, warmup: int) -> float:
-    """Seconds per ``train_on_batch`` step after ``warmup`` untimed (compiling) steps."""
+def time_steps(step, steps: int, warmup: int) -> tuple[float, float]:
+    """Wall and process CPU seconds per call of ``step`` after ``warmup`` untimed calls.
+
+    ``step`` must return something whose ``float()`` waits for the device (a loss). CPU
+    time counts every thread of the process: on a shared CPU it is the steadier measure of
+    the work a step does (wall time depends on what else runs).
+    """
     import time
 
     for _ in range(warmup):
-        model.keras_model.train_on_batch(x)
-    start = time.perf_counter()
+        float(step())
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
-        logs = model.keras_model.train_on_batch(x, return_dict=True)
-    float(logs["loss"])  # wait for the device
-    return (time.perf_counter() - start) / steps
+        loss = step()
+    float(loss)  # wait for the device
+    return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
+
+
+def time_train_steps(model, x, steps: int, warmup: int) -> float:
+    """Seconds per ``train_on_batch`` step after ``warmup`` untimed (compiling) steps."""
+    return train_step_times(model, x, steps, warmup)[0]
+
+
+def train_step_times(model, x, steps: int, warmup: int) -> tuple[float, float]:
+    """(wall, process CPU) seconds per ``train_on_batch`` step (see ``time_steps``)."""
+    return time_steps(lambda: model.keras_model.train_on_batch(x, return_dict=True)["loss"],
+                      steps, warmup)

@@ -18,9 +18,9 @@ float32. The step is Model Garden's own ``MaskRCNNTask.train_step`` in a ``tf.fu
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
+
+from bench.common import time_steps
 
 
 def available() -> bool:
@@ -100,7 +100,7 @@ def bench_model_garden(dataset, size: int, batch: int, steps: int, warmup: int, 
         jit: compile the step with XLA.
 
     Returns:
-        dict with img/s, ms/step and xla.
+        dict with img/s, ms/step, cpu s/step and xla.
     """
     import tensorflow as tf
     import tf_keras
@@ -120,11 +120,6 @@ def bench_model_garden(dataset, size: int, batch: int, steps: int, warmup: int, 
     def step(images, labels):
         return task.train_step((images, labels), model, optimizer)[task.loss]
 
-    for _ in range(warmup):
-        float(step(images, labels))
-    start = time.perf_counter()
-    for _ in range(steps):
-        loss = step(images, labels)
-    float(loss)
-    seconds = (time.perf_counter() - start) / steps
-    return {"img/s": batch / seconds, "ms/step": 1000 * seconds, "xla": jit}
+    seconds, cpu = time_steps(lambda: step(images, labels), steps, warmup)
+    return {"img/s": batch / seconds, "ms/step": 1000 * seconds, "cpu s/step": cpu,
+            "xla": jit}

@@ -37,6 +37,7 @@ from bench.common import (  # noqa: E402
     print_table,
     shapes_dataset,
     time_train_steps,
+    train_step_times,
     training_batch,
 )
 
@@ -51,10 +52,11 @@ def bench_mrcnn(config, steps: int, warmup: int) -> dict:
     model = modellib.MaskRCNN("training", config, "/tmp/mrcnn_bench_logs")
     model.set_trainable(".*", verbose=0)
     model.compile(0.01, 0.9)
-    seconds = time_train_steps(model, training_batch(config), steps, warmup)
+    seconds, cpu = train_step_times(model, training_batch(config), steps, warmup)
     peak, kind = peak_memory_gib()
     result = {"img/s": config.BATCH_SIZE / seconds, "ms/step": 1000 * seconds,
-              "peak GiB": peak, "memory": kind, "xla": bool(model.keras_model.jit_compile)}
+              "cpu s/step": cpu, "peak GiB": peak, "memory": kind,
+              "xla": bool(model.keras_model.jit_compile)}
     del model
     gc.collect()
     return result
@@ -339,6 +341,7 @@ def _row(model: str, args, batch: int, r: dict) -> dict:
     return {"model": model, "size": args.size, "batch": batch,
             "precision": args.precision or "float32", "xla": r["xla"],
             "img/s": f"{r['img/s']:.2f}", "ms/step": f"{r['ms/step']:.0f}",
+            "CPU s/step": f"{r['cpu s/step']:.2f}" if "cpu s/step" in r else "-",
             "peak GiB": f"{r['peak GiB']:.2f}", "memory": r["memory"]}
 
 
@@ -392,22 +395,22 @@ def main() -> None:
         print_table("Inference speed (untrained weights, masks pasted into the image)", rows)
         return
     for batch in args.batch:
-        r = bench_mrcnn(config(batch), args.steps, args.warmup)
-        rows.append(_row(f"mrcnn R50-FPN ({args.norm})", args, batch, r))
+        mine = bench_mrcnn(config(batch), args.steps, args.warmup)
+        rows.append(_row(f"mrcnn R50-FPN ({args.norm})", args, batch, mine))
         if args.torchvision:
             r = bench_torchvision(args.size, batch, args.steps, args.warmup, args.precision)
             rows.append(_row("torchvision maskrcnn_resnet50_fpn", args, batch, r))
         if args.model_garden:
-            cfg = config(batch)
-            for mg_jit in (False, True):
-                r = model_garden.bench_model_garden(
-                    shapes_dataset(args.size, batch), args.size, batch, args.steps,
-                    args.warmup, num_classes=cfg.NUM_CLASSES, rois=args.rois,
-                    positive_fraction=cfg.ROI_POSITIVE_RATIO,
-                    post_nms=cfg.POST_NMS_ROIS_TRAINING, jit=mg_jit)
-                # The process peak RSS already holds mrcnn's run: not Model Garden's own.
-                r.update({"peak GiB": float("nan"), "memory": "n/a (shared process)"})
-                rows.append(_row("TF Model Garden Mask R-CNN (2fc)", args, batch, r))
+            # Model Garden compiled as mrcnn's step was (JIT_COMPILE resolved on this device).
+            cfg, mg_jit = config(batch), bool(mine["xla"])
+            m = model_garden.bench_model_garden(
+                shapes_dataset(args.size, batch), args.size, batch, args.steps, args.warmup,
+                num_classes=cfg.NUM_CLASSES, rois=args.rois,
+                positive_fraction=cfg.ROI_POSITIVE_RATIO, post_nms=cfg.POST_NMS_ROIS_TRAINING,
+                jit=mg_jit)
+            # The process peak RSS already holds mrcnn's run: not Model Garden's own.
+            m.update({"peak GiB": float("nan"), "memory": "n/a (shared process)"})
+            rows.append(_row("TF Model Garden Mask R-CNN (2fc)", args, batch, m))
     print_table("Train step speed (from scratch, synthetic shapes)", rows)
     if args.profile:
         parts = profile_mrcnn(config(args.batch[0]), args.steps, args.warmup, args.repeats)
