@@ -1,0 +1,115 @@
+"""Data-parallel training (Config.GPU_COUNT > 1) against single-device training.
+
+Each backend runs in its own processes, started when this module's first test starts so
+that they overlap (``tests/distribute_run.py`` holds what they run):
+
+- TensorFlow, ``MirroredStrategy`` over 2 logical CPU devices, and JAX,
+  ``keras.distribution.DataParallel`` over 2 host devices: 3 steps on 2 replicas x 2 images
+  must give the weights of 3 steps on 1 device x 4 images from the same start (SGD with
+  momentum and L2, AdamW; GRADIENT_CLIP_NORM on), and the checkpoint written under
+  distribution must load into a single-device inference model and detect the same.
+- TensorFlow ``MultiWorkerMirroredStrategy``: two worker processes on 127.0.0.1 (TF_CONFIG),
+  each bounded by a timeout, end with the same weights; only the chief writes a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import numpy as np
+import pytest
+
+from tests.tiny import background_result, start_background
+
+OPTIMIZERS = ["sgd_gn", "adamw_gn"]
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.fixture(scope="module", autouse=True)
+def runs(tmp_path_factory):
+    """Start every process of this module at once; the tests collect their results."""
+    root = tmp_path_factory.mktemp("distribute")
+    started = {}
+    for backend in ("tensorflow", "jax"):
+        out = root / backend
+        out.mkdir()
+        started[backend] = start_background(
+            ["-m", "tests.distribute_run", "equal", str(out)], root / f"{backend}.log",
+            KERAS_BACKEND=backend, JAX_PLATFORMS="cpu", CI="1",
+            XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    for index in range(2):
+        out = root / f"worker{index}"
+        out.mkdir()
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        started[f"worker{index}"] = start_background(
+            ["-m", "tests.distribute_run", "worker", str(out)], root / f"worker{index}.log",
+            KERAS_BACKEND="tensorflow", CI="1", TF_CONFIG=json.dumps(tf_config))
+        started[f"worker{index}"].out = out
+    yield started
+    for run in started.values():
+        if run.proc.poll() is None:  # a test failed or was deselected before collecting
+            run.proc.kill()
+            run.proc.wait()
+
+
+_RESULTS: dict = {}
+
+
+def result_of(runs, name: str) -> dict:
+    if name not in _RESULTS:
+        _RESULTS[name] = background_result(runs[name], timeout=420)
+    return _RESULTS[name]
+
+
+def _check_equal(case: dict) -> None:
+    assert case["replicas"] == 2
+    # The runs moved the weights far more than they differ: float32 reduction order only.
+    assert case["max_abs_change"] > 1e-3
+    assert case["max_abs_diff"] < 1e-5, case["max_abs_diff"]
+    np.testing.assert_allclose(case["loss_two"], case["loss_one"], rtol=1e-5)
+
+
+def _check_detections(case: dict) -> None:
+    assert any(d["class_ids"] for d in case["detect_one"])  # force_detections: something
+    for one, two in zip(case["detect_one"], case["detect_two"], strict=True):
+        assert one["class_ids"] == two["class_ids"]
+        np.testing.assert_allclose(two["rois"], one["rois"], atol=1)
+        np.testing.assert_allclose(two["scores"], one["scores"], atol=1e-4)
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS)
+def test_tf_mirrored_equals_single_device(runs, case):
+    _check_equal(result_of(runs, "tensorflow")[case])
+
+
+@pytest.mark.parametrize("case", OPTIMIZERS)
+def test_jax_data_parallel_equals_single_device(runs, case):
+    _check_equal(result_of(runs, "jax")[case])
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax"])
+def test_distributed_checkpoint_detects_like_single_device(runs, backend):
+    _check_detections(result_of(runs, backend)["sgd_gn"])
+
+
+def test_tf_multi_worker_two_processes(runs):
+    chief, other = (result_of(runs, f"worker{i}") for i in range(2))
+    assert chief["chief"] and not other["chief"]
+    assert chief["replicas"] == other["replicas"] == 2
+    # Both workers applied the same all-reduced updates.
+    assert chief["digest"] == pytest.approx(other["digest"], rel=1e-6)
+    # Only the chief wrote a checkpoint, in its run folder.
+    assert len(chief["checkpoints"]) == 1
+    assert chief["checkpoints"][0].startswith(str(runs["worker0"].out))
+    assert other["checkpoints"] == []
