@@ -22,7 +22,7 @@ from mrcnn import losses
 from mrcnn.config import LOSS_NAMES
 from mrcnn.layer_config import PlainConfigMixin
 from mrcnn.norm import FrozenBatchNormalization
-from mrcnn.ops.distribute import ClipAfterAllReduce, loss_replicas
+from mrcnn.ops.distribute import ClipAfterAllReduce, loss_replicas, replica_sum, step_output
 from mrcnn.transform import parse_image_meta_graph
 from mrcnn.weights import (STATE_GROUP, layer_arrays, nonfinite_layers, open_weights_file,
                            save_weights_by_name)
@@ -64,6 +64,9 @@ class MaskRCNNTrainModel(PlainConfigMixin, keras.Model):
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
         self.mrcnn_input_names = list(input_names)
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
+        # Keras' own "loss" tracker averages what compute_loss returns: a replica's share
+        # under tf.distribute. This one tracks the global loss, logged as "loss".
+        self.global_loss = keras.metrics.Mean(name="global_loss")
 
     def loss_terms(self, x, y_pred) -> dict:
         """The five unweighted losses of a batch.
@@ -124,21 +127,31 @@ class MaskRCNNTrainModel(PlainConfigMixin, keras.Model):
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         # Under tf.distribute each replica returns its share of the global loss (Keras sums
-        # the replicas' gradients): the loss terms are shares already (``losses``), the
-        # weight decay is split, and the metrics, averaged over replicas, get shares * R.
+        # the replicas' gradients): the loss terms are shares already (``losses``) and the
+        # weight decay is split. The metrics get the global values (the sum of the shares,
+        # one all-reduce), so that every replica, and every worker, logs the same numbers.
         replicas = loss_replicas()
         terms = self.loss_terms(x, y_pred)
-        total = 0.0
-        for name, value in terms.items():
-            self.loss_trackers[name].update_state(value * replicas)
-            total = total + self.config.LOSS_WEIGHTS.get(name, 1.0) * value
+        shares = ops.stack(list(terms.values()))
+        weights = ops.convert_to_tensor([self.config.LOSS_WEIGHTS.get(name, 1.0)
+                                         for name in terms], "float32")
+        totals = replica_sum(shares)
+        for name, value in zip(terms, ops.unstack(totals)):
+            self.loss_trackers[name].update_state(value)
         # A model with a NaN/inf weight reports a NaN loss, so that StopOnNonFinite stops it
         # at the next step even when the losses themselves stay finite (a ReLU turns NaN
         # features into zeros: one NaN pixel once left conv1 all NaN under a finite loss).
         # One reduction per weight: negligible next to the step.
         finite = ops.all(ops.stack([ops.all(ops.isfinite(w)) for w in self.weights]))
-        return (total + self.weight_decay_loss() / replicas
-                + ops.where(finite, 0.0, float("nan")))
+        extra = self.weight_decay_loss() + ops.where(finite, 0.0, float("nan"))
+        self.global_loss.update_state(ops.sum(weights * totals) + extra)
+        return ops.sum(weights * shares) + extra / replicas
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None) -> dict:
+        """The logs of a step: "loss" is the global loss (the same on every replica)."""
+        logs = super().compute_metrics(x, y, y_pred, sample_weight)
+        logs["loss"] = logs.pop(self.global_loss.name)
+        return {name: step_output(value) for name, value in logs.items()}
 
 
 def resolve_layer_regex(layers: str) -> str:

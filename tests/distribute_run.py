@@ -1,7 +1,7 @@
 """Data-parallel training runs for ``tests/test_distribute.py``, one backend per process.
 
-``python -m tests.distribute_run equal OUT_DIR`` (TensorFlow: 2 logical CPU devices; JAX:
-run with ``XLA_FLAGS=--xla_force_host_platform_device_count=2``) trains the same tiny model
+``python -m tests.distribute_run equal OUT_DIR [sgd,adamw]`` (TensorFlow: 2 logical CPU
+devices; JAX: run with ``XLA_FLAGS=--xla_force_host_platform_device_count=2``) trains the same tiny model
 from the same weights on the same fixed batch of 4 images for 3 steps, on 1 device x 4
 images and on 2 replicas x 2 images, for each case of ``CASES``, and prints one ``RESULT``
 JSON line: the largest weight differences, the losses, and the detections of single-device
@@ -99,14 +99,14 @@ def detections(config, checkpoint: str, model_dir: Path) -> list:
 CASES = [("sgd", "gn", False), ("adamw", "gn", False)]
 
 
-def run_equal(out: Path) -> None:
+def run_equal(out: Path, cases: str = "sgd,adamw") -> None:
     import keras
 
     from mrcnn.model import MaskRCNN
 
     configure_devices()
     result = {}
-    for optimizer, norm, jit in CASES:
+    for optimizer, norm, jit in [c for c in CASES if c[0] in cases.split(",")]:
         key = f"{optimizer}_{norm}" + ("_xla" if jit else "")
         lr = 0.02 if optimizer == "sgd" else 0.001
         keras.utils.set_random_seed(0)
@@ -144,10 +144,10 @@ def run_worker(out: Path) -> None:
     weights = weights_of(model)
     print("RESULT " + json.dumps({
         "chief": model.distribution.is_chief, "replicas": model.distribution.num_replicas,
-        "digest": float(sum(np.sum(np.abs(v)) for v in weights.values())),
+        "digest": float(sum(np.sum(np.abs(v)) for v in weights)),
         "log_dir": model.log_dir,
         "checkpoints": sorted(str(p) for p in Path(out).rglob("*.h5"))}))
 
 
 if __name__ == "__main__":
-    {"equal": run_equal, "worker": run_worker}[sys.argv[1]](Path(sys.argv[2]))
+    {"equal": run_equal, "worker": run_worker}[sys.argv[1]](Path(sys.argv[2]), *sys.argv[3:])

@@ -97,9 +97,11 @@ def _tf_distribution(gpu_count: int) -> Distribution | None:
         # Keras' convention: the "chief" task, or worker 0 of a cluster without one, writes.
         cluster = resolver.cluster_spec().as_dict()
         count = sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
-        chief = resolver.task_type == "chief" or (
-            resolver.task_type == "worker" and resolver.task_id == 0 and "chief" not in cluster)
-        index = 0 if chief else 1 + int(resolver.task_id or 0)
+        task = int(resolver.task_id or 0)
+        if "chief" in cluster:
+            index = 0 if resolver.task_type == "chief" else 1 + task
+        else:
+            index = task
     return Distribution(strategy, int(strategy.num_replicas_in_sync), count, index)
 
 
@@ -232,3 +234,22 @@ class ClipAfterAllReduce:
         # Summed in _clip_gradients (this method exists on TensorFlow only).
         return grads_and_vars
 
+
+
+def step_output(value):
+    """Shape a scalar metric of a train/test step for Keras' reduction across workers.
+
+    Keras (3.15) averages a step's outputs over the workers of a ``MultiWorkerMirroredStrategy``
+    with ``strategy.reduce("MEAN", value, axis=0)``, which fails on scalars: inside a
+    multi-worker step they get an axis of length 1, which that reduction removes.
+    Everywhere else the value is returned unchanged.
+
+    Args:
+        value: a scalar tensor.
+
+    Returns:
+        ``value``, or ``value`` reshaped to ``[1]`` inside a multi-worker step.
+    """
+    if _tf_replica_context() is None or _tf_cluster_workers() < 2:
+        return value
+    return keras.ops.reshape(value, (1,))
