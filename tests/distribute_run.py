@@ -121,12 +121,29 @@ def run_equal(out: Path, cases: str = "sgd,adamw") -> None:
             "replicas": two.distribution.num_replicas,
             "max_abs_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(w1, w2)),
             "max_abs_change": max(float(np.max(np.abs(a - b))) for a, b in zip(w1, w0)),
+            "mean_abs_diff": _mean_abs(w1, w2),
+            "mean_abs_change": _mean_abs(w1, w0),
+            "moment_rel_diff": _moment_diff(one.find_last(), two.find_last()),
             "loss_one": one.keras_model.history.history["loss"],
             "loss_two": two.keras_model.history.history["loss"],
             "detect_one": detections(one.config, one.find_last(), out / "infer"),
             "detect_two": detections(two.config, two.find_last(), out / "infer"),
         }
     print("RESULT " + json.dumps(result))
+
+
+def _mean_abs(a: list, b: list) -> float:
+    return float(np.mean(np.concatenate([np.abs(x - y).ravel() for x, y in zip(a, b)])))
+
+
+def _moment_diff(path_one: str, path_two: str) -> float:
+    """Largest difference of the optimizer's slot variables (momentum; Adam's moments)
+    between two checkpoints, relative to the largest value of each variable."""
+    from mrcnn.training import read_training_state
+
+    one, two = (read_training_state(p)["optimizer"] for p in (path_one, path_two))
+    return max(float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-30))
+               for (_, a), (_, b) in zip(one, two) if a.size > 1)
 
 
 def run_worker(out: Path) -> None:

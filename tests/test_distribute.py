@@ -72,12 +72,23 @@ def result_of(runs, name: str) -> dict:
     return _RESULTS[name]
 
 
-def _check_equal(case: dict) -> None:
+def _check_equal(case: dict, optimizer: str) -> None:
+    """Same training on 1 and 2 replicas, up to float32 reduction order.
+
+    The optimizer's slot variables (momentum, Adam's moments: linear in the gradients) must
+    agree to 1 % of their largest value. SGD's weights then agree to 1e-4 of what they
+    moved. AdamW divides by sqrt(v): where a gradient entry is a near-cancelling sum
+    (measured in the mask head), rounding changes it by a relative amount that the division
+    turns into a fraction of a step, so its weights are compared on average.
+    """
     assert case["replicas"] == 2
-    # The runs moved the weights far more than they differ: float32 reduction order only.
-    assert case["max_abs_change"] > 1e-3
-    assert case["max_abs_diff"] < 1e-5, case["max_abs_diff"]
     np.testing.assert_allclose(case["loss_two"], case["loss_one"], rtol=1e-5)
+    assert case["moment_rel_diff"] < 1e-2, case["moment_rel_diff"]
+    assert case["max_abs_change"] > 1e-3  # the runs did move the weights
+    if optimizer == "sgd":
+        assert case["max_abs_diff"] < 1e-4 * case["max_abs_change"], case
+    else:
+        assert case["mean_abs_diff"] < 1e-2 * case["mean_abs_change"], case
 
 
 def _check_detections(case: dict) -> None:
@@ -90,12 +101,12 @@ def _check_detections(case: dict) -> None:
 
 @pytest.mark.parametrize("case", OPTIMIZERS)
 def test_tf_mirrored_equals_single_device(runs, case):
-    _check_equal(result_of(runs, "tensorflow")[case])
+    _check_equal(result_of(runs, "tensorflow")[case], case.split("_")[0])
 
 
 @pytest.mark.parametrize("case", OPTIMIZERS)
 def test_jax_data_parallel_equals_single_device(runs, case):
-    _check_equal(result_of(runs, "jax")[case])
+    _check_equal(result_of(runs, "jax")[case], case.split("_")[0])
 
 
 @pytest.mark.parametrize("backend", ["tensorflow", "jax"])
