@@ -1,6 +1,6 @@
 """Data-parallel training (Config.GPU_COUNT > 1) against single-device training.
 
-Each backend runs in its own processes, started when this module's first test starts so
+Each backend runs in its own processes, all started by the first test that needs one, so
 that they overlap (``tests/distribute_run.py`` holds what they run):
 
 - TensorFlow, ``MirroredStrategy`` over 2 logical CPU devices, and JAX,
@@ -35,9 +35,10 @@ def _free_ports(count: int) -> list[int]:
     return ports
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Start every process of this module at once; the tests collect their results."""
+    """Start every process of this module at once (at the first test that needs one); the
+    tests collect their results."""
     root = tmp_path_factory.mktemp("distribute")
     started = {}
     for backend in ("tensorflow", "jax"):
@@ -124,3 +125,16 @@ def test_tf_multi_worker_two_processes(runs):
     assert len(chief["checkpoints"]) == 1
     assert chief["checkpoints"][0].startswith(str(runs["worker0"].out))
     assert other["checkpoints"] == []
+
+
+def test_single_device_needs_no_distribution():
+    """GPU_COUNT = 1 trains as before; asking for more devices than exist says so."""
+    from keras import ops
+
+    from mrcnn.ops.distribute import loss_replicas, make_distribution, replica_sum
+
+    assert make_distribution(1) is None
+    assert loss_replicas() == 1
+    assert float(replica_sum(ops.convert_to_tensor(3.0))) == 3.0
+    with pytest.raises(ValueError, match=r"Config.GPU_COUNT = 64 .* 1 CPU device"):
+        make_distribution(64)
