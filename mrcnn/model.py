@@ -375,11 +375,20 @@ class MaskRCNN:
 
     def compile(self, learning_rate: float, momentum: float) -> None:
         """Compile the training model with Config's optimizer; the loss is built in."""
+        jit = resolve_jit_compile(self.config.JIT_COMPILE)
+        if jit and self.distribution and not self.distribution.xla_step:
+            if self.config.JIT_COMPILE is True:
+                warnings.warn(
+                    f"{type(self.config).__name__}.JIT_COMPILE = True is not applied under "
+                    "tf.distribute: Keras would compile all replicas' step as one XLA "
+                    "cluster, which cannot use variables on several devices. The step runs "
+                    "as a TensorFlow graph.", UserWarning, stacklevel=2)
+            jit = False
         with self._distributed():  # the optimizer's variables are mirrored too
             self.keras_model.compile(
                 optimizer=build_optimizer(self.config, learning_rate, momentum,
                                           distributed=self.distribution is not None),
-                jit_compile=resolve_jit_compile(self.config.JIT_COMPILE))
+                jit_compile=jit)
             # Create the optimizer's slot variables now, for the layers just set trainable.
             # On TensorFlow, Keras otherwise creates them inside the first traced train
             # step, and a tf.function that creates variables is traced twice: the first

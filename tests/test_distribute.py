@@ -134,6 +134,8 @@ def test_tf_multi_worker_two_processes(runs):
     chief, other = (result_of(runs, f"worker{i}") for i in range(2))
     assert chief["chief"] and not other["chief"]
     assert chief["replicas"] == other["replicas"] == 2
+    # JIT_COMPILE = True cannot apply to a multi-replica tf.distribute step (see README).
+    assert not chief["jit_compile"] and not other["jit_compile"]
     # Both workers applied the same all-reduced updates.
     assert chief["digest"] == pytest.approx(other["digest"], rel=1e-6)
     # Only the chief wrote a checkpoint, in its run folder.

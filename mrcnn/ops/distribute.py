@@ -40,6 +40,10 @@ class Distribution:
             the global batch: True under JAX's SPMD; False under tf.distribute, where
             each replica normalizes with its own images (Keras' synchronized BatchNorm
             aborted this graph's step with a collective-order mismatch on TF 2.21).
+        xla_step: whether the train step can be XLA-compiled: True on JAX; False under
+            tf.distribute, where Keras compiles the whole multi-replica step as one XLA
+            cluster, which cannot reach the replicas' variables on other devices ("Trying
+            to access resource ... located in device CPU:1 from device CPU:0").
     """
 
     engine: Any
@@ -48,6 +52,7 @@ class Distribution:
     process_index: int = 0
     per_process_input: bool = False
     global_batch_norm: bool = False
+    xla_step: bool = False
 
     @property
     def is_chief(self) -> bool:
@@ -134,7 +139,7 @@ def _jax_distribution(gpu_count: int) -> Distribution | None:
         return None
     engine = keras.distribution.DataParallel(devices=devices)
     return Distribution(engine, len(devices), jax.process_count(), jax.process_index(),
-                        per_process_input=True, global_batch_norm=True)
+                        per_process_input=True, global_batch_norm=True, xla_step=True)
 
 
 def make_distribution(gpu_count: int) -> Distribution | None:
