@@ -30,8 +30,8 @@ OPTIMIZERS = ["sgd_gn", "adamw_gn"]
 # starts: it waits on a semaphore in CpuPjRtRawLoadedExecutable::Execute), with or without
 # async dispatch and with NMS replaced by top_k; a small Keras model with a SeedGenerator
 # and a PyDataset trains fine the same way, and so does train_on_batch of this model on a
-# DataGenerator batch: fit over the DataGenerator is what hangs. The JAX runs need devices
-# of their own (GPUs).
+# DataGenerator batch: fit is what hangs (over the DataGenerator or NumPy arrays). The JAX
+# runs need devices of their own (GPUs).
 JAX_ON_CPU = pytest.mark.skip(reason="XLA:CPU host-device collectives deadlock on this "
                               "model's train step (see JAX_ON_CPU); run on GPUs")
 
