@@ -141,8 +141,14 @@ class Config:
     # Name the configuration, e.g. "coco" or "shapes". Used in log folder and checkpoint names.
     NAME: str | None = None
 
-    # Number of GPUs (replicas) to train with. >1 uses tf.distribute / keras.distribution
-    # data parallelism; the global batch is IMAGES_PER_GPU * GPU_COUNT.
+    # Number of replicas to train with, over all machines together (4 GPUs on each of 2
+    # machines: 8). >1 trains data-parallel on the backend's engine: tf.distribute's
+    # MirroredStrategy (MultiWorkerMirroredStrategy when TF_CONFIG lists several workers)
+    # or keras.distribution.DataParallel on JAX (all processes' devices after
+    # jax.distributed.initialize()); see mrcnn/ops/distribute.py. The global batch is
+    # IMAGES_PER_GPU * GPU_COUNT, and the losses are those of that batch on one device, so
+    # more GPUs means a bigger batch (scale LEARNING_RATE with it). Inference (detect) runs
+    # on one device whatever this says.
     GPU_COUNT = 1
 
     # Images per replica. A 12GB GPU fits about two 1024x1024 images. Fewer images per GPU

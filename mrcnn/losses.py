@@ -3,18 +3,25 @@
 Every loss is a mean over the entries that count (non-neutral anchors, positive ROIs, ...)
 and is 0, not NaN, when none does (an image without instances, say). All math is float32,
 whatever the mixed-precision policy.
+
+Under ``tf.distribute`` a replica sees part of the batch, and Keras sums the replicas'
+gradients: each loss is then the replica's *share* of the global mean (its own sum over the
+count of all replicas, ``ops.distribute.replica_sum``), so the shares add up to exactly the
+single-device loss of the global batch. Elsewhere (one device, JAX's SPMD) it is the mean.
 """
 
 from __future__ import annotations
 
 from keras import ops
 
+from mrcnn.ops.distribute import replica_sum
+
 
 def _weighted_mean(values, weights, per_weight: float = 1.0):
-    """sum(values * weights) / max(per_weight * sum(weights), 1)."""
+    """sum(values * weights) / max(per_weight * sum(weights), 1), the count over replicas."""
     weights = ops.cast(weights, "float32")
     total = ops.sum(ops.cast(values, "float32") * weights)
-    return total / ops.maximum(per_weight * ops.sum(weights), 1.0)
+    return total / ops.maximum(per_weight * replica_sum(ops.sum(weights)), 1.0)
 
 
 def smooth_l1(y_true, y_pred):

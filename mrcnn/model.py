@@ -10,8 +10,10 @@ notebooks and scripts use.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import tempfile
 import warnings
 from collections import OrderedDict
 from typing import Any, Sequence
@@ -42,6 +44,7 @@ from mrcnn.inspection import (  # noqa: F401  (Matterport's modellib surface)
 from mrcnn.layer_steps import LayerStep, find_step, step_outputs, step_value
 from mrcnn.network import build_inference_graph, build_training_graph
 from mrcnn.ops.device import resolve_jit_compile
+from mrcnn.ops.distribute import make_distribution
 from mrcnn.proposals import ProposalLayer  # noqa: F401
 from mrcnn.roi_align import PyramidROIAlign  # noqa: F401
 from mrcnn.training import (
@@ -163,6 +166,10 @@ class MaskRCNN:
         keras_model: the underlying ``keras.Model``.
         epoch: last completed epoch (from a loaded checkpoint name or training).
         log_dir, checkpoint_path: where the current run writes.
+        distribution: the data-parallel setup of a training model
+            (``ops.distribute.Distribution``: Config.GPU_COUNT > 1, a ``TF_CONFIG`` cluster,
+            several JAX processes, or a ``tf.distribute`` scope entered by the caller), or
+            None on one device.
     """
 
     def __init__(self, mode: str, config, model_dir: str):
@@ -171,10 +178,24 @@ class MaskRCNN:
         self.mode = mode
         self.config = config
         self.model_dir = model_dir
+        # Only training is data-parallel: detect() runs its batches on one device.
+        self.distribution = make_distribution(config.GPU_COUNT) if mode == "training" else None
+        if self.distribution and config.NORM == "bn" and not self.distribution.global_batch_norm:
+            warnings.warn(
+                f"{type(config).__name__}.NORM = 'bn' with {self.distribution.num_replicas} "
+                "tf.distribute replicas: each replica computes BatchNorm statistics over its "
+                f"own {config.IMAGES_PER_GPU} image(s), not the global batch (not "
+                "synchronized). Prefer NORM = 'gn' or 'frozen_bn' for data-parallel training.",
+                UserWarning, stacklevel=2)
         self.set_log_dir()
-        self.keras_model = self.build(mode=mode, config=config)
+        with self._distributed():
+            self.keras_model = self.build(mode=mode, config=config)
         self._predictors: dict[int, _Predictor] = {}
         self.anchors = None
+
+    def _distributed(self):
+        """The data-parallel scope (variables mirrored, batches split), or a no-op."""
+        return self.distribution.scope() if self.distribution else contextlib.nullcontext()
 
     # ----------------------------------------------------------------------------- build
     def build(self, mode: str, config) -> keras.Model:
@@ -358,14 +379,25 @@ class MaskRCNN:
 
     def compile(self, learning_rate: float, momentum: float) -> None:
         """Compile the training model with Config's optimizer; the loss is built in."""
-        self.keras_model.compile(
-            optimizer=build_optimizer(self.config, learning_rate, momentum),
-            jit_compile=resolve_jit_compile(self.config.JIT_COMPILE))
-        # Create the optimizer's slot variables now, for the layers just set trainable. On
-        # TensorFlow, Keras otherwise creates them inside the first traced train step, and a
-        # tf.function that creates variables is traced twice: the first step of every
-        # train() call took ~1.6x longer.
-        self.keras_model.optimizer.build(self.keras_model.trainable_variables)
+        jit = resolve_jit_compile(self.config.JIT_COMPILE)
+        if jit and self.distribution and not self.distribution.xla_step:
+            if self.config.JIT_COMPILE is True:
+                warnings.warn(
+                    f"{type(self.config).__name__}.JIT_COMPILE = True is not applied under "
+                    "tf.distribute: Keras would compile all replicas' step as one XLA "
+                    "cluster, which cannot use variables on several devices. The step runs "
+                    "as a TensorFlow graph.", UserWarning, stacklevel=2)
+            jit = False
+        with self._distributed():  # the optimizer's variables are mirrored too
+            self.keras_model.compile(
+                optimizer=build_optimizer(self.config, learning_rate, momentum,
+                                          distributed=self.distribution is not None),
+                jit_compile=jit)
+            # Create the optimizer's slot variables now, for the layers just set trainable.
+            # On TensorFlow, Keras otherwise creates them inside the first traced train
+            # step, and a tf.function that creates variables is traced twice: the first
+            # step of every train() call took ~1.6x longer.
+            self.keras_model.optimizer.build(self.keras_model.trainable_variables)
 
     def train(self, train_dataset, val_dataset, learning_rate: float, epochs: int,
               layers: str, augmentation=None, custom_callbacks=None,
@@ -420,29 +452,43 @@ class MaskRCNN:
         if state is not None:
             first_epoch, seeds = state["stage"]["first_epoch"], state["stage"]["seeds"]
         stage.update(first_epoch=first_epoch, seeds=seeds)
+        dist = self.distribution
+        # A JAX process feeds its own part of the global batch (other images: its own
+        # seeds); a tf.distribute worker feeds the global batch and keeps its part.
+        batch_size, offset = config.BATCH_SIZE, 0
+        if dist is not None and dist.per_process_input:
+            batch_size, offset = config.BATCH_SIZE // dist.process_count, dist.process_index
         train_generator = DataGenerator(train_dataset, config, shuffle=True,
                                         augmentation=augmentation,
                                         no_augmentation_sources=no_augmentation_sources,
-                                        seed=seeds[0], steps=config.STEPS_PER_EPOCH)
+                                        seed=seeds[0] + offset, steps=config.STEPS_PER_EPOCH,
+                                        batch_size=batch_size)
         val_generator = None
         if has_val:
-            val_generator = DataGenerator(val_dataset, config, shuffle=True, seed=seeds[1],
-                                          steps=config.VALIDATION_STEPS)
+            val_generator = DataGenerator(val_dataset, config, shuffle=True,
+                                          seed=seeds[1] + offset,
+                                          steps=config.VALIDATION_STEPS, batch_size=batch_size)
         for generator in (train_generator, val_generator):
             for _ in range(self.epoch - first_epoch if generator is not None else 0):
                 generator.on_epoch_end()
 
-        self._claim_run_folder()
-        runs.write_run_info(self.log_dir, config, self.epoch)
+        chief = dist is None or dist.is_chief
+        if chief:
+            self._claim_run_folder()
+            runs.write_run_info(self.log_dir, config, self.epoch)
+        else:
+            # The other processes of a multi-machine run write nothing to the run folder.
+            self.log_dir = tempfile.mkdtemp(prefix=f"mrcnn_worker{dist.process_index}_")
+            self._set_checkpoint_path()
         schedule = schedule_callbacks(
             config, learning_rate, first_epoch, epochs,
             plateau_state=(state or {}).get("callbacks", {}).get("ResumablePlateau"))
         callbacks = [
             StopOnNonFinite(),
-            *tensorboard_callbacks(self.log_dir),
+            *(tensorboard_callbacks(self.log_dir) if chief else []),
             # The schedule updates before the checkpoint stores its state.
             *schedule,
-            NamedCheckpoint(self.checkpoint_path, stage, schedule),
+            NamedCheckpoint(self.checkpoint_path, stage, schedule, write=chief),
             *(custom_callbacks or []),
             *allocator_callbacks(config),
         ]
@@ -454,7 +500,16 @@ class MaskRCNN:
         self.compile(learning_rate, config.LEARNING_MOMENTUM)
         if state is not None:
             restore_training_state(self.keras_model, state, self._resume_path)
-        history = self.keras_model.fit(
+        with self._distributed():
+            history = self._fit(train_generator, val_generator, epochs, callbacks)
+        self.epoch = max(self.epoch, epochs)
+        self._resume_path = None
+        return history
+
+    def _fit(self, train_generator, val_generator, epochs: int,
+             callbacks: list) -> keras.callbacks.History:
+        config = self.config
+        return self.keras_model.fit(
             train_generator,
             initial_epoch=self.epoch,
             epochs=epochs,
@@ -468,9 +523,6 @@ class MaskRCNN:
             validation_steps=config.VALIDATION_STEPS if val_generator is not None else None,
             verbose=1 if os.environ.get("CI") is None else 2,
         )
-        self.epoch = max(self.epoch, epochs)
-        self._resume_path = None
-        return history
 
     def _resume_state(self, stage: dict) -> dict | None:
         """The resumed checkpoint's training state when this ``train()`` continues its stage.

@@ -22,6 +22,7 @@ from mrcnn import losses
 from mrcnn.config import LOSS_NAMES
 from mrcnn.layer_config import PlainConfigMixin
 from mrcnn.norm import FrozenBatchNormalization
+from mrcnn.ops.distribute import ClipAfterAllReduce, loss_replicas, replica_sum, step_output
 from mrcnn.transform import parse_image_meta_graph
 from mrcnn.weights import (STATE_GROUP, layer_arrays, nonfinite_layers, open_weights_file,
                            save_weights_by_name)
@@ -63,6 +64,9 @@ class MaskRCNNTrainModel(PlainConfigMixin, keras.Model):
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
         self.mrcnn_input_names = list(input_names)
         self.loss_trackers = {name: keras.metrics.Mean(name=name) for name in LOSS_NAMES}
+        # Keras' own "loss" tracker averages what compute_loss returns: a replica's share
+        # under tf.distribute. This one tracks the global loss, logged as "loss".
+        self.global_loss = keras.metrics.Mean(name="global_loss")
 
     def loss_terms(self, x, y_pred) -> dict:
         """The five unweighted losses of a batch.
@@ -113,18 +117,41 @@ class MaskRCNNTrainModel(PlainConfigMixin, keras.Model):
         base.update(input_names=self.mrcnn_input_names)
         return base
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras' TensorFlow trainer, under tf.distribute, averages the first batch over the
+        # replicas to build the model symbolically: that fails on the bool mask input and
+        # costs a batch. MaskRCNN builds the model and its optimizer before fit.
+        if self.built and (self.optimizer is None or self.optimizer.built):
+            return
+        super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        # Under tf.distribute each replica returns its share of the global loss (Keras sums
+        # the replicas' gradients): the loss terms are shares already (``losses``) and the
+        # weight decay is split. The metrics get the global values (the sum of the shares,
+        # one all-reduce), so that every replica, and every worker, logs the same numbers.
+        replicas = loss_replicas()
         terms = self.loss_terms(x, y_pred)
-        total = 0.0
-        for name, value in terms.items():
+        shares = ops.stack(list(terms.values()))
+        weights = ops.convert_to_tensor([self.config.LOSS_WEIGHTS.get(name, 1.0)
+                                         for name in terms], "float32")
+        totals = replica_sum(shares)
+        for name, value in zip(terms, ops.unstack(totals)):
             self.loss_trackers[name].update_state(value)
-            total = total + self.config.LOSS_WEIGHTS.get(name, 1.0) * value
         # A model with a NaN/inf weight reports a NaN loss, so that StopOnNonFinite stops it
         # at the next step even when the losses themselves stay finite (a ReLU turns NaN
         # features into zeros: one NaN pixel once left conv1 all NaN under a finite loss).
         # One reduction per weight: negligible next to the step.
         finite = ops.all(ops.stack([ops.all(ops.isfinite(w)) for w in self.weights]))
-        return total + self.weight_decay_loss() + ops.where(finite, 0.0, float("nan"))
+        extra = self.weight_decay_loss() + ops.where(finite, 0.0, float("nan"))
+        self.global_loss.update_state(ops.sum(weights * totals) + extra)
+        return ops.sum(weights * shares) + extra / replicas
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None) -> dict:
+        """The logs of a step: "loss" is the global loss (the same on every replica)."""
+        logs = super().compute_metrics(x, y, y_pred, sample_weight)
+        logs["loss"] = logs.pop(self.global_loss.name)
+        return {name: step_output(value) for name, value in logs.items()}
 
 
 def resolve_layer_regex(layers: str) -> str:
@@ -222,25 +249,30 @@ def warn_frozen_bn_from_scratch(model: keras.Model, config) -> bool:
     return True
 
 
-def build_optimizer(config, learning_rate: float, momentum: float) -> keras.optimizers.Optimizer:
+def build_optimizer(config, learning_rate: float, momentum: float,
+                    distributed: bool = False) -> keras.optimizers.Optimizer:
     """Optimizer from Config.OPTIMIZER with Matterport's per-tensor gradient clipping.
 
     Args:
         config: the ``Config``.
         learning_rate: base learning rate.
         momentum: SGD momentum.
+        distributed: the optimizer serves a data-parallel model: clip the gradients after
+            summing the replicas' parts (``ops.distribute.ClipAfterAllReduce``).
 
     Returns:
         A Keras optimizer.
     """
     clip = {"clipnorm": config.GRADIENT_CLIP_NORM} if config.GRADIENT_CLIP_NORM else {}
+    base = keras.optimizers.AdamW if config.OPTIMIZER == "adamw" else keras.optimizers.SGD
+    if distributed:
+        base = type(base.__name__, (ClipAfterAllReduce, base), {})
     if config.OPTIMIZER == "adamw":
-        opt = keras.optimizers.AdamW(learning_rate=learning_rate,
-                                     weight_decay=config.WEIGHT_DECAY, **clip)
+        opt = base(learning_rate=learning_rate, weight_decay=config.WEIGHT_DECAY, **clip)
         # Decoupled decay on kernels only, like the SGD L2 term.
         opt.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
         return opt
-    return keras.optimizers.SGD(learning_rate=learning_rate, momentum=momentum, **clip)
+    return base(learning_rate=learning_rate, momentum=momentum, **clip)
 
 
 class NonFiniteError(FloatingPointError):
@@ -429,7 +461,8 @@ def write_training_state(f: h5py.File, model: keras.Model, epoch: int, stage: di
                             ("model", _extra_variables(model))):
         sub = group.create_group(name)
         for i, v in enumerate(variables):
-            data = sub.create_dataset(f"{i:05d}", data=ops.convert_to_numpy(v.value))
+            # v.numpy(): a scalar tf.distribute variable's __array__ returns no array.
+            data = sub.create_dataset(f"{i:05d}", data=np.asarray(v.numpy()))
             data.attrs["path"] = v.path
 
 
@@ -482,13 +515,17 @@ class NamedCheckpoint(keras.callbacks.Callback):
         filepath: pattern with an ``{epoch:04d}`` field (1-based, like Keras).
         stage: the ``train()`` call, stored for an exact resume.
         state_callbacks: callbacks whose ``state()`` is stored too.
+        write: False on the non-chief processes of a multi-machine run: they check the
+            weights (every process stops on NaN) but only the chief writes the file.
     """
 
-    def __init__(self, filepath: str, stage: dict | None = None, state_callbacks=()):
+    def __init__(self, filepath: str, stage: dict | None = None, state_callbacks=(),
+                 write: bool = True):
         super().__init__()
         self.filepath = filepath
         self.stage = stage
         self.state_callbacks = list(state_callbacks)
+        self.write = write
 
     def on_epoch_end(self, epoch, logs=None):
         arrays = layer_arrays(self.model)
@@ -496,6 +533,8 @@ class NamedCheckpoint(keras.callbacks.Callback):
         if bad:
             self.model.stop_training = True
             raise NonFiniteError(nonfinite_message("non-finite weights", epoch + 1, None, bad))
+        if not self.write:
+            return
         extra = None
         if self.stage is not None:
             def extra(f):

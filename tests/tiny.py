@@ -72,6 +72,28 @@ def force_detections(keras_model) -> None:
     mask.set_weights([np.zeros_like(kernel), np.full_like(bias, 10.0)])
 
 
+def start_background(args: list[str], log_path, **env: str):
+    """Start ``python args...`` from the repository root with ``env`` added, its output to
+    ``log_path`` (a file: a full pipe would block it); collect it with ``background_result``.
+
+    Returns:
+        SimpleNamespace(proc, log_path).
+    """
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    repo = Path(__file__).resolve().parents[1]
+    full_env = dict(os.environ, **env, PYTHONPATH=os.pathsep.join(
+        [str(repo), os.environ.get("PYTHONPATH", "")]))
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, *args], cwd=repo, env=full_env, stdout=log,
+                                stderr=subprocess.STDOUT)
+    return SimpleNamespace(proc=proc, log_path=Path(log_path))
+
+
 def background_result(run, timeout: float = 600) -> dict:
     """Wait for a background test process (``run.proc`` writing ``run.log_path``) and return
     the JSON of its last ``RESULT `` line; fail with the end of its log otherwise."""

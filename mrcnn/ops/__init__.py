@@ -7,6 +7,8 @@
 - ``conv``: the non-overlapping transposed convolution (the mask head's deconv).
 - ``device``: whether an accelerator is present, and ``Config.JIT_COMPILE="auto"``'s answer.
 - ``nms``: batched static-shape NMS; TF kernel on TensorFlow, tiled ``keras.ops`` elsewhere.
+- ``distribute``: data-parallel training on ``tf.distribute`` / ``keras.distribution``
+  (imported as ``mrcnn.ops.distribute``; Config.GPU_COUNT > 1).
 
 Everything here takes and returns static shapes and compiles with XLA on TensorFlow
 (``jit_compile=True``) and JAX (``jax.jit``).
