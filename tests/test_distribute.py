@@ -3,8 +3,7 @@
 Each backend runs in its own processes, all started by the first test that needs one, so
 that they overlap (``tests/distribute_run.py`` holds what they run):
 
-- TensorFlow, ``MirroredStrategy`` over 2 logical CPU devices (and JAX,
-  ``keras.distribution.DataParallel`` over 2 host devices, see ``JAX_ON_CPU``): 3 steps on 2
+- TensorFlow, ``MirroredStrategy`` over 2 logical CPU devices: 3 steps on 2
   replicas x 2 images must give the weights of 3 steps on 1 device x 4 images from the same
   start (SGD with momentum and L2, AdamW; GRADIENT_CLIP_NORM on), and the checkpoint
   written under distribution must load into a single-device inference model and detect
@@ -30,10 +29,9 @@ OPTIMIZERS = ["sgd_gn", "adamw_gn"]
 # starts: it waits on a semaphore in CpuPjRtRawLoadedExecutable::Execute), with or without
 # async dispatch and with NMS replaced by top_k; a small Keras model with a SeedGenerator
 # and a PyDataset trains fine the same way, and so does train_on_batch of this model on a
-# DataGenerator batch: fit is what hangs (over the DataGenerator or NumPy arrays). The JAX
-# runs need devices of their own (GPUs).
-JAX_ON_CPU = pytest.mark.skip(reason="XLA:CPU host-device collectives deadlock on this "
-                              "model's train step (see JAX_ON_CPU); run on GPUs")
+# DataGenerator batch: fit is what hangs (over the DataGenerator or NumPy arrays). So the
+# JAX path (``distribute_run.py`` runs it with KERAS_BACKEND=jax) is not tested here: it
+# needs devices of their own (GPUs); README says it is unverified.
 
 
 def _free_ports(count: int) -> list[int]:
@@ -52,7 +50,7 @@ def runs(tmp_path_factory):
     tests collect their results."""
     root = tmp_path_factory.mktemp("distribute")
     started = {}
-    for backend in ("tensorflow",):  # "jax": see JAX_ON_CPU
+    for backend in ("tensorflow",):  # not "jax": see the comment on XLA:CPU above
         out = root / backend
         out.mkdir()
         started[backend] = start_background(
@@ -117,19 +115,8 @@ def test_tf_mirrored_equals_single_device(runs, case):
     _check_equal(result_of(runs, "tensorflow")[case], case.split("_")[0])
 
 
-@JAX_ON_CPU
-@pytest.mark.parametrize("case", OPTIMIZERS)
-def test_jax_data_parallel_equals_single_device(runs, case):
-    _check_equal(result_of(runs, "jax")[case], case.split("_")[0])
-
-
 def test_distributed_checkpoint_detects_like_single_device(runs):
     _check_detections(result_of(runs, "tensorflow")["sgd_gn"])
-
-
-@JAX_ON_CPU
-def test_jax_distributed_checkpoint_detects_like_single_device(runs):
-    _check_detections(result_of(runs, "jax")["sgd_gn"])
 
 
 def test_tf_multi_worker_two_processes(runs):
