@@ -19,8 +19,10 @@ Modules follow the data flow of the model:
   ``data_generator``).
 - ``training``, ``runs``, ``weights``, ``layer_config``: the training model, run folders and
   checkpoints, HDF5 weights, plain-value layer configs.
-- ``model``: the ``MaskRCNN`` facade (``import mrcnn.model as modellib``); ``export``: a
-  SavedModel for serving; ``predict``: detection over image files.
+- ``model``: the ``MaskRCNN`` facade (``import mrcnn.model as modellib``); ``layer_steps``:
+  the named steps inside layers that ``MaskRCNN.ancestor`` finds (Matterport's
+  ``ROI/refined_anchors:0``, ...); ``export``: a SavedModel for serving; ``predict``:
+  detection over image files.
 - ``progress``, ``download``: progress lines of long loops; every download.
 - ``cli``, ``tiny``: what the samples' command lines share; the seconds-per-step smoke model.
 """
