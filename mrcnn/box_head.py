@@ -6,11 +6,42 @@ then a 1x1 conv) and the GN paper's "4conv1fc" (four 3x3 convs, one fc).
 
 from __future__ import annotations
 
-from keras import initializers, layers
+import keras
+from keras import initializers, layers, ops
 
 from mrcnn.norm import norm_layer
 from mrcnn.roi_align import FlattenRois, PyramidROIAlign, UnflattenRois
 from mrcnn.rpn import predictor_init
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class Conv2D(layers.Conv2D):
+    """``keras.layers.Conv2D``; a kernel that covers its whole input runs as one matmul.
+
+    Matterport writes the box head's fc layers as a 7x7 "valid" conv on the 7x7 ROI features
+    and a 1x1 conv. Those are matrix products, and as convolutions TensorFlow's CPU kernels
+    computed them (forward and both gradients) about twice as slowly as the matmul TF Model
+    Garden's fc layers use. Same weights (the kernel [kh, kw, cin, cout] flattened row-major
+    matches the features [h, w, c] flattened row-major), names, config and class name, so
+    Matterport's ``mrcnn_class_conv1``/``conv2`` weights load unchanged; other shapes and
+    settings run Keras' own code.
+    """
+
+    def call(self, inputs):
+        height, width, channels = inputs.shape[-3], inputs.shape[-2], inputs.shape[-1]
+        whole = (len(inputs.shape) == 4 and self.padding == "valid"
+                 and self.data_format == "channels_last"
+                 and tuple(self.strides) == (1, 1) and tuple(self.dilation_rate) == (1, 1)
+                 and self.groups == 1 and tuple(self.kernel_size) == (height, width))
+        if not whole:
+            return super().call(inputs)
+        size = height * width * channels
+        kernel = ops.reshape(ops.cast(self.kernel, inputs.dtype), (size, self.filters))
+        y = ops.matmul(ops.reshape(inputs, (-1, size)), kernel)
+        if self.use_bias:
+            y = y + ops.cast(self.bias, y.dtype)
+        y = ops.reshape(y, (-1, 1, 1, self.filters))
+        return self.activation(y) if self.activation is not None else y
 
 
 def fpn_classifier_graph(rois, feature_maps: list, pool_size: int,
@@ -35,12 +66,11 @@ def fpn_classifier_graph(rois, feature_maps: list, pool_size: int,
                         name="roi_align_classifier")([rois] + list(feature_maps))
     x = FlattenRois(name="mrcnn_class_flatten_rois")(x)
     if config.BOX_HEAD == "2fc":
-        x = layers.Conv2D(fc_size, pool_size, padding="valid", name="mrcnn_class_conv1",
-                          kernel_initializer="he_normal")(x)
+        x = Conv2D(fc_size, pool_size, padding="valid", name="mrcnn_class_conv1",
+                   kernel_initializer="he_normal")(x)
         x = norm_layer(norm, "mrcnn_class_bn1", groups)(x)
         x = layers.Activation("relu")(x)
-        x = layers.Conv2D(fc_size, 1, name="mrcnn_class_conv2",
-                          kernel_initializer="he_normal")(x)
+        x = Conv2D(fc_size, 1, name="mrcnn_class_conv2", kernel_initializer="he_normal")(x)
         x = norm_layer(norm, "mrcnn_class_bn2", groups)(x)
         x = layers.Activation("relu")(x)
         x = layers.Reshape((fc_size,), name="pool_squeeze")(x)

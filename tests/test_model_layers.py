@@ -722,3 +722,33 @@ def test_group_norm_names_and_4conv1fc_box_head():
     expected = [n if not n.startswith("bn") else "gn" + n[2:]
                 for n in _matterport_resnet_names("resnet50")]
     assert sorted(weighted_layers(gn)) == sorted(expected)
+
+
+@pytest.mark.parametrize("kernel", [7, 1])
+def test_box_head_fc_conv_as_matmul_equals_keras_conv(kernel):
+    """mrcnn_class_conv1/conv2 (a kernel covering the input) run as a matmul: the output and
+    the gradients equal Keras' Conv2D with the same weights; other shapes use Keras' code."""
+    from mrcnn.box_head import Conv2D
+
+    rng = np.random.default_rng(0)
+    x = tf.constant(rng.normal(size=(5, kernel, kernel, 16)), tf.float32)
+    mine = Conv2D(8, kernel, padding="valid", activation="relu")
+    ref = keras.layers.Conv2D(8, kernel, padding="valid", activation="relu")
+    mine.build(x.shape)
+    ref.build(x.shape)
+    ref.set_weights([rng.normal(size=w.shape).astype("float32") for w in ref.get_weights()])
+    mine.set_weights(ref.get_weights())
+    with tf.GradientTape(persistent=True) as tape:
+        tape.watch(x)
+        out_mine, out_ref = mine(x), ref(x)
+        loss_mine, loss_ref = tf.reduce_sum(out_mine ** 2), tf.reduce_sum(out_ref ** 2)
+    np.testing.assert_allclose(out_mine.numpy(), out_ref.numpy(), rtol=1e-5, atol=1e-4)
+    assert out_mine.shape == (5, 1, 1, 8)
+    for a, b in zip(tape.gradient(loss_mine, [x, *mine.trainable_weights]),
+                    tape.gradient(loss_ref, [x, *ref.trainable_weights])):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-3)
+    # A kernel smaller than the input is an ordinary convolution.
+    big = tf.constant(rng.normal(size=(2, kernel + 2, kernel + 2, 16)), tf.float32)
+    np.testing.assert_allclose(mine(big).numpy(), ref(big).numpy(), rtol=1e-5, atol=1e-4)
+    assert type(mine).__name__ == "Conv2D" and mine.get_config() == ref.get_config() | {
+        "name": mine.name}
