@@ -357,6 +357,16 @@ FROM_SCRATCH: dict[str, Any] = {
 }
 
 
+def _checkpoint_path(spec: str, base: type[Config], model_dir: str) -> str | None:
+    """The file a "last" or PATH --weights value names; None when "last" finds no run."""
+    if spec.lower() != "last":
+        return spec
+    try:
+        return find_last(model_dir, str(base.NAME))
+    except FileNotFoundError:
+        return None
+
+
 def trains_from_scratch(spec: str, base: type[Config], model_dir: str) -> bool:
     """Whether a training command starts (or resumes) a run from random weights.
 
@@ -375,12 +385,9 @@ def trains_from_scratch(spec: str, base: type[Config], model_dir: str) -> bool:
     keyword = spec.lower()
     if keyword in ("none", "imagenet", "coco"):
         return keyword == "none"
-    path = spec
-    if keyword == "last":
-        try:
-            path = find_last(model_dir, str(base.NAME))
-        except FileNotFoundError:
-            return False  # resolve_weights reports it
+    path = _checkpoint_path(spec, base, model_dir)
+    if path is None:
+        return False  # resolve_weights reports it
     from mrcnn.training import read_training_state, resolve_layer_regex  # Keras: on use only
 
     try:
@@ -501,12 +508,9 @@ def norm_for_weights(spec: str, base: type[Config], model_dir: str,
     if keyword in ("imagenet", "coco"):
         norm = None
     else:
-        path = spec
-        if keyword == "last":
-            try:
-                path = find_last(model_dir, str(base.NAME))
-            except FileNotFoundError:
-                return {}  # resolve_weights reports it
+        path = _checkpoint_path(spec, base, model_dir)
+        if path is None:
+            return {}  # resolve_weights reports it
         norm = weights_norm(path)
         if norm == "unknown":
             return {}

@@ -3,7 +3,7 @@
 The graph itself is split along the data flow: ``backbone``, ``fpn``, ``rpn``, ``anchors``,
 ``proposals``, ``roi_align``, ``box_head``, ``mask_head``, ``detection``,
 ``detection_targets``, ``losses``; ``network`` wires them and ``training`` holds the
-loss-computing model. The data pipeline is in ``data``; ``inspection`` gives Matterport's
+loss-computing model. The data pipeline is in ``data``; ``layer_steps`` gives Matterport's
 tensor names their meaning for ``ancestor``. This module re-exports the names Matterport's
 notebooks and scripts use.
 """
@@ -641,8 +641,10 @@ class MaskRCNN:
                                         image_metas[group], windows[group])
             for i, result in zip(group, found):
                 results[i] = result
+        if len(images):
             # Matterport's detect() left the (pixel) anchors of the molded shape in
-            # self.anchors; its notebooks pass them to build_rpn_targets.
+            # self.anchors; its notebooks pass them to build_rpn_targets. Once, for the
+            # last shape, not per shape group.
             self.get_anchors(molded_images.shape[1:])
         return results
 

@@ -391,10 +391,12 @@ class LinearWarmup(keras.callbacks.Callback):
         self._target = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
     def on_train_batch_begin(self, batch, logs=None):
+        if self._target is None:
+            return  # warm-up over for this epoch: no read of the optimizer's step
         factor = self._factor()
-        if factor is not None and self._target is not None:
+        if factor is not None:
             self.model.optimizer.learning_rate.assign(self._target * factor)
-        elif self._target is not None:
+        else:
             self.model.optimizer.learning_rate.assign(self._target)
             self._target = None  # warm-up over: leave the rate to the schedule
 

@@ -66,6 +66,11 @@ class Distribution:
             yield
 
 
+def _cluster_workers(cluster: dict) -> int:
+    """Workers of a TF cluster spec, the chief included."""
+    return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+
+
 def _tf_cluster_workers() -> int:
     """Workers (chief included) that ``TF_CONFIG`` lists; 1 without a cluster."""
     raw = os.environ.get("TF_CONFIG")
@@ -75,7 +80,7 @@ def _tf_cluster_workers() -> int:
         cluster = json.loads(raw).get("cluster", {})
     except (ValueError, AttributeError) as err:
         raise ValueError(f"TF_CONFIG is not valid JSON ({err}): {raw[:200]!r}") from err
-    return sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+    return _cluster_workers(cluster)
 
 
 def _tf_distribution(gpu_count: int) -> Distribution | None:
@@ -101,7 +106,7 @@ def _tf_distribution(gpu_count: int) -> Distribution | None:
     if resolver is not None and resolver.task_type is not None:
         # Keras' convention: the "chief" task, or worker 0 of a cluster without one, writes.
         cluster = resolver.cluster_spec().as_dict()
-        count = sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
+        count = _cluster_workers(cluster)
         task = int(resolver.task_id or 0)
         if "chief" in cluster:
             index = 0 if resolver.task_type == "chief" else 1 + task
@@ -238,7 +243,6 @@ class ClipAfterAllReduce:
     def _all_reduce_sum_gradients(self, grads_and_vars):
         # Summed in _clip_gradients (this method exists on TensorFlow only).
         return grads_and_vars
-
 
 
 def step_output(value):
