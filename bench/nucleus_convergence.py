@@ -37,6 +37,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 from bench.common import device_description  # noqa: E402
+from mrcnn.config import parse_overrides  # noqa: E402
 
 RECIPES = {
     "matterport": {"stages": [("heads", 0.5), ("all", 1.0)],
@@ -75,7 +76,8 @@ def build_datasets(root: str, args):
 
 
 def coco_scores(model, dataset) -> dict[str, float]:
-    """COCO mask AP50 / AP of ``model`` on ``dataset`` (original image coordinates)."""
+    """COCO mask AP50 / AP and recall at IoU 0.5 of ``model`` on ``dataset`` (original image
+    coordinates)."""
     from mrcnn import coco_eval, utils
 
     gt_list, det_list = [], []
@@ -92,8 +94,25 @@ def coco_scores(model, dataset) -> dict[str, float]:
     stats = coco_eval.evaluate(gt_list, det_list, iou_type="segm",
                                class_names=["BG", "nucleus"], verbose=False,
                                max_dets=max(100, most, int(model.config.DETECTION_MAX_INSTANCES)))
-    return {"AP50": stats["AP50"], "AP": stats["AP"],
+    return {"AP50": stats["AP50"], "AP": stats["AP"], "recall50": stats["recall50"],
             "detections": int(sum(len(d["scores"]) for d in det_list))}
+
+
+# Settings the inference model keeps its own value of (one whole image per batch).
+TRAIN_ONLY = ("GPU_COUNT", "IMAGES_PER_GPU", "IMAGE_RESIZE_MODE", "IMAGE_MIN_DIM",
+              "IMAGE_MAX_DIM", "STEPS_PER_EPOCH", "VALIDATION_STEPS")
+
+
+def inference_model(args, name: str, overrides: dict, logs: str):
+    """The nucleus inference model of a run, with the run's model settings and ``overrides``."""
+    from mrcnn import model as modellib
+    from samples.nucleus import nucleus
+
+    model_settings = {k: v for k, v in args.overrides.items() if k not in TRAIN_ONLY}
+    config = type("I", (nucleus.NucleusInferenceConfig,),
+                  {"BACKBONE": args.backbone, "NAME": f"nucbench_{name}",
+                   **model_settings, **overrides})()
+    return modellib.MaskRCNN("inference", config, logs)
 
 
 def run_recipe(name: str, train, test, args, logs: str) -> list[dict]:
@@ -105,16 +124,19 @@ def run_recipe(name: str, train, test, args, logs: str) -> list[dict]:
     from samples.nucleus import nucleus
 
     recipe = RECIPES[name]
+    label = name if not args.label else (
+        args.label if len(args.recipes) == 1 else f"{args.label} {name}")
     size = dict(BACKBONE=args.backbone, IMAGE_MIN_DIM=args.crop, IMAGE_MAX_DIM=args.crop,
                 IMAGES_PER_GPU=args.batch, STEPS_PER_EPOCH=args.steps, VALIDATION_STEPS=2,
                 NAME=f"nucbench_{name}")
-    train_cfg = type("C", (nucleus.NucleusConfig,), {**size, **recipe["config"]})()
-    infer_cfg = type("I", (nucleus.NucleusInferenceConfig,),
-                     {"BACKBONE": args.backbone, "NAME": f"nucbench_{name}"})()
+    train_cfg = type("C", (nucleus.NucleusConfig,),
+                     {**size, **recipe["config"], **args.overrides})()
     model = modellib.MaskRCNN("training", train_cfg, logs)
-    infer = modellib.MaskRCNN("inference", infer_cfg, logs)
+    infer = inference_model(args, name, {}, logs)
     rows: list[dict] = []
-    clock = {"start": time.perf_counter(), "eval": 0.0}
+    # Wall and process CPU time of training only: evaluation time is subtracted.
+    clock = {"start": time.perf_counter(), "cpu": time.process_time(), "eval": 0.0,
+             "eval_cpu": 0.0}
 
     class Score(keras.callbacks.Callback):
         def __init__(self, layers: str):
@@ -122,16 +144,19 @@ def run_recipe(name: str, train, test, args, logs: str) -> list[dict]:
             self.layers = layers
 
         def on_epoch_end(self, epoch, logs=None):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             infer.load_weights(model.find_last())
             scores = coco_scores(infer, test)
             clock["eval"] += time.perf_counter() - t
+            clock["eval_cpu"] += time.process_time() - c
             wall = time.perf_counter() - clock["start"] - clock["eval"]
-            rows.append(dict(recipe=name, epoch=epoch + 1, layers=self.layers,
+            cpu = time.process_time() - clock["cpu"] - clock["eval_cpu"]
+            rows.append(dict(recipe=label, epoch=epoch + 1, layers=self.layers,
                              images=(epoch + 1) * args.steps * args.batch, wall=wall,
-                             **scores))
-            print(f"  {name} epoch {epoch + 1}: AP50 {scores['AP50']:.3f} "
-                  f"AP {scores['AP']:.3f} ({wall:.0f} s)", flush=True)
+                             cpu=cpu, **scores))
+            print(f"  {label} epoch {epoch + 1}: AP50 {scores['AP50']:.3f} "
+                  f"AP {scores['AP']:.3f} recall50 {scores['recall50']:.3f} "
+                  f"({wall:.0f} s)", flush=True)
 
     start_epoch = 0
     for layers, fraction in recipe["stages"]:
@@ -140,7 +165,31 @@ def run_recipe(name: str, train, test, args, logs: str) -> list[dict]:
                     layers=layers, augmentation=nucleus.build_augmentation(),
                     custom_callbacks=[Score(layers)])
         start_epoch = end_epoch
+
+    # Inference settings on the last checkpoint: one model per variant (static shapes).
+    last = model.find_last()
+    for pairs in args.sweep:
+        overrides = parse_overrides(pairs.split(), nucleus.NucleusInferenceConfig)
+        variant = inference_model(args, name, overrides, logs)
+        variant.load_weights(last)
+        scores = coco_scores(variant, test)
+        rows.append(dict(recipe=label, epoch=start_epoch, layers=f"+ {pairs}",
+                         images=start_epoch * args.steps * args.batch, wall=float("nan"),
+                         cpu=float("nan"), **scores))
+        print(f"  {label} {pairs}: AP50 {scores['AP50']:.3f} AP {scores['AP']:.3f} "
+              f"recall50 {scores['recall50']:.3f}", flush=True)
     return rows
+
+
+def step_seconds(rows: list[dict], args) -> tuple[float, float]:
+    """Mean wall and process-CPU seconds per training step after the first epoch (which
+    traces the graph); validation steps included."""
+    trained = [r for r in rows if not r["layers"].startswith("+")]
+    if len(trained) < 2:
+        return float("nan"), float("nan")
+    steps = (trained[-1]["epoch"] - trained[0]["epoch"]) * args.steps
+    return ((trained[-1]["wall"] - trained[0]["wall"]) / steps,
+            (trained[-1]["cpu"] - trained[0]["cpu"]) / steps)
 
 
 def main() -> None:
@@ -156,10 +205,23 @@ def main() -> None:
     parser.add_argument("--train-images", type=int, default=40)
     parser.add_argument("--test-images", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="NucleusConfig overrides on top of each recipe (model settings "
+                             "also apply to the inference model), e.g. --set NORM=bn "
+                             "BOX_HEAD=4conv1fc or RPN_ANCHOR_SCALES='(4,8,16,32,64)'")
+    parser.add_argument("--label", default=None,
+                        help="row name (default: the recipe's name)")
+    parser.add_argument("--sweep", nargs="+", default=[], metavar="'KEY=VALUE ...'",
+                        help="inference settings to evaluate the last checkpoint with, one "
+                             "row each, e.g. --sweep DETECTION_MAX_INSTANCES=100 "
+                             "DETECTION_NMS_THRESHOLD=0.5")
     parser.add_argument("--full", action="store_true",
                         help="the sample's real size (ResNet-50, 512 px crops, batch 6): "
                              "for a GPU")
     args = parser.parse_args()
+    from samples.nucleus import nucleus
+
+    args.overrides = parse_overrides(args.set, nucleus.NucleusConfig)
     if args.full:
         args.backbone, args.crop, args.batch, args.field = "resnet50", 512, 6, 512
         args.steps, args.epochs, args.train_images = 100, 20, 200
@@ -178,16 +240,23 @@ def main() -> None:
     print()
     print("command: python bench/nucleus_convergence.py " + " ".join(sys.argv[1:]))
     print(device_description())
+    norm = args.overrides.get("NORM", nucleus.NucleusConfig.NORM)
     print(f"data: {args.train_images} train / {args.test_images} held-out synthetic fields of "
-          f"{args.field} px, {per_image:.0f} nuclei per image; model: {args.backbone} GN, "
-          f"{args.crop} px crops, batch {args.batch}, {args.steps} steps per epoch")
+          f"{args.field} px, {per_image:.0f} nuclei per image; model: {args.backbone} "
+          f"{norm}, {args.crop} px crops, batch {args.batch}, {args.steps} steps per epoch; "
+          f"settings: {args.overrides or 'as the recipe'}")
+    wall_step, cpu_step = step_seconds(rows, args)
+    print(f"training step after epoch 1: {wall_step:.2f} s wall, {cpu_step:.2f} s process "
+          "CPU (validation steps included)")
     print()
-    print("| recipe | epoch | layers | images seen | train wall (s) | mask AP50 | mask AP | "
-          "detections |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| recipe | epoch | layers / inference settings | images seen | train wall (s) | "
+          "mask AP50 | mask AP | recall@0.5 | detections |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        wall = "" if np.isnan(r["wall"]) else f"{r['wall']:.0f}"
         print(f"| {r['recipe']} | {r['epoch']} | {r['layers']} | {r['images']} | "
-              f"{r['wall']:.0f} | {r['AP50']:.3f} | {r['AP']:.3f} | {r['detections']} |")
+              f"{wall} | {r['AP50']:.3f} | {r['AP']:.3f} | {r['recall50']:.3f} | "
+              f"{r['detections']} |")
 
 
 if __name__ == "__main__":

@@ -316,7 +316,8 @@ def evaluate(
             cells, crowds) have more objects than that, and AP with 100 caps their recall:
             set it above the largest instance count. AP and AP50 then count up to
             ``max_dets`` detections; ``AR_max`` is the recall at ``max_dets`` (COCOeval's
-            own ``AR100`` stays at 100 detections, -1 when 100 is not evaluated).
+            own ``AR100`` stays at 100 detections, -1 when 100 is not evaluated), averaged
+            over IoU .50:.95, and ``recall50`` the recall at IoU 0.5 and ``max_dets``.
 
     Returns:
         A dict with ``stats`` (float array of the 12 COCOeval stats), the same values under
@@ -423,6 +424,11 @@ def evaluate_results(
     recall = cocoeval.eval["recall"][:, :, 0, -1]
     valid = recall[recall > -1]
     out["AR_max"] = float(valid.mean()) if valid.size else -1.0
+    # Recall at IoU 0.5 and max_dets (mean over classes): the share of objects that some
+    # kept detection covers, what DETECTION_MAX_INSTANCES and NMS settings cap.
+    recall50 = cocoeval.eval["recall"][t50, :, 0, -1]
+    valid50 = recall50[recall50 > -1]
+    out["recall50"] = float(valid50.mean()) if valid50.size else -1.0
     out["per_class_ap"] = per_class
     out["per_class_ap50"] = per_class50
     out["cocoeval"] = cocoeval

@@ -180,8 +180,32 @@ def test_max_dets_lifts_the_recall_cap_of_dense_images(iou_type):
     assert capped["AR100"] == pytest.approx(100 / 150) == capped["AR_max"]
     assert full["AP50"] == pytest.approx(1.0) and full["AP"] == pytest.approx(1.0)
     assert full["AR_max"] == pytest.approx(1.0)
+    assert capped["recall50"] == pytest.approx(100 / 150)
+    assert full["recall50"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="max_dets"):
         coco_eval.evaluate(gt, det, iou_type, verbose=False, max_dets=0)
+
+
+@pytest.mark.parametrize("iou_type", ["bbox", "segm"])
+def test_recall50_counts_objects_covered_at_iou_one_half(iou_type):
+    # 20 disjoint 5x5 squares, each detected one pixel to the right (IoU 20/30 = 0.667),
+    # 5 more never detected: recall at IoU 0.5 is 20/25; averaged over COCO's IoU
+    # thresholds .50:.95 it is 20/25 * 4/10 (0.50, 0.55, 0.60, 0.65 pass).
+    gt_masks = np.zeros((60, 100, 25), bool)
+    det_masks = np.zeros((60, 100, 20), bool)
+    for k in range(25):
+        y, x = divmod(k, 10)
+        gt_masks[8 * y:8 * y + 5, 8 * x + 2:8 * x + 7, k] = True
+        if k < 20:
+            det_masks[8 * y:8 * y + 5, 8 * x + 3:8 * x + 8, k] = True
+    gt = [dict(image_id=1, height=60, width=100, boxes=utils.extract_bboxes(gt_masks),
+               class_ids=np.ones(25, np.int32), masks=gt_masks)]
+    det = [dict(image_id=1, rois=utils.extract_bboxes(det_masks),
+                class_ids=np.ones(20, np.int32), scores=np.linspace(1, 0.5, 20),
+                masks=det_masks)]
+    res = coco_eval.evaluate(gt, det, iou_type, verbose=False)
+    assert res["recall50"] == pytest.approx(20 / 25)
+    assert res["AR_max"] == pytest.approx(20 / 25 * 4 / 10)
 
 
 @pytest.mark.parametrize("iou_type", ["bbox", "segm"])
