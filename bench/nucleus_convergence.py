@@ -111,7 +111,7 @@ def inference_model(args, name: str, overrides: dict, logs: str):
     model_settings = {k: v for k, v in args.overrides.items() if k not in TRAIN_ONLY}
     config = type("I", (nucleus.NucleusInferenceConfig,),
                   {"BACKBONE": args.backbone, "NAME": f"nucbench_{name}",
-                   **model_settings, **overrides})()
+                   **model_settings, **args.infer_overrides, **overrides})()
     return modellib.MaskRCNN("inference", config, logs)
 
 
@@ -209,6 +209,11 @@ def main() -> None:
                         help="NucleusConfig overrides on top of each recipe (model settings "
                              "also apply to the inference model), e.g. --set NORM=bn "
                              "BOX_HEAD=4conv1fc or RPN_ANCHOR_SCALES='(4,8,16,32,64)'")
+    parser.add_argument("--infer-set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="NucleusInferenceConfig overrides for every evaluation, e.g. "
+                             "--infer-set IMAGE_MIN_DIM=256 with --set IMAGE_MIN_SCALE=1.0 "
+                             "(inference pads whole images and scales them up to "
+                             "IMAGE_MIN_DIM, 512 by default)")
     parser.add_argument("--label", default=None,
                         help="row name (default: the recipe's name)")
     parser.add_argument("--sweep", nargs="+", default=[], metavar="'KEY=VALUE ...'",
@@ -222,6 +227,7 @@ def main() -> None:
     from samples.nucleus import nucleus
 
     args.overrides = parse_overrides(args.set, nucleus.NucleusConfig)
+    args.infer_overrides = parse_overrides(args.infer_set, nucleus.NucleusInferenceConfig)
     if args.full:
         args.backbone, args.crop, args.batch, args.field = "resnet50", 512, 6, 512
         args.steps, args.epochs, args.train_images = 100, 20, 200
@@ -244,7 +250,8 @@ def main() -> None:
     print(f"data: {args.train_images} train / {args.test_images} held-out synthetic fields of "
           f"{args.field} px, {per_image:.0f} nuclei per image; model: {args.backbone} "
           f"{norm}, {args.crop} px crops, batch {args.batch}, {args.steps} steps per epoch; "
-          f"settings: {args.overrides or 'as the recipe'}")
+          f"settings: {args.overrides or 'as the recipe'}, inference: "
+          f"{args.infer_overrides or 'NucleusInferenceConfig'}")
     wall_step, cpu_step = step_seconds(rows, args)
     print(f"training step after epoch 1: {wall_step:.2f} s wall, {cpu_step:.2f} s process "
           "CPU (validation steps included)")
