@@ -27,8 +27,15 @@ def refine_detections_graph(rois, probs, deltas, window, config):
     """
     rois = ops.cast(rois, "float32")
     probs = ops.cast(probs, "float32")
-    class_ids = ops.cast(ops.argmax(probs, axis=2), "int32")  # [B, N]
-    scores = ops.max(probs, axis=2)
+    if getattr(config, "DETECTION_SCORE_MODE", "argmax") == "foreground":
+        # The best object class and its probability, even where background is likelier:
+        # DETECTION_MIN_CONFIDENCE alone decides (torchvision's and detectron2's rule).
+        class_ids = ops.cast(ops.argmax(probs[:, :, 1:], axis=2), "int32") + 1
+        scores = ops.max(probs[:, :, 1:], axis=2)
+    else:
+        # Matterport: the argmax over all classes; an ROI that is rather background is gone.
+        class_ids = ops.cast(ops.argmax(probs, axis=2), "int32")  # [B, N]
+        scores = ops.max(probs, axis=2)
     class_deltas = ops.take_along_axis(
         ops.cast(deltas, "float32"), class_ids[:, :, None, None], axis=2)[:, :, 0]
     class_deltas = class_deltas * np.asarray(config.BBOX_STD_DEV, np.float32)
@@ -67,8 +74,9 @@ class DetectionLayer(PlainConfigMixin, layers.Layer):
     Args:
         config: a ``Config`` to read the values below from (Matterport's signature).
         bbox_std_dev, detection_min_confidence, detection_max_instances,
-        detection_nms_threshold: the Config values (keyword arguments, see
-            ``mrcnn.layer_config``).
+        detection_nms_threshold, detection_score_mode: the Config values (keyword
+            arguments, see ``mrcnn.layer_config``). A layer saved before
+            detection_score_mode existed loads with "argmax", what it did then.
 
     Call args:
         inputs: [rois [B, N, 4], mrcnn_class [B, N, C], mrcnn_bbox [B, N, C, 4],
@@ -80,9 +88,11 @@ class DetectionLayer(PlainConfigMixin, layers.Layer):
     """
 
     CONFIG_KEYS = ("BBOX_STD_DEV", "DETECTION_MIN_CONFIDENCE", "DETECTION_MAX_INSTANCES",
-                   "DETECTION_NMS_THRESHOLD")
+                   "DETECTION_NMS_THRESHOLD", "DETECTION_SCORE_MODE")
 
     def __init__(self, config=None, **kwargs):
+        if config is None:
+            kwargs.setdefault("detection_score_mode", "argmax")
         super().__init__(**self._take_config(config, kwargs))
 
     def call(self, inputs):

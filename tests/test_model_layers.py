@@ -407,9 +407,14 @@ def test_detection_target_masks_round_half_to_even():
 # ------------------------------------------------------------------------ DetectionLayer
 
 def _detection_reference(rois, probs, deltas, window, config):
-    """Matterport's refine_detections in NumPy: per-class utils.non_max_suppression."""
-    class_ids = probs.argmax(axis=1)
-    scores = probs.max(axis=1)
+    """Matterport's refine_detections in NumPy: per-class utils.non_max_suppression.
+    DETECTION_SCORE_MODE "foreground": the best non-background class, whatever BG's score."""
+    if getattr(config, "DETECTION_SCORE_MODE", "argmax") == "foreground":
+        class_ids = probs[:, 1:].argmax(axis=1) + 1
+        scores = probs[:, 1:].max(axis=1)
+    else:
+        class_ids = probs.argmax(axis=1)
+        scores = probs.max(axis=1)
     d = deltas[np.arange(len(rois)), class_ids] * config.BBOX_STD_DEV
     boxes = utils.apply_box_deltas(rois, d)
     wy1, wx1, wy2, wx2 = window
@@ -432,8 +437,10 @@ def _detection_reference(rois, probs, deltas, window, config):
     return out, len(selected)
 
 
-def test_detection_layer_matches_per_class_nms():
+@pytest.mark.parametrize("mode", ["argmax", "foreground"])
+def test_detection_layer_matches_per_class_nms(mode):
     config = LayerConfig()
+    config.DETECTION_SCORE_MODE = mode
     rng = np.random.default_rng(4)
     batch, n, c = 2, 40, config.NUM_CLASSES
     # Image 64x64 with a window (image content) in rows 8..56.
@@ -468,6 +475,7 @@ def test_detection_layer_matches_per_class_nms():
     # confidence threshold and the NMS both remove detections.
     assert counts[0] == config.DETECTION_MAX_INSTANCES and 0 < counts[1] < counts[0]
     untruncated = LayerConfig()
+    untruncated.DETECTION_SCORE_MODE = mode
     untruncated.DETECTION_MAX_INSTANCES = n
     _, full_count = _detection_reference(rois[0], probs[0], deltas[0], window, untruncated)
     for attr, value in (("DETECTION_MIN_CONFIDENCE", 0.0), ("DETECTION_NMS_THRESHOLD", 1.0)):
@@ -475,6 +483,35 @@ def test_detection_layer_matches_per_class_nms():
         _, count = _detection_reference(rois[0], probs[0], deltas[0], window, untruncated)
         assert count > full_count, attr
         setattr(untruncated, attr, getattr(config, attr))
+
+
+def test_foreground_score_mode_keeps_what_argmax_keeps_and_rois_likelier_background():
+    # Two classes (BG, object): an ROI with P(object) 0.3 is dropped by Matterport's argmax
+    # and kept by "foreground" at DETECTION_MIN_CONFIDENCE 0.2; the confident ROI is kept by
+    # both with the same box and score.
+    config = LayerConfig()
+    config.NUM_CLASSES = 2
+    config.DETECTION_MIN_CONFIDENCE = 0.2
+    meta = compose_image_meta(0, (64, 64, 3), (64, 64, 3), np.array([0, 0, 64, 64]), 1.0,
+                              np.ones(2))[None].astype(np.float32)
+    rois = np.array([[[0.1, 0.1, 0.3, 0.3], [0.6, 0.6, 0.9, 0.9]]], np.float32)
+    probs = np.array([[[0.1, 0.9], [0.7, 0.3]]], np.float32)
+    deltas = np.zeros((1, 2, 2, 4), np.float32)
+    out = {}
+    for mode in ("argmax", "foreground"):
+        config.DETECTION_SCORE_MODE = mode
+        out[mode] = _np(DetectionLayer(config)([rois, probs, deltas, meta]))[0]
+    np.testing.assert_allclose(out["argmax"][0], [0.1, 0.1, 0.3, 0.3, 1, 0.9], atol=1e-6)
+    assert (out["argmax"][1:] == 0).all()
+    np.testing.assert_allclose(out["foreground"][:2], [[0.1, 0.1, 0.3, 0.3, 1, 0.9],
+                                                      [0.6, 0.6, 0.9, 0.9, 1, 0.3]], atol=1e-6)
+    # Saved before the setting existed: loads as "argmax".
+    legacy = DetectionLayer(bbox_std_dev=[0.1, 0.1, 0.2, 0.2], detection_min_confidence=0.2,
+                            detection_max_instances=config.DETECTION_MAX_INSTANCES,
+                            detection_nms_threshold=0.3)
+    assert legacy.get_config()["detection_score_mode"] == "argmax"
+    np.testing.assert_allclose(_np(legacy([rois, probs, deltas, meta]))[0], out["argmax"],
+                               atol=1e-6)
 
 
 # ---------------------------------------------------------------------------- Losses
