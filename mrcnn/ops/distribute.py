@@ -37,9 +37,10 @@ class Distribution:
             batch (JAX); False when each feeds the global batch and the engine keeps its
             part (tf.distribute's auto-sharding).
         global_batch_norm: whether trainable BatchNorm (NORM="bn") sees the statistics of
-            the global batch: True under JAX's SPMD; False under tf.distribute, where
-            each replica normalizes with its own images (Keras' synchronized BatchNorm
-            aborted this graph's step with a collective-order mismatch on TF 2.21).
+            the global batch: True on both engines (JAX's SPMD program sees the global
+            batch; under tf.distribute ``norm.SyncBatchNormalization`` all-reduces its
+            sums). An engine that left each replica its own statistics would set False,
+            and ``MaskRCNN`` warns then.
         xla_step: whether the train step can be XLA-compiled: True on JAX; False under
             tf.distribute, where Keras compiles the whole multi-replica step as one XLA
             cluster, which cannot reach the replicas' variables on other devices ("Trying
@@ -51,7 +52,7 @@ class Distribution:
     process_count: int = 1
     process_index: int = 0
     per_process_input: bool = False
-    global_batch_norm: bool = False
+    global_batch_norm: bool = True
     xla_step: bool = False
 
     @property
@@ -98,7 +99,7 @@ def _tf_distribution(gpu_count: int) -> Distribution | None:
                 f"Config.GPU_COUNT = {gpu_count} but TensorFlow sees {len(devices)} "
                 f"{kind} device(s) ({[d.name for d in devices]}): set GPU_COUNT to the number "
                 "of GPUs to train on (CUDA_VISIBLE_DEVICES limits what TensorFlow sees).")
-        strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:gpu_count]])
+        strategy = _mirrored_strategy(tuple(d.name for d in devices[:gpu_count]))
     else:
         return None
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -113,6 +114,26 @@ def _tf_distribution(gpu_count: int) -> Distribution | None:
         else:
             index = task
     return Distribution(strategy, int(strategy.num_replicas_in_sync), count, index)
+
+
+_MIRRORED: dict = {}
+
+
+def _mirrored_strategy(devices: tuple):
+    """One ``MirroredStrategy`` per device list and process.
+
+    Every new ``MirroredStrategy`` numbers its collectives from the same keys (group 1,
+    instances from 100), and TensorFlow keeps the shapes of a collective instance for the
+    process: a second strategy's first all-reduce met the first one's ("Shape mismatch in
+    the collective instance 100 ... expected shape [513] but another member in the group
+    expected shape [1]") once two models with different collectives were trained in one
+    process. Reusing the strategy continues its numbering.
+    """
+    if devices not in _MIRRORED:
+        import tensorflow as tf
+
+        _MIRRORED[devices] = tf.distribute.MirroredStrategy(list(devices))
+    return _MIRRORED[devices]
 
 
 _MULTI_WORKER = None
@@ -144,7 +165,7 @@ def _jax_distribution(gpu_count: int) -> Distribution | None:
         return None
     engine = keras.distribution.DataParallel(devices=devices)
     return Distribution(engine, len(devices), jax.process_count(), jax.process_index(),
-                        per_process_input=True, global_batch_norm=True, xla_step=True)
+                        per_process_input=True, xla_step=True)
 
 
 def make_distribution(gpu_count: int) -> Distribution | None:
@@ -195,14 +216,18 @@ def _tf_replica_context():
     return context
 
 
-def replica_sum(value):
+def replica_sum(value, gradient: bool = False):
     """Sum ``value`` over the replicas of a ``tf.distribute`` step; identity elsewhere.
 
     Used on the counts the losses divide by, so that each replica's loss is its share of the
-    global mean. Under JAX's SPMD data parallelism the value is global already.
+    global mean, and on BatchNorm's sums (``norm.BatchNormalization``). Under JAX's SPMD data
+    parallelism the value is global already.
 
     Args:
-        value: a tensor (no gradient flows through the sum).
+        value: a tensor.
+        gradient: let the gradient flow back through the sum (it is all-reduced itself, so
+            each replica gets the gradient of every replica's loss with respect to its part).
+            False: no gradient flows.
 
     Returns:
         The summed tensor.
@@ -210,7 +235,7 @@ def replica_sum(value):
     context = _tf_replica_context()
     if context is None:
         return value
-    return context.all_reduce("sum", keras.ops.stop_gradient(value))
+    return context.all_reduce("sum", value if gradient else keras.ops.stop_gradient(value))
 
 
 def loss_replicas() -> int:
