@@ -1,7 +1,9 @@
 """Data-parallel training runs for ``tests/test_distribute.py``, one backend per process.
 
-``python -m tests.distribute_run equal OUT_DIR [sgd_gn,adamw_gn,sgd_bn]`` (TensorFlow: 2 logical CPU
-devices; JAX: run with ``XLA_FLAGS=--xla_force_host_platform_device_count=2``) trains the
+``python -m tests.distribute_run equal OUT_DIR [sgd_gn,adamw_gn,sgd_bn [nodetect]]``
+(TensorFlow: 2 logical CPU devices; JAX: run with
+``XLA_FLAGS=--xla_force_host_platform_device_count=2`` and, on a CPU with few cores,
+``PJRT_NPROC=8``: see README "JAX: keras.distribution.DataParallel") trains the
 same tiny model from the same weights on the same 4 images for 3 steps, on 1 device x 4
 images and on 2 replicas x 2 images, with each optimizer, and prints one ``RESULT`` JSON
 line: weight and optimizer-state differences, the losses, and the detections of
@@ -101,7 +103,7 @@ def detections(config, checkpoint: str, model_dir: Path) -> list:
              "scores": r["scores"].tolist()} for r in out]
 
 
-def run_equal(out: Path, cases: str = "sgd_gn,adamw_gn,sgd_bn") -> None:
+def run_equal(out: Path, cases: str = "sgd_gn,adamw_gn,sgd_bn", detect: str = "detect") -> None:
     import keras
 
     from mrcnn.model import MaskRCNN
@@ -135,9 +137,10 @@ def run_equal(out: Path, cases: str = "sgd_gn,adamw_gn,sgd_bn") -> None:
             "moment_rel_diff": _moment_diff(one.find_last(), two.find_last()),
             "loss_one": one.keras_model.history.history["loss"],
             "loss_two": two.keras_model.history.history["loss"],
-            "detect_one": detections(one.config, one.find_last(), out / "infer"),
-            "detect_two": detections(two.config, two.find_last(), out / "infer"),
         }
+        if detect == "detect":
+            result[key].update(detect_one=detections(one.config, one.find_last(), out / "infer"),
+                               detect_two=detections(two.config, two.find_last(), out / "infer"))
     print("RESULT " + json.dumps(result))
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -42,9 +43,15 @@ class Distribution:
             sums). An engine that left each replica its own statistics would set False,
             and ``MaskRCNN`` warns then.
         xla_step: whether the train step can be XLA-compiled: True on JAX; False under
-            tf.distribute, where Keras compiles the whole multi-replica step as one XLA
-            cluster, which cannot reach the replicas' variables on other devices ("Trying
-            to access resource ... located in device CPU:1 from device CPU:0").
+            tf.distribute. Keras compiles the whole multi-replica step as one XLA cluster,
+            which cannot reach the replicas' variables on other devices ("Trying to access
+            resource ... located in device CPU:1 from device CPU:0"). Compiling each
+            replica's forward and gradient alone (variables passed in as values) does
+            compile, but this step all-reduces inside the forward pass (the losses' counts,
+            BatchNorm's sums), and TensorFlow 2.21 has no XLA collectives on CPUs
+            ("Collectives are not yet implemented for CPU devices when compiling with
+            XLA"; through ``ReplicaContext.all_reduce``, a ``merge_call`` inside the
+            compiled function is refused). TensorFlow compiles them only for GPUs.
     """
 
     engine: Any
@@ -163,9 +170,27 @@ def _jax_distribution(gpu_count: int) -> Distribution | None:
         devices = devices[:gpu_count]
     else:
         return None
+    host = [d for d in devices if d.platform == "cpu" and d.process_index == jax.process_index()]
+    if len(host) > 1 and _cpu_pool_threads() < 2 * len(host):
+        warnings.warn(
+            f"Data parallelism over {len(host)} CPU devices with {_cpu_pool_threads()} "
+            "threads for XLA:CPU: its all-reduce can deadlock (each device's program holds "
+            "a thread of the pool while it waits for the others'; measured on 2 cores). Set "
+            f"PJRT_NPROC={2 * len(host)} (or more) in the environment before JAX starts.",
+            UserWarning, stacklevel=3)
     engine = keras.distribution.DataParallel(devices=devices)
     return Distribution(engine, len(devices), jax.process_count(), jax.process_index(),
                         per_process_input=True, xla_step=True)
+
+
+def _cpu_pool_threads() -> int:
+    """Threads of XLA:CPU's PjRt client pool: XLA's DefaultThreadPoolSize (PJRT_NPROC or
+    NPROC from the environment, else the cores this process may use)."""
+    for name in ("PJRT_NPROC", "NPROC"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def make_distribution(gpu_count: int) -> Distribution | None:
