@@ -10,8 +10,8 @@ line: weight and optimizer-state differences, the losses, and the detections of
 single-device inference models loaded from each run's checkpoint.
 
 ``python -m tests.distribute_run worker OUT_DIR`` is one worker of a ``TF_CONFIG`` cluster
-(``MultiWorkerMirroredStrategy``): it trains 3 steps and prints a digest of its weights and
-the checkpoints it finds under OUT_DIR.
+(``MultiWorkerMirroredStrategy``): it trains 3 steps (NORM="bn") and prints a digest of its
+weights and the checkpoints it finds under OUT_DIR.
 
 Random ROI sampling draws other numbers on 2 replicas than on 1 device, so ``EqualConfig``
 makes it pick every candidate: 8 proposals + 5 GT boxes fit in the 14 positive slots, and
@@ -175,7 +175,8 @@ def run_worker(out: Path) -> None:
     from mrcnn.model import MaskRCNN
     from tests.tiny import shapes_dataset
 
-    config = make_config(2)
+    # Trainable BatchNorm: its statistics are all-reduced across the two processes.
+    config = make_config(2, norm="bn")
     # Asked for, but not applicable under tf.distribute (MaskRCNN.compile warns, runs a graph).
     config.JIT_COMPILE = True
     keras.utils.set_random_seed(0)

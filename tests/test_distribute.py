@@ -11,8 +11,9 @@ that they overlap (``tests/distribute_run.py`` holds what they run):
   the same.
 - JAX, ``keras.distribution.DataParallel`` over 2 host devices: the same comparison (SGD,
   GroupNorm), weights to 1e-3 of their largest move.
-- TensorFlow ``MultiWorkerMirroredStrategy``: two worker processes on 127.0.0.1 (TF_CONFIG),
-  each bounded by a timeout, end with the same weights; only the chief writes a checkpoint.
+- TensorFlow ``MultiWorkerMirroredStrategy``: two worker processes on 127.0.0.1 (TF_CONFIG,
+  trainable BatchNorm all-reduced across them), each bounded by a timeout, end with the same
+  weights; only the chief writes a checkpoint.
 """
 
 from __future__ import annotations
