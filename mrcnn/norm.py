@@ -46,12 +46,12 @@ class SyncBatchNormalization(layers.BatchNormalization):
     """Trainable BatchNorm whose training statistics are those of the global batch.
 
     Under ``tf.distribute`` each replica sees only its IMAGES_PER_GPU images; this layer
-    all-reduces [sum(x), sum(x^2), count] per channel (one all-reduce of their
-    concatenation, through ``ops.distribute.replica_sum``) and takes the mean and variance
-    of the global batch from them, so that N replicas x B images normalize (and update the
-    moving statistics) as 1 device x N*B images. The gradient flows through the sums.
-    Keras' ``BatchNormalization(synchronized=True)`` makes three all-reduces per layer and
-    aborted this model's step with a collective-order mismatch (TF 2.21).
+    all-reduces [sum(d), sum(d^2), count] per channel, d = x - moving mean (one all-reduce
+    of their concatenation, through ``ops.distribute.replica_sum``), and takes the mean and
+    variance of the global batch from them, so that N replicas x B images normalize (and
+    update the moving statistics) as 1 device x N*B images. The gradient flows through the
+    sums. Keras' ``BatchNormalization(synchronized=True)`` makes three all-reduces per layer
+    and is refused on other backends (a model saved with it would not load on JAX).
 
     Elsewhere (one device; JAX, whose SPMD program sees the global batch) it is Keras'
     ``BatchNormalization``: same weights, names and config, so its checkpoints load into
@@ -59,7 +59,7 @@ class SyncBatchNormalization(layers.BatchNormalization):
     """
 
     def _moments(self, inputs, mask):
-        if loss_replicas() == 1:
+        if loss_replicas() == 1:  # one device, or JAX's SPMD program: the batch is global
             return super()._moments(inputs, mask)
         axes = self._reduction_axes
         channels = [1] * len(inputs.shape)
