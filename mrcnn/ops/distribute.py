@@ -171,11 +171,12 @@ def _jax_distribution(gpu_count: int) -> Distribution | None:
     else:
         return None
     host = [d for d in devices if d.platform == "cpu" and d.process_index == jax.process_index()]
-    if len(host) > 1 and _cpu_pool_threads() < 2 * len(host):
+    # Measured with 2 devices: 2 pool threads deadlock fit's first all-reduce, 3 do not.
+    if len(host) > 1 and _cpu_pool_threads() <= len(host):
         warnings.warn(
             f"Data parallelism over {len(host)} CPU devices with {_cpu_pool_threads()} "
             "threads for XLA:CPU: its all-reduce can deadlock (each device's program holds "
-            "a thread of the pool while it waits for the others'; measured on 2 cores). Set "
+            "a thread of the pool while it waits for the others'). Set "
             f"PJRT_NPROC={2 * len(host)} (or more) in the environment before JAX starts.",
             UserWarning, stacklevel=3)
     engine = keras.distribution.DataParallel(devices=devices)
