@@ -183,7 +183,7 @@ class MaskRCNN:
         if self.distribution and config.NORM == "bn" and not self.distribution.global_batch_norm:
             warnings.warn(
                 f"{type(config).__name__}.NORM = 'bn' with {self.distribution.num_replicas} "
-                "tf.distribute replicas: each replica computes BatchNorm statistics over its "
+                "replicas: each replica computes BatchNorm statistics over its "
                 f"own {config.IMAGES_PER_GPU} image(s), not the global batch (not "
                 "synchronized). Prefer NORM = 'gn' or 'frozen_bn' for data-parallel training.",
                 UserWarning, stacklevel=2)

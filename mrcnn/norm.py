@@ -9,7 +9,9 @@ confused with (or loaded from) a BatchNorm one.
 from __future__ import annotations
 
 import keras
-from keras import layers
+from keras import layers, ops
+
+from mrcnn.ops.distribute import loss_replicas, replica_sum
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
@@ -37,6 +39,52 @@ class FrozenBatchNormalization(layers.BatchNormalization):
 
     def call(self, inputs, training=None, mask=None):
         return super().call(inputs, training=False, mask=mask)
+
+
+@keras.saving.register_keras_serializable(package="mrcnn")
+class SyncBatchNormalization(layers.BatchNormalization):
+    """Trainable BatchNorm whose training statistics are those of the global batch.
+
+    Under ``tf.distribute`` each replica sees only its IMAGES_PER_GPU images; this layer
+    all-reduces [sum(d), sum(d^2), count] per channel, d = x - moving mean (one all-reduce
+    of their concatenation, through ``ops.distribute.replica_sum``), and takes the mean and
+    variance of the global batch from them, so that N replicas x B images normalize (and
+    update the moving statistics) as 1 device x N*B images. The gradient flows through the
+    sums. Keras' ``BatchNormalization(synchronized=True)`` makes three all-reduces per layer
+    and is refused on other backends (a model saved with it would not load on JAX).
+
+    Elsewhere (one device; JAX, whose SPMD program sees the global batch) it is Keras'
+    ``BatchNormalization``: same weights, names and config, so its checkpoints load into
+    either.
+    """
+
+    def _moments(self, inputs, mask):
+        if loss_replicas() == 1:  # one device, or JAX's SPMD program: the batch is global
+            return super()._moments(inputs, mask)
+        axes = self._reduction_axes
+        channels = [1] * len(inputs.shape)
+        channels[self.axis] = -1
+        # Sums of x - moving_mean (a constant): the one-pass variance E[d^2] - E[d]^2 then
+        # cancels less than with raw x once the moving mean has come near the batch mean.
+        shift = ops.stop_gradient(ops.cast(self.moving_mean, inputs.dtype))
+        x = inputs - ops.reshape(shift, channels)
+        if mask is None:
+            shape = ops.shape(x)
+            count = ops.convert_to_tensor(1.0, x.dtype)
+            for axis in axes:
+                count = count * ops.cast(shape[axis], x.dtype)
+        else:
+            weights = ops.cast(ops.expand_dims(mask, -1), x.dtype)
+            x = x * weights
+            count = ops.sum(weights)
+        stats = replica_sum(ops.concatenate([
+            ops.sum(x, axes), ops.sum(ops.square(x), axes), ops.reshape(count, (1,))]),
+            gradient=True)
+        size = shift.shape[0]
+        total = ops.maximum(stats[-1], 1.0)
+        mean = stats[:size] / total
+        variance = ops.maximum(stats[size:2 * size] / total - ops.square(mean), 0.0)
+        return mean + shift, variance
 
 
 def norm_name(name: str, norm: str) -> str:
@@ -75,7 +123,7 @@ def norm_layer(norm: str, name: str, gn_groups: int = 32,
     if norm == "frozen_bn":
         return FrozenBatchNormalization(name=name)
     if norm == "bn":
-        return layers.BatchNormalization(name=name, gamma_initializer=gamma_init)
+        return SyncBatchNormalization(name=name, gamma_initializer=gamma_init)
     if norm == "gn":
         return layers.GroupNormalization(groups=gn_groups, name=norm_name(name, norm),
                                          gamma_initializer=gamma_init)

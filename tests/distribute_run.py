@@ -1,15 +1,17 @@
 """Data-parallel training runs for ``tests/test_distribute.py``, one backend per process.
 
-``python -m tests.distribute_run equal OUT_DIR [sgd,adamw]`` (TensorFlow: 2 logical CPU
-devices; JAX: run with ``XLA_FLAGS=--xla_force_host_platform_device_count=2``) trains the
+``python -m tests.distribute_run equal OUT_DIR [sgd_gn,adamw_gn,sgd_bn [nodetect]]``
+(TensorFlow: 2 logical CPU devices; JAX: run with
+``XLA_FLAGS=--xla_force_host_platform_device_count=2`` and, on a CPU with few cores,
+``PJRT_NPROC=8``: see README "JAX: keras.distribution.DataParallel") trains the
 same tiny model from the same weights on the same 4 images for 3 steps, on 1 device x 4
 images and on 2 replicas x 2 images, with each optimizer, and prints one ``RESULT`` JSON
 line: weight and optimizer-state differences, the losses, and the detections of
 single-device inference models loaded from each run's checkpoint.
 
 ``python -m tests.distribute_run worker OUT_DIR`` is one worker of a ``TF_CONFIG`` cluster
-(``MultiWorkerMirroredStrategy``): it trains 3 steps and prints a digest of its weights and
-the checkpoints it finds under OUT_DIR.
+(``MultiWorkerMirroredStrategy``): it trains 3 steps (NORM="bn") and prints a digest of its
+weights and the checkpoints it finds under OUT_DIR.
 
 Random ROI sampling draws other numbers on 2 replicas than on 1 device, so ``EqualConfig``
 makes it pick every candidate: 8 proposals + 5 GT boxes fit in the 14 positive slots, and
@@ -41,8 +43,9 @@ def configure_devices() -> None:
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
 
-def make_config(gpu_count: int, optimizer: str = "sgd"):
-    """The tiny GroupNorm model with a global batch of 4 on ``gpu_count`` replicas."""
+def make_config(gpu_count: int, optimizer: str = "sgd", norm: str = "gn"):
+    """The tiny model (``norm`` in its heads) with a global batch of 4 on ``gpu_count``
+    replicas."""
     from tests.tiny import TinyFastConfig
 
     class EqualConfig(TinyFastConfig):
@@ -56,6 +59,7 @@ def make_config(gpu_count: int, optimizer: str = "sgd"):
         VALIDATION_STEPS = 0
         DATA_WORKERS = 0
         OPTIMIZER = optimizer
+        NORM = norm
 
     return EqualConfig()
 
@@ -86,6 +90,9 @@ def detections(config, checkpoint: str, model_dir: Path) -> list:
     class Infer(type(config)):
         GPU_COUNT = 1
         IMAGES_PER_GPU = 1
+        # A trainable BatchNorm's checkpoint loads by name into frozen BatchNorm, as
+        # Matterport's inference models have it.
+        NORM = "frozen_bn" if config.NORM == "bn" else config.NORM
 
     model = MaskRCNN("inference", Infer(), str(model_dir))
     model.load_weights(checkpoint, by_name=True)
@@ -96,25 +103,32 @@ def detections(config, checkpoint: str, model_dir: Path) -> list:
              "scores": r["scores"].tolist()} for r in out]
 
 
-def run_equal(out: Path, cases: str = "sgd,adamw") -> None:
+def run_equal(out: Path, cases: str = "sgd_gn,adamw_gn,sgd_bn", detect: str = "detect") -> None:
     import keras
 
     from mrcnn.model import MaskRCNN
 
     configure_devices()
     result = {}
-    for optimizer in cases.split(","):
-        key = f"{optimizer}_gn"
+    for key in cases.split(","):
+        optimizer, norm = key.split("_")
         lr = 0.02 if optimizer == "sgd" else 0.001
         keras.utils.set_random_seed(0)
-        fresh = MaskRCNN("training", make_config(1, optimizer), str(out / "x"))
+        fresh = MaskRCNN("training", make_config(1, optimizer, norm), str(out / "x"))
         start = str(out / key / "start.h5")
         os.makedirs(os.path.dirname(start), exist_ok=True)
         fresh.save_weights(start)
-        one = train_run(make_config(1, optimizer), out / key / "one", start, lr)
-        two = train_run(make_config(2, optimizer), out / key / "two", start, lr)
+        one = train_run(make_config(1, optimizer, norm), out / key / "one", start, lr)
+        two = train_run(make_config(2, optimizer, norm), out / key / "two", start, lr)
         w0, w1, w2 = weights_of(fresh), weights_of(one), weights_of(two)
+        paths = [w.path for w in one.keras_model.weights]
+        trainable = {w.path for w in one.keras_model.trainable_weights}
         result[key] = {
+            "trainable_max_abs_diff": _max_abs(w1, w2, paths, trainable.__contains__),
+            "trainable_max_abs_change": _max_abs(w1, w0, paths, trainable.__contains__),
+            "moving_rel_diff": max((float(np.max(np.abs(a - b)) / np.max(np.abs(a - c)))
+                                    for p, a, b, c in zip(paths, w1, w2, w0)
+                                    if "moving_" in p), default=0.0),
             "replicas": two.distribution.num_replicas,
             "max_abs_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(w1, w2)),
             "max_abs_change": max(float(np.max(np.abs(a - b))) for a, b in zip(w1, w0)),
@@ -123,10 +137,16 @@ def run_equal(out: Path, cases: str = "sgd,adamw") -> None:
             "moment_rel_diff": _moment_diff(one.find_last(), two.find_last()),
             "loss_one": one.keras_model.history.history["loss"],
             "loss_two": two.keras_model.history.history["loss"],
-            "detect_one": detections(one.config, one.find_last(), out / "infer"),
-            "detect_two": detections(two.config, two.find_last(), out / "infer"),
         }
+        if detect == "detect":
+            result[key].update(detect_one=detections(one.config, one.find_last(), out / "infer"),
+                               detect_two=detections(two.config, two.find_last(), out / "infer"))
     print("RESULT " + json.dumps(result))
+
+
+def _max_abs(a: list, b: list, paths: list, keep) -> float:
+    """Largest |a - b| over the variables whose path ``keep`` accepts."""
+    return max(float(np.max(np.abs(x - y))) for x, y, p in zip(a, b, paths) if keep(p))
 
 
 def _mean_abs(a: list, b: list) -> float:
@@ -135,12 +155,17 @@ def _mean_abs(a: list, b: list) -> float:
 
 def _moment_diff(path_one: str, path_two: str) -> float:
     """Largest difference of the optimizer's slot variables (momentum; Adam's moments)
-    between two checkpoints, relative to the largest value of each variable."""
+    between two checkpoints, relative to the largest value of each variable.
+
+    Slots below 1e-6 of the largest one are left out: those of a conv bias in front of a
+    BatchNorm, whose gradient is 0 but for rounding (the norm subtracts any bias)."""
     from mrcnn.training import read_training_state
 
     one, two = (read_training_state(p)["optimizer"] for p in (path_one, path_two))
-    return max(float(np.max(np.abs(a - b)) / max(np.max(np.abs(a)), 1e-30))
-               for (_, a), (_, b) in zip(one, two) if a.size > 1)
+    pairs = [(a, b) for (_, a), (_, b) in zip(one, two) if a.size > 1]
+    largest = max(float(np.max(np.abs(a))) for a, _ in pairs)
+    return max(float(np.max(np.abs(a - b)) / np.max(np.abs(a))) for a, b in pairs
+               if np.max(np.abs(a)) > 1e-6 * largest)
 
 
 def run_worker(out: Path) -> None:
@@ -150,7 +175,8 @@ def run_worker(out: Path) -> None:
     from mrcnn.model import MaskRCNN
     from tests.tiny import shapes_dataset
 
-    config = make_config(2)
+    # Trainable BatchNorm: its statistics are all-reduced across the two processes.
+    config = make_config(2, norm="bn")
     # Asked for, but not applicable under tf.distribute (MaskRCNN.compile warns, runs a graph).
     config.JIT_COMPILE = True
     keras.utils.set_random_seed(0)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -37,13 +38,20 @@ class Distribution:
             batch (JAX); False when each feeds the global batch and the engine keeps its
             part (tf.distribute's auto-sharding).
         global_batch_norm: whether trainable BatchNorm (NORM="bn") sees the statistics of
-            the global batch: True under JAX's SPMD; False under tf.distribute, where
-            each replica normalizes with its own images (Keras' synchronized BatchNorm
-            aborted this graph's step with a collective-order mismatch on TF 2.21).
+            the global batch: True on both engines (JAX's SPMD program sees the global
+            batch; under tf.distribute ``norm.SyncBatchNormalization`` all-reduces its
+            sums). An engine that left each replica its own statistics would set False,
+            and ``MaskRCNN`` warns then.
         xla_step: whether the train step can be XLA-compiled: True on JAX; False under
-            tf.distribute, where Keras compiles the whole multi-replica step as one XLA
-            cluster, which cannot reach the replicas' variables on other devices ("Trying
-            to access resource ... located in device CPU:1 from device CPU:0").
+            tf.distribute. Keras compiles the whole multi-replica step as one XLA cluster,
+            which cannot reach the replicas' variables on other devices ("Trying to access
+            resource ... located in device CPU:1 from device CPU:0"). Compiling each
+            replica's forward and gradient alone (variables passed in as values) does
+            compile, but this step all-reduces inside the forward pass (the losses' counts,
+            BatchNorm's sums), and TensorFlow 2.21 has no XLA collectives on CPUs
+            ("Collectives are not yet implemented for CPU devices when compiling with
+            XLA"; through ``ReplicaContext.all_reduce``, a ``merge_call`` inside the
+            compiled function is refused). TensorFlow compiles them only for GPUs.
     """
 
     engine: Any
@@ -51,7 +59,7 @@ class Distribution:
     process_count: int = 1
     process_index: int = 0
     per_process_input: bool = False
-    global_batch_norm: bool = False
+    global_batch_norm: bool = True
     xla_step: bool = False
 
     @property
@@ -98,7 +106,7 @@ def _tf_distribution(gpu_count: int) -> Distribution | None:
                 f"Config.GPU_COUNT = {gpu_count} but TensorFlow sees {len(devices)} "
                 f"{kind} device(s) ({[d.name for d in devices]}): set GPU_COUNT to the number "
                 "of GPUs to train on (CUDA_VISIBLE_DEVICES limits what TensorFlow sees).")
-        strategy = tf.distribute.MirroredStrategy([d.name for d in devices[:gpu_count]])
+        strategy = _mirrored_strategy(tuple(d.name for d in devices[:gpu_count]))
     else:
         return None
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -113,6 +121,26 @@ def _tf_distribution(gpu_count: int) -> Distribution | None:
         else:
             index = task
     return Distribution(strategy, int(strategy.num_replicas_in_sync), count, index)
+
+
+_MIRRORED: dict = {}
+
+
+def _mirrored_strategy(devices: tuple):
+    """One ``MirroredStrategy`` per device list and process.
+
+    Every new ``MirroredStrategy`` numbers its collectives from the same keys (group 1,
+    instances from 100), and TensorFlow keeps the shapes of a collective instance for the
+    process: a second strategy's first all-reduce met the first one's ("Shape mismatch in
+    the collective instance 100 ... expected shape [513] but another member in the group
+    expected shape [1]") once two models with different collectives were trained in one
+    process. Reusing the strategy continues its numbering.
+    """
+    if devices not in _MIRRORED:
+        import tensorflow as tf
+
+        _MIRRORED[devices] = tf.distribute.MirroredStrategy(list(devices))
+    return _MIRRORED[devices]
 
 
 _MULTI_WORKER = None
@@ -142,9 +170,28 @@ def _jax_distribution(gpu_count: int) -> Distribution | None:
         devices = devices[:gpu_count]
     else:
         return None
+    host = [d for d in devices if d.platform == "cpu" and d.process_index == jax.process_index()]
+    # Measured with 2 devices: 2 pool threads deadlock fit's first all-reduce, 3 do not.
+    if len(host) > 1 and _cpu_pool_threads() <= len(host):
+        warnings.warn(
+            f"Data parallelism over {len(host)} CPU devices with {_cpu_pool_threads()} "
+            "threads for XLA:CPU: its all-reduce can deadlock (each device's program holds "
+            "a thread of the pool while it waits for the others'). Set "
+            f"PJRT_NPROC={2 * len(host)} (or more) in the environment before JAX starts.",
+            UserWarning, stacklevel=3)
     engine = keras.distribution.DataParallel(devices=devices)
     return Distribution(engine, len(devices), jax.process_count(), jax.process_index(),
-                        per_process_input=True, global_batch_norm=True, xla_step=True)
+                        per_process_input=True, xla_step=True)
+
+
+def _cpu_pool_threads() -> int:
+    """Threads of XLA:CPU's PjRt client pool: XLA's DefaultThreadPoolSize (PJRT_NPROC or
+    NPROC from the environment, else the cores this process may use)."""
+    for name in ("PJRT_NPROC", "NPROC"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def make_distribution(gpu_count: int) -> Distribution | None:
@@ -195,14 +242,18 @@ def _tf_replica_context():
     return context
 
 
-def replica_sum(value):
+def replica_sum(value, gradient: bool = False):
     """Sum ``value`` over the replicas of a ``tf.distribute`` step; identity elsewhere.
 
     Used on the counts the losses divide by, so that each replica's loss is its share of the
-    global mean. Under JAX's SPMD data parallelism the value is global already.
+    global mean, and on BatchNorm's sums (``norm.BatchNormalization``). Under JAX's SPMD data
+    parallelism the value is global already.
 
     Args:
-        value: a tensor (no gradient flows through the sum).
+        value: a tensor.
+        gradient: let the gradient flow back through the sum (it is all-reduced itself, so
+            each replica gets the gradient of every replica's loss with respect to its part).
+            False: no gradient flows.
 
     Returns:
         The summed tensor.
@@ -210,7 +261,7 @@ def replica_sum(value):
     context = _tf_replica_context()
     if context is None:
         return value
-    return context.all_reduce("sum", keras.ops.stop_gradient(value))
+    return context.all_reduce("sum", value if gradient else keras.ops.stop_gradient(value))
 
 
 def loss_replicas() -> int:
