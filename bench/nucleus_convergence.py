@@ -1,6 +1,6 @@
 """Nucleus sample from scratch on synthetic nuclei: COCO mask AP50 / AP per recipe.
 
-    python bench/nucleus_convergence.py                      # CPU, reduced size (~25 min)
+    python bench/nucleus_convergence.py                      # CPU, reduced size (~13 min on 2 cores)
     python bench/nucleus_convergence.py --recipes adamw sgd matterport --epochs 8
     python bench/nucleus_convergence.py --epochs 4 --set "RPN_ANCHOR_SCALES=(4,8,16,32,64)" \
         --sweep DETECTION_SCORE_MODE=foreground "DETECTION_MAX_INSTANCES=100"
