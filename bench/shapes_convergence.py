@@ -43,10 +43,9 @@ def main() -> None:
 
     import mrcnn.model as modellib
     from mrcnn import metrics
+    from mrcnn.config import parse_overrides
     from mrcnn.ops import resolve_jit_compile
     from samples.shapes import shapes
-
-    from mrcnn.config import parse_overrides
 
     logs = args.logs or tempfile.mkdtemp(prefix="shapes_bench_")
     overrides = parse_overrides(args.set, shapes.ShapesConfig)
@@ -54,13 +53,12 @@ def main() -> None:
                        {"STEPS_PER_EPOCH": args.steps, **overrides})
 
     class EpochClock(keras.callbacks.Callback):
-        """Wall time since the start of train() at the end of each epoch."""
+        """Wall and process CPU time since the start of train() at the end of each epoch."""
 
         def __init__(self, start: float):
             super().__init__()
             self.start = start
             self.seconds: list[float] = []
-
             self.cpu_start = time.process_time()
             self.cpu: list[float] = []
 

@@ -350,6 +350,13 @@ def evaluate(
                             max_dets=max_dets)
 
 
+def _defined_mean(values: np.ndarray, undefined: float) -> float:
+    """Mean of COCOeval's entries that are defined (-1 marks "nothing to measure", e.g. no
+    ground truth for a class); ``undefined`` when none is."""
+    valid = values[values > -1]
+    return float(valid.mean()) if valid.size else undefined
+
+
 def evaluate_results(
     coco_gt: COCO,
     results: Sequence[dict],
@@ -399,9 +406,7 @@ def evaluate_results(
     if int(max_dets) != 100:
         # COCOeval's summary computes AP@[.5:.95] at a hard-coded 100 detections (-1 when
         # 100 is not evaluated); recompute it at max_dets like its other AP stats.
-        precision_all = cocoeval.eval["precision"][:, :, :, 0, -1]
-        valid = precision_all[precision_all > -1]
-        stats[0] = float(valid.mean()) if valid.size else -1.0
+        stats[0] = _defined_mean(cocoeval.eval["precision"][:, :, :, 0, -1], -1.0)
         if verbose:
             print(f"AP @[ IoU=0.50:0.95 | area=   all | maxDets={int(max_dets)} ] = "
                   f"{stats[0]:.3f} (the first line above is at 100 detections)")
@@ -414,21 +419,14 @@ def evaluate_results(
     t50 = int(np.argmin(np.abs(iou_thrs - 0.5)))
     per_class, per_class50 = {}, {}
     for k, cat_id in enumerate(cocoeval.params.catIds):
-        p = precision[:, :, k, 0, -1]
-        valid = p[p > -1]  # -1 marks "no ground truth for this class"
-        per_class[int(cat_id)] = float(valid.mean()) if valid.size else float("nan")
-        p50 = precision[t50, :, k, 0, -1]
-        valid50 = p50[p50 > -1]
-        per_class50[int(cat_id)] = float(valid50.mean()) if valid50.size else float("nan")
-    # Average recall at the largest maxDets (area "all"), whatever its value.
-    recall = cocoeval.eval["recall"][:, :, 0, -1]
-    valid = recall[recall > -1]
-    out["AR_max"] = float(valid.mean()) if valid.size else -1.0
-    # Recall at IoU 0.5 and max_dets (mean over classes): the share of objects that some
+        per_class[int(cat_id)] = _defined_mean(precision[:, :, k, 0, -1], float("nan"))
+        per_class50[int(cat_id)] = _defined_mean(precision[t50, :, k, 0, -1], float("nan"))
+    # recall: [T, K, A, M]. Average recall at the largest maxDets (area "all"), whatever
+    # its value, over IoU .50:.95; and at IoU 0.5 alone: the share of objects that some
     # kept detection covers, what DETECTION_MAX_INSTANCES and NMS settings cap.
-    recall50 = cocoeval.eval["recall"][t50, :, 0, -1]
-    valid50 = recall50[recall50 > -1]
-    out["recall50"] = float(valid50.mean()) if valid50.size else -1.0
+    recall = cocoeval.eval["recall"]
+    out["AR_max"] = _defined_mean(recall[:, :, 0, -1], -1.0)
+    out["recall50"] = _defined_mean(recall[t50, :, 0, -1], -1.0)
     out["per_class_ap"] = per_class
     out["per_class_ap50"] = per_class50
     out["cocoeval"] = cocoeval

@@ -27,15 +27,12 @@ def refine_detections_graph(rois, probs, deltas, window, config):
     """
     rois = ops.cast(rois, "float32")
     probs = ops.cast(probs, "float32")
-    if getattr(config, "DETECTION_SCORE_MODE", "argmax") == "foreground":
-        # The best object class and its probability, even where background is likelier:
-        # DETECTION_MIN_CONFIDENCE alone decides (torchvision's and detectron2's rule).
-        class_ids = ops.cast(ops.argmax(probs[:, :, 1:], axis=2), "int32") + 1
-        scores = ops.max(probs[:, :, 1:], axis=2)
-    else:
-        # Matterport: the argmax over all classes; an ROI that is rather background is gone.
-        class_ids = ops.cast(ops.argmax(probs, axis=2), "int32")  # [B, N]
-        scores = ops.max(probs, axis=2)
+    # Matterport ("argmax"): the most probable of all classes, so an ROI that is rather
+    # background is gone below. "foreground" (torchvision, detectron2): the most probable
+    # object class, even where background is likelier; DETECTION_MIN_CONFIDENCE decides.
+    first = 1 if config.DETECTION_SCORE_MODE == "foreground" else 0
+    class_ids = ops.cast(ops.argmax(probs[:, :, first:], axis=2), "int32") + first  # [B, N]
+    scores = ops.max(probs[:, :, first:], axis=2)
     class_deltas = ops.take_along_axis(
         ops.cast(deltas, "float32"), class_ids[:, :, None, None], axis=2)[:, :, 0]
     class_deltas = class_deltas * np.asarray(config.BBOX_STD_DEV, np.float32)

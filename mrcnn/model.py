@@ -180,13 +180,6 @@ class MaskRCNN:
         self.model_dir = model_dir
         # Only training is data-parallel: detect() runs its batches on one device.
         self.distribution = make_distribution(config.GPU_COUNT) if mode == "training" else None
-        if self.distribution and config.NORM == "bn" and not self.distribution.global_batch_norm:
-            warnings.warn(
-                f"{type(config).__name__}.NORM = 'bn' with {self.distribution.num_replicas} "
-                "replicas: each replica computes BatchNorm statistics over its "
-                f"own {config.IMAGES_PER_GPU} image(s), not the global batch (not "
-                "synchronized). Prefer NORM = 'gn' or 'frozen_bn' for data-parallel training.",
-                UserWarning, stacklevel=2)
         self.set_log_dir()
         with self._distributed():
             self.keras_model = self.build(mode=mode, config=config)

@@ -130,8 +130,8 @@ def run_equal(out: Path, cases: str = "sgd_gn,adamw_gn,sgd_bn", detect: str = "d
                                     for p, a, b, c in zip(paths, w1, w2, w0)
                                     if "moving_" in p), default=0.0),
             "replicas": two.distribution.num_replicas,
-            "max_abs_diff": max(float(np.max(np.abs(a - b))) for a, b in zip(w1, w2)),
-            "max_abs_change": max(float(np.max(np.abs(a - b))) for a, b in zip(w1, w0)),
+            "max_abs_diff": _max_abs(w1, w2, paths, lambda p: True),
+            "max_abs_change": _max_abs(w1, w0, paths, lambda p: True),
             "mean_abs_diff": _mean_abs(w1, w2),
             "mean_abs_change": _mean_abs(w1, w0),
             "moment_rel_diff": _moment_diff(one.find_last(), two.find_last()),

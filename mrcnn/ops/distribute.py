@@ -37,11 +37,6 @@ class Distribution:
         per_process_input: True when each process feeds only its own part of the global
             batch (JAX); False when each feeds the global batch and the engine keeps its
             part (tf.distribute's auto-sharding).
-        global_batch_norm: whether trainable BatchNorm (NORM="bn") sees the statistics of
-            the global batch: True on both engines (JAX's SPMD program sees the global
-            batch; under tf.distribute ``norm.SyncBatchNormalization`` all-reduces its
-            sums). An engine that left each replica its own statistics would set False,
-            and ``MaskRCNN`` warns then.
         xla_step: whether the train step can be XLA-compiled: True on JAX; False under
             tf.distribute. Keras compiles the whole multi-replica step as one XLA cluster,
             which cannot reach the replicas' variables on other devices ("Trying to access
@@ -59,7 +54,6 @@ class Distribution:
     process_count: int = 1
     process_index: int = 0
     per_process_input: bool = False
-    global_batch_norm: bool = True
     xla_step: bool = False
 
     @property
@@ -172,9 +166,10 @@ def _jax_distribution(gpu_count: int) -> Distribution | None:
         return None
     host = [d for d in devices if d.platform == "cpu" and d.process_index == jax.process_index()]
     # Measured with 2 devices: 2 pool threads deadlock fit's first all-reduce, 3 do not.
-    if len(host) > 1 and _cpu_pool_threads() <= len(host):
+    threads = _cpu_pool_threads()
+    if len(host) > 1 and threads <= len(host):
         warnings.warn(
-            f"Data parallelism over {len(host)} CPU devices with {_cpu_pool_threads()} "
+            f"Data parallelism over {len(host)} CPU devices with {threads} "
             "threads for XLA:CPU: its all-reduce can deadlock (each device's program holds "
             "a thread of the pool while it waits for the others'). Set "
             f"PJRT_NPROC={2 * len(host)} (or more) in the environment before JAX starts.",
@@ -246,7 +241,7 @@ def replica_sum(value, gradient: bool = False):
     """Sum ``value`` over the replicas of a ``tf.distribute`` step; identity elsewhere.
 
     Used on the counts the losses divide by, so that each replica's loss is its share of the
-    global mean, and on BatchNorm's sums (``norm.BatchNormalization``). Under JAX's SPMD data
+    global mean, and on BatchNorm's sums (``norm.SyncBatchNormalization``). Under JAX's SPMD data
     parallelism the value is global already.
 
     Args:
