@@ -48,6 +48,7 @@ import numpy as np
 from mrcnn import utils  # NumPy only
 from mrcnn.config import Config  # NumPy only
 from mrcnn.dataset import Dataset, load_image_file
+from mrcnn.errors import InputError  # noqa: F401  (re-exported: cli.InputError)
 from mrcnn.tiny import TINY_ENV, tiny_requested  # noqa: F401  (part of this module's API)
 
 # Checkpoints and TensorBoard logs, unless --logs says otherwise.
@@ -64,14 +65,6 @@ WEIGHT_KEYWORDS = ("none", "last", "imagenet", "coco")
 ############################################################
 #  Errors
 ############################################################
-
-class InputError(ValueError):
-    """Bad input from the user (paths, annotation files, images, arguments).
-
-    The command lines print it as one line ``<prog>: error: <message>`` and exit with
-    status 2; library users get an ordinary ``ValueError`` subclass.
-    """
-
 
 def fail(message: str) -> NoReturn:
     """Raise ``InputError(message)``."""

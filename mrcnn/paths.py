@@ -1,0 +1,70 @@
+"""Paths read from data files stay inside their folder.
+
+A dataset file (a COCO or VIA json, a folder layout) names images and masks; a hostile or
+careless one names ``../../etc/passwd`` or an absolute path, or a symlink inside the folder
+points outside it. ``inside`` resolves such a name against its root, following symlinks, and
+refuses anything that lands outside, naming the entry and the file. A user who really keeps
+images elsewhere says so explicitly (``allow_outside=True``). NumPy-free, standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mrcnn.errors import UnsafePathError
+
+
+def is_within(path: str, root: str) -> bool:
+    """Return whether ``path`` (after resolving symlinks) lies inside ``root`` (resolved).
+
+    Args:
+        path: a path to test.
+        root: the folder it must stay in.
+
+    Returns:
+        True when the real path of ``path`` is ``root``'s real path or below it.
+    """
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    return os.path.commonpath([real_root, real]) == real_root
+
+
+def inside(root: str, name: str, *, what: str = "file", source: str = "",
+           allow_outside: bool = False) -> str:
+    """Join ``name`` (read from a data file) to ``root`` and check it stays inside.
+
+    Args:
+        root: the folder the data file's paths are relative to (e.g. the image root).
+        name: the path as written in the data file.
+        what: how to call the entry in an error (e.g. "image 17 'file_name'").
+        source: the data file the name comes from, named in the error.
+        allow_outside: accept absolute paths and paths leaving ``root`` (the user's explicit
+            choice); the joined path is returned as is.
+
+    Returns:
+        The joined path (``os.path.join(root, name)``; not resolved, so messages and
+        ``image_info`` keep the user's spelling).
+
+    Raises:
+        UnsafePathError: ``name`` is empty, absolute, or resolves outside ``root`` (symlinks
+            followed), and ``allow_outside`` is False.
+    """
+    if not isinstance(name, str) or not name:
+        raise UnsafePathError(f"{_where(what, source)}: expected a relative file name, "
+                              f"got {name!r}")
+    path = os.path.join(root, name)
+    if allow_outside:
+        return path
+    if os.path.isabs(name) or os.path.splitdrive(name)[0]:
+        raise UnsafePathError(
+            f"{_where(what, source)}: absolute path {name!r} is not allowed; paths in a data "
+            f"file are relative to {root!r} (pass allow_outside=True to accept it)")
+    if not is_within(path, root):
+        raise UnsafePathError(
+            f"{_where(what, source)}: path {name!r} leaves the folder {root!r} (it resolves "
+            f"to {os.path.realpath(path)!r}; pass allow_outside=True to accept it)")
+    return path
+
+
+def _where(what: str, source: str) -> str:
+    return f"{source}: {what}" if source else what
