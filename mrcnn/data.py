@@ -3,7 +3,7 @@
 How one training example is made (``DataGenerator.load_batch``)::
 
     Dataset.load_image / load_mask
-      -> load_image_gt: check, resize (Config.IMAGE_RESIZE_MODE), augment (albumentations),
+      -> load_image_gt: check, resize (Config.IMAGE_RESIZE_MODE), augment (albumentations or imgaug),
          drop vanished instances, cap at MAX_GT_INSTANCES, pad to IMAGE_SHAPE, boxes,
          mini masks, image meta
       -> build_rpn_targets: anchor labels and box deltas for the RPN
@@ -20,7 +20,8 @@ Randomness: ``resize_image``'s crop, the MAX_GT_INSTANCES subset and the RPN anc
 sampling draw from an ``rng`` argument, by default ``np.random`` (seed it to
 reproduce them, as with Matterport). ``DataGenerator`` passes each batch its own
 ``RandomState`` seeded by (seed, epoch, batch index), so worker threads reproduce a seeded
-run; albumentations transforms use their own generator (``A.Compose(..., seed=...)``).
+run: an imgaug augmenter is seeded per image from that state (``mrcnn.augment``);
+albumentations transforms use their own generator (``A.Compose(..., seed=...)``).
 """
 
 from __future__ import annotations
@@ -30,12 +31,13 @@ import math
 import os
 import warnings
 import weakref
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import keras
 import numpy as np
 
 from mrcnn import transform, utils
+from mrcnn.augment import apply_augmentation, check_augmentation
 from mrcnn.anchors import compute_backbone_shapes, pyramid_anchors
 from mrcnn.dataset import as_model_image, check_mask
 
@@ -82,57 +84,6 @@ def describe_image(dataset: Any, image_id: int) -> str:
         return f"image_id={image_id!r}"
 
 
-def _transform_name(transform: Any) -> str:
-    """Short name of an albumentations transform, e.g. ``Compose([HorizontalFlip, Rotate])``."""
-    children = getattr(transform, "transforms", None)
-    if children is not None:
-        try:
-            inner = ", ".join(_transform_name(t) for t in children)
-            return f"{type(transform).__name__}([{inner}])"
-        except TypeError:
-            pass
-    return type(transform).__name__
-
-
-def _apply_augmentation(augmentation: Callable, image: np.ndarray, mask: np.ndarray,
-                        where: str) -> tuple[np.ndarray, np.ndarray]:
-    """Run an albumentations transform on the image and its instance masks together.
-
-    Masks go in as ``masks`` [N, H, W] (one array per instance), so each instance keeps its
-    own channel, geometric transforms move them with the image and pixel-level transforms
-    leave them alone.
-    """
-    name = _transform_name(augmentation)
-    count = mask.shape[-1]
-    data = {"image": image}
-    if count:
-        # albumentations cannot stack an empty mask list, so zero instances pass no masks.
-        data["masks"] = np.ascontiguousarray(np.moveaxis(mask, -1, 0).astype(np.uint8))
-    result = augmentation(**data)
-    if not isinstance(result, dict) or "image" not in result:
-        raise TypeError(f"augmentation {name} must be an albumentations transform: called as "
-                        f"transform(image=..., masks=...) it must return a dict with 'image', "
-                        f"got {type(result).__name__}")
-    new_image = np.asarray(result["image"])
-    if new_image.shape != image.shape:
-        raise ValueError(
-            f"{where}: augmentation {name} changed the image shape from {image.shape} to "
-            f"{new_image.shape}. The model's input shape is fixed by the Config, so the "
-            "transform must keep it (crop and resize back, e.g. A.RandomSizedCrop with "
-            "size=(height, width), or let IMAGE_RESIZE_MODE='crop' do the cropping).")
-    if new_image.dtype != image.dtype:
-        if image.dtype == np.uint8:
-            new_image = np.clip(np.rint(new_image), 0, 255)
-        new_image = new_image.astype(image.dtype)
-    if not count:
-        return new_image, mask
-    new_masks = np.asarray(result.get("masks"))
-    if new_masks.shape != (count,) + image.shape[:2]:
-        raise ValueError(f"{where}: augmentation {name} returned masks of shape "
-                         f"{new_masks.shape}, expected {(count,) + image.shape[:2]}")
-    return new_image, np.moveaxis(new_masks, 0, -1) > 0
-
-
 def _pad_to_image_shape(image: np.ndarray, mask: np.ndarray, config: Any,
                         where: str) -> tuple[np.ndarray, np.ndarray]:
     """Zero-pad image and masks at the bottom/right to config.IMAGE_SHAPE (training shape)."""
@@ -157,7 +108,7 @@ def load_image_gt(
     dataset: Any,
     config: Any,
     image_id: int,
-    augmentation: Callable | None = None,
+    augmentation: Any = None,
     use_mini_mask: bool = False,
     *,
     augment: bool = False,
@@ -177,10 +128,12 @@ def load_image_gt(
         dataset: a prepared ``utils.Dataset``.
         config: a ``Config``.
         image_id: internal image id.
-        augmentation: an albumentations transform (``A.Compose([...])`` or a single one),
-            applied to the image and its masks together after resizing. Geometric
-            transforms move the masks, pixel-level ones change the image only. It must keep
-            the image shape. (A bool here is taken as Matterport's old ``augment``.)
+        augmentation: an albumentations transform (``A.Compose([...])`` or a single one)
+            or an imgaug augmenter (Matterport's semantics, see
+            ``mrcnn.augment.apply_augmentation``), applied to the image and its masks
+            together after resizing. Geometric transforms move the masks, pixel-level ones
+            change the image only. It must keep the image shape. (A bool here is taken as
+            Matterport's old ``augment``.)
         use_mini_mask: return masks cropped to their box and resized to MINI_MASK_SHAPE.
         augment: deprecated (Matterport): flip left/right with probability 0.5.
         fixed_shape: training mode: zero-pad the image and masks at the bottom/right to
@@ -188,8 +141,9 @@ def load_image_gt(
             and raise if the resized image is larger. ``DataGenerator`` sets it; the default
             keeps Matterport's behaviour (the image as ``resize_image`` returns it), which
             inference configs and notebooks rely on.
-        rng: ``np.random.RandomState`` for the crop, the deprecated flip and the
-            MAX_GT_INSTANCES subset (default: the global ``np.random``, as Matterport).
+        rng: ``np.random.RandomState`` for the crop, the deprecated flip, the seed of an
+            imgaug augmenter's copy and the MAX_GT_INSTANCES subset (default: the global
+            ``np.random``, and an imgaug augmenter's own random state, as Matterport).
             ``DataGenerator`` passes one per batch so that worker threads stay reproducible.
 
     Returns:
@@ -201,6 +155,7 @@ def load_image_gt(
             ``use_mini_mask``.
 
     Raises:
+        TypeError: ``augmentation`` is neither albumentations nor imgaug (before loading).
         ValueError: bad ``load_image``/``load_mask`` output, a shape-changing augmentation
             or (``fixed_shape``) an image larger than IMAGE_SHAPE; messages name the image.
     """
@@ -210,6 +165,7 @@ def load_image_gt(
     random = np.random if rng is None else rng
     if isinstance(augmentation, bool):  # Matterport's positional order had augment first
         augment, augmentation = augment or augmentation, None
+    check_augmentation(augmentation, "load_image_gt(augmentation=...)")
 
     # Shape checked, NaN/inf rejected, non-uint8 pixels converted as Dataset.load_image
     # converts files.
@@ -240,7 +196,7 @@ def load_image_gt(
         if random.randint(0, 2):
             image, mask = np.fliplr(image), np.fliplr(mask)
     if augmentation is not None:
-        image, mask = _apply_augmentation(augmentation, image, mask, where)
+        image, mask = apply_augmentation(augmentation, image, mask, where, rng)
         # Augmentation can push instances out of the image entirely (resizing and
         # cropping have dropped theirs already).
         present = mask.any(axis=0).any(axis=0)  # 40x faster than any(axis=(0, 1))
@@ -622,7 +578,8 @@ class DataGenerator(keras.utils.PyDataset):
     sampling, the MAX_GT_INSTANCES subset, substitutes for broken images) from its own
     ``np.random.RandomState`` seeded by (seed, epoch, idx), never from the shared global
     state: a seeded run gives the same batches whatever the number of workers.
-    albumentations transforms keep their own generator (seed them with
+    An imgaug augmenter is copied and seeded per image from the batch's state, so it is
+    reproduced too; albumentations transforms keep their own generator (seed them with
     ``A.Compose(..., seed=...)``; with several workers their draws interleave).
 
     Broken images: if loading an image fails (any exception in ``load_image``,
@@ -636,7 +593,8 @@ class DataGenerator(keras.utils.PyDataset):
         dataset: a prepared ``utils.Dataset``.
         config: a ``Config``.
         shuffle: shuffle the image order at the start and after every epoch.
-        augmentation: albumentations transform applied to images and masks.
+        augmentation: albumentations transform or imgaug augmenter applied to images and
+            masks; anything else raises a TypeError here, before any image is loaded.
         no_augmentation_sources: dataset sources whose images are never augmented.
         batch_size: images per batch (default ``config.BATCH_SIZE``).
         seed: seed of the epoch order and of every batch's randomness (default: drawn from
@@ -656,7 +614,7 @@ class DataGenerator(keras.utils.PyDataset):
         dataset: Any,
         config: Any,
         shuffle: bool = True,
-        augmentation: Callable | None = None,
+        augmentation: Any = None,
         no_augmentation_sources: Sequence[str] | None = None,
         batch_size: int | None = None,
         seed: int | None = None,
@@ -665,6 +623,7 @@ class DataGenerator(keras.utils.PyDataset):
     ) -> None:
         pydataset_kwargs.setdefault("workers", int(config.DATA_WORKERS))
         pydataset_kwargs.setdefault("use_multiprocessing", bool(config.DATA_USE_MULTIPROCESSING))
+        check_augmentation(augmentation, "DataGenerator(augmentation=...)")
         super().__init__(**pydataset_kwargs)
         self.dataset = dataset
         self.config = config
@@ -729,7 +688,7 @@ class DataGenerator(keras.utils.PyDataset):
         return (tuple(inputs),)
 
     # -- one image -----------------------------------------------------------------------
-    def _augmentation_for(self, image_id: int) -> Callable | None:
+    def _augmentation_for(self, image_id: int) -> Any:
         if self.augmentation is None or not self.no_augmentation_sources:
             return self.augmentation
         source = self.dataset.image_info[image_id]["source"]

@@ -23,6 +23,7 @@ import numpy as np
 
 from mrcnn import runs, transform, utils  # noqa: F401  (modellib.utils: Matterport surface)
 from mrcnn.allocator import allocator_callbacks
+from mrcnn.augment import check_augmentation
 from mrcnn.anchors import compute_backbone_shapes, pyramid_anchors
 from mrcnn.data import (  # noqa: F401  (Matterport's modellib surface)
     DataGenerator,
@@ -403,7 +404,9 @@ class MaskRCNN:
             epochs: the epoch to train up to; stage-wise schedules continue from the last
                 completed epoch (``self.epoch``).
             layers: "heads", "3+", "4+", "5+", "all", or a regex over layer names.
-            augmentation: an albumentations transform applied to image and masks.
+            augmentation: an albumentations transform, or an imgaug augmenter applied with
+                Matterport's semantics (``mrcnn.augment``), to the image and masks.
+                Anything else raises a TypeError before any image is loaded.
             custom_callbacks: extra Keras callbacks.
             no_augmentation_sources: dataset sources never augmented.
 
@@ -412,6 +415,7 @@ class MaskRCNN:
         """
         if self.mode != "training":
             raise ValueError("Create the model in training mode to train it.")
+        check_augmentation(augmentation, "train(augmentation=...)")
         if epochs <= self.epoch:
             if self._resume_path is not None:
                 # Matterport's stage-wise scripts rerun every stage on resume: the stages

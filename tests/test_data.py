@@ -936,6 +936,12 @@ def _adapter_batches(generator):
 
 
 def test_seeded_batches_are_the_same_with_any_number_of_workers():
+    check_seeded_batches_are_the_same_with_any_number_of_workers()
+
+
+def check_seeded_batches_are_the_same_with_any_number_of_workers(augmentation=None):
+    """Two seeded epochs with 0 and 3 worker threads: the same batches (tests/test_imgaug.py
+    runs it with an imgaug augmenter)."""
     # Crop mode, MAX_GT subsets and anchor sampling: every random draw of a batch.
     config = make_config(IMAGE_RESIZE_MODE="crop", IMAGE_MIN_DIM=64, IMAGE_MAX_DIM=64,
                          MAX_GT_INSTANCES=3)
@@ -943,7 +949,7 @@ def test_seeded_batches_are_the_same_with_any_number_of_workers():
 
     def epochs(workers):
         generator = data.DataGenerator(dataset, config, seed=11, workers=workers,
-                                       use_multiprocessing=False)
+                                       use_multiprocessing=False, augmentation=augmentation)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # more instances than MAX_GT_INSTANCES
             first = _adapter_batches(generator)
