@@ -3,9 +3,9 @@
 How one training example is made (``DataGenerator.load_batch``)::
 
     Dataset.load_image / load_mask
-      -> load_image_gt: check, resize (Config.IMAGE_RESIZE_MODE), augment (albumentations or imgaug),
-         drop vanished instances, cap at MAX_GT_INSTANCES, pad to IMAGE_SHAPE, boxes,
-         mini masks, image meta
+      -> load_image_gt: check, resize (Config.IMAGE_RESIZE_MODE), augment
+         (albumentations or imgaug, ``mrcnn.augment``), drop vanished instances, cap at
+         MAX_GT_INSTANCES, pad to IMAGE_SHAPE, boxes, mini masks, image meta
       -> build_rpn_targets: anchor labels and box deltas for the RPN
       -> molded, zero-padded arrays in the order of the training model's inputs.
 
