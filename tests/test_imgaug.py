@@ -75,7 +75,7 @@ def geometric_augmentation():
     return iaa.Sequential([
         iaa.Sometimes(0.7, iaa.Affine(rotate=(-40, 40), scale=(0.8, 1.2))),
         iaa.CropAndPad(percent=(-0.3, 0.1)),
-        iaa.Sometimes(0.5, iaa.PiecewiseAffine(scale=(0.01, 0.04))),
+        iaa.Sometimes(0.5, iaa.PiecewiseAffine(scale=(0.01, 0.04), nb_rows=3, nb_cols=3)),
         iaa.Flipud(0.5),
         iaa.Multiply((0.5, 1.5), per_channel=0.5),
     ])
