@@ -168,32 +168,34 @@ def apply_augmentation(augmentation: Any, image: np.ndarray, mask: np.ndarray, w
     return _albumentations(augmentation, image, mask, where)
 
 
-def _imgaug(augmenter: Any, image: np.ndarray, mask: np.ndarray, where: str,
+def _mask_hook(images: Any, augmenter: Any, parents: Any, default: bool) -> bool:
+    """imgaug activator: only the augmenters in MASK_AUGMENTERS run on the masks."""
+    return augmenter.__class__.__name__ in MASK_AUGMENTERS
+
+
+def _imgaug(augmentation: Any, image: np.ndarray, mask: np.ndarray, where: str,
             rng: np.random.RandomState | None) -> tuple[np.ndarray, np.ndarray]:
     """Matterport's ``load_image_gt`` augmentation branch, with the seeding above."""
     import imgaug  # whoever built the augmenter has imported it (and made it importable)
 
-    def hook(images, augmenter, parents, default):  # imgaug's activator signature
-        return augmenter.__class__.__name__ in MASK_AUGMENTERS
-
-    name = transform_name(augmenter)
+    name = transform_name(augmentation)
     if rng is None:
-        det = augmenter.to_deterministic()
+        det = augmentation.to_deterministic()
     else:
         # A seeded copy: the shared augmenter's state is never touched, so worker threads
         # and processes give the same result as one thread.
-        local = augmenter.deepcopy()
+        local = augmentation.deepcopy()
         local.seed_(int(rng.randint(2**31 - 1)))
         det = local.to_deterministic()
     new_image = det.augment_image(image)
     if new_image.shape != image.shape:
         raise _shape_error(where, name, "image", image.shape, new_image.shape,
                            _IMGAUG_KEEP_SIZE)
-    if not mask.shape[-1]:  # no instance to move (imgaug cannot take a 0-channel image)
+    if not mask.shape[-1]:  # no instance to move
         return new_image, mask
     # uint8 because imgaug does not take bool images (Matterport's conversion).
     new_mask = det.augment_image(mask.astype(np.uint8),
-                                 hooks=imgaug.HooksImages(activator=hook))
+                                 hooks=imgaug.HooksImages(activator=_mask_hook))
     if new_mask.shape != mask.shape:
         raise _shape_error(where, name, "mask", mask.shape, new_mask.shape,
                            _IMGAUG_KEEP_SIZE)

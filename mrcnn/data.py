@@ -37,8 +37,8 @@ import keras
 import numpy as np
 
 from mrcnn import transform, utils
-from mrcnn.augment import apply_augmentation, check_augmentation
 from mrcnn.anchors import compute_backbone_shapes, pyramid_anchors
+from mrcnn.augment import apply_augmentation, check_augmentation
 from mrcnn.dataset import as_model_image, check_mask
 
 # albumentations 2.x checks PyPI for a newer version on import. Training machines are often
