@@ -112,7 +112,10 @@ def score(gt: list[dict], detections: dict) -> dict:
     det_list = []
     for g in gt:
         d = detections.get(g["name"], {"scores": [], "rles": []})
-        rles = [{"size": r["size"], "counts": r["counts"].encode("ascii")} for r in d["rles"]]
+        # Compressed (str counts) or uncompressed (list counts, the torchvision worker's).
+        rles = [mask_utils.frPyObjects(r, *r["size"]) if isinstance(r["counts"], list)
+                else {"size": r["size"], "counts": r["counts"].encode("ascii")}
+                for r in d["rles"]]
         masks = (mask_utils.decode(rles).astype(bool) if rles
                  else np.zeros((g["height"], g["width"], 0), bool))
         det_list.append(dict(image_id=g["image_id"], rois=utils.extract_bboxes(masks),

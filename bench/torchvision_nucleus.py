@@ -108,6 +108,21 @@ def sample_crop(item: dict, crop: int, rng):
                            "masks": masks}
 
 
+def uncompressed_rles(masks) -> list[dict]:
+    """bool [H, W, N] -> COCO's uncompressed RLEs (column-major run lengths, starting with
+    a run of zeros), so this worker needs no pycocotools."""
+    import numpy as np
+
+    out = []
+    for k in range(masks.shape[-1]):
+        flat = masks[..., k].ravel(order="F").astype(np.int8)
+        change = np.flatnonzero(np.diff(np.concatenate([[0], flat, [1 - flat[-1]]])))
+        counts = np.diff(np.concatenate([[0], change]))
+        out.append({"size": [int(masks.shape[0]), int(masks.shape[1])],
+                    "counts": [int(c) for c in counts]})
+    return out
+
+
 def build_model(settings: dict):
     import torch
     from torchvision.models.detection import MaskRCNN
@@ -152,7 +167,6 @@ def run(settings: dict) -> dict:
     result layout as ``nucleus_worker.run``)."""
     import numpy as np
     import torch
-    from pycocotools import mask as mask_utils
 
     torch.set_num_threads(os.cpu_count() or 1)
     seed = int(settings["seed"])
@@ -195,11 +209,8 @@ def run(settings: dict) -> dict:
                 image = torch.from_numpy(item["image"]).permute(2, 0, 1).float() / 255.0
                 r = model([image])[0]
                 masks = (r["masks"][:, 0] > 0.5).numpy().transpose(1, 2, 0)
-                rles = mask_utils.encode(np.asfortranarray(masks.astype(np.uint8)))
-                detections[item["id"]] = {
-                    "scores": [float(s) for s in r["scores"]],
-                    "rles": [{"size": [int(v) for v in x["size"]],
-                              "counts": x["counts"].decode("ascii")} for x in rles]}
+                detections[item["id"]] = {"scores": [float(s) for s in r["scores"]],
+                                          "rles": uncompressed_rles(masks)}
         model.transform.min_size = (settings["crop"],)
         model.transform.max_size = settings["crop"]
         out.append({"epoch": epoch + 1,
