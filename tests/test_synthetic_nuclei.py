@@ -88,3 +88,40 @@ def test_an_existing_image_folder_is_never_overwritten(tmp_path):
     synthetic.write_dataset(root, train_images=1, test_images=0, size=(32, 32))
     with pytest.raises(FileExistsError):
         synthetic.write_dataset(root, train_images=1, test_images=0, size=(32, 32))
+
+
+def _field_stats(style, seeds=(0, 1, 2)):
+    """Log-area spread, share of visibly occluded (non-convex) nuclei, and contrast."""
+    log_areas, solidity, contrast = [], [], []
+    for seed in seeds:
+        image, masks = synthetic.make_image(np.random.default_rng(seed), 192, 192, style)
+        areas = masks.sum(axis=(0, 1))
+        log_areas += list(np.log(areas))
+        for k in range(masks.shape[-1]):
+            contours, _ = cv2.findContours(masks[..., k].astype(np.uint8), cv2.RETR_EXTERNAL,
+                                           cv2.CHAIN_APPROX_SIMPLE)
+            hull = cv2.contourArea(cv2.convexHull(np.concatenate(contours)))
+            solidity.append(areas[k] / max(hull, 1.0))
+        gray = image[..., 0].astype(np.float32)
+        fg = masks.any(-1)
+        contrast.append((gray[fg].mean() - gray[~fg].mean()) / gray[~fg].std())
+    return np.std(log_areas), np.mean(np.array(solidity) < 0.8), np.mean(contrast)
+
+
+def test_the_hard_style_is_harder_on_every_axis_it_names():
+    sizes, occluded, contrast = _field_stats(synthetic.NucleiStyle())
+    hard_sizes, hard_occluded, hard_contrast = _field_stats(synthetic.HARD)
+    assert hard_sizes > 1.2 * sizes  # a wider range of sizes
+    assert hard_occluded > 1.3 * occluded  # more nuclei cut by a neighbour
+    assert hard_contrast < 0.7 * contrast  # dimmer nuclei, brighter background, more noise
+    assert synthetic.STYLES["default"] == synthetic.NucleiStyle()
+
+
+def test_the_command_line_writes_the_hard_style(tmp_path):
+    out = synthetic.main([str(tmp_path / "d"), "--train", "1", "--test", "0", "--size", "96",
+                          "96", "--style", "hard"])
+    image, masks = synthetic.make_image(np.random.default_rng([0, 0, 0]), 96, 96, synthetic.HARD)
+    written = cv2.imread(str(tmp_path / "d" / "stage1_train" / out["train_ids"][0] / "images" /
+                             f"{out['train_ids'][0]}.png"))
+    np.testing.assert_array_equal(written, image)
+    assert out["instances"][out["train_ids"][0]] == masks.shape[-1]
