@@ -151,27 +151,56 @@ def test_python_blocks_run(page, skipped, tmp_path):
 # Quoted commands
 # --------------------------------------------------------------------------------------
 
+def _logical_lines(text: str) -> list[str]:
+    """Shell text -> its logical lines: continuations joined, comments dropped, newlines
+    inside quotes kept inside their line."""
+    lines, current, quote, i = [], [], None, 0
+    while i < len(text):
+        char = text[i]
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "\\" and text[i + 1:i + 2] == "\n":
+            i += 2
+            continue
+        elif char == "#" and (not current or current[-1].isspace()):
+            while i < len(text) and text[i] != "\n":
+                i += 1
+            continue
+        elif char == "\n":
+            lines.append("".join(current))
+            current = []
+            i += 1
+            continue
+        current.append(char)
+        i += 1
+    lines.append("".join(current))
+    return [line.strip() for line in lines if line.strip()]
+
+
 def shell_commands(block: Block) -> list[list[str]]:
     """The simple commands of a shell block, as argument lists.
 
-    Continuation lines are joined, ``$ `` prompts and comments dropped, and lines split at
-    ``&&``, ``||``, ``;`` and ``|``; leading ``VAR=value`` assignments are removed.
+    Continuation lines are joined, ``$ `` prompts (console blocks: other lines are output)
+    and comments dropped, and lines split at ``&&``, ``||``, ``;`` and ``|``; leading
+    ``VAR=value`` assignments are removed.
     """
-    text = re.sub(r"\\\n\s*", " ", block.code)
     commands = []
-    for line in text.splitlines():
-        line = line.strip()
+    for line in _logical_lines(block.code):
         if block.lang == "console":
             if not line.startswith("$ "):
-                continue  # output
+                continue
             line = line[2:]
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
+        lexer.whitespace_split = True
         try:
-            tokens = shlex.split(line, comments=True)
+            tokens = list(lexer)
         except ValueError:
             tokens = line.split()
         current: list[str] = []
         for token in tokens + [";"]:
-            if token in ("&&", "||", ";", "|"):
+            if token and set(token) <= set(";&|"):
                 while current and re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", current[0]):
                     current.pop(0)
                 if current:
@@ -262,9 +291,12 @@ def test_shell_parser_finds_commands():
     block = Block(ROOT / "README.md", 1, "bash",
                   "KERAS_BACKEND=jax python samples/shapes/shapes.py train --tiny \\\n"
                   "    --set A=1 && mrcnn info  # comment\n"
-                  "python -m pytest tests -q", None)
+                  "python -m pytest tests -q | tail\n"
+                  "TF_CONFIG='{\"a\": 1,\n  \"b\": 2}' python samples/coco/coco.py evaluate ...",
+                  None)
     argvs = [_help_args(a) for a in shell_commands(block)]
-    assert argvs == [("samples/shapes/shapes.py", "train"), ("-m", "mrcnn", "info"), None]
+    assert argvs == [("samples/shapes/shapes.py", "train"), ("-m", "mrcnn", "info"), None,
+                     None, ("samples/coco/coco.py", "evaluate")]
     console = Block(ROOT / "README.md", 1, "console", "$ mrcnn predict --help\nusage: x", None)
     assert [_help_args(a) for a in shell_commands(console)] == [("-m", "mrcnn", "predict")]
     assert any(q.help_args == ("samples/shapes/shapes.py", "train") for q in QUOTED.values())
