@@ -269,7 +269,9 @@ def render(path: Path = CONFIG_PY) -> str:
         parts.append(f"## {group.title}\n")
         for entry in group.entries:
             parts.append(f"### {', '.join(entry.names)}\n")
-            anchors = "".join(f'<a id="{n.lower()}"></a>' for n in entry.names[1:])
+            # One anchor per name (config.md#image_min_dim); a one-name heading has its own.
+            anchors = "".join(f'<a id="{n.lower()}"></a>' for n in entry.names
+                              if len(entry.names) > 1)
             if anchors:
                 parts.append(anchors + "\n")
             lines = []

@@ -20,7 +20,6 @@ import re
 import shlex
 import subprocess
 import sys
-import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -341,7 +340,7 @@ def test_config_reference_lists_every_attribute():
     assert set(gen.attribute_names()) <= expected  # nothing documented that is not there
 
 
-def test_config_reference_entries():
+def test_config_reference_entries(tmp_path):
     """Defaults and comments come from the source: checked on a small config module."""
     gen = _gen_config()
     source = '''
@@ -368,11 +367,10 @@ class Config:
         # Global batch.
         self.BATCH = 2 * self.POST_TRAIN
 '''
-    with tempfile.TemporaryDirectory() as folder:
-        path = Path(folder) / "config.py"
-        path.write_text(source)
-        groups = gen.parse(path)
-        page = gen.render(path)
+    path = tmp_path / "config.py"
+    path.write_text(source)
+    groups = gen.parse(path)
+    page = gen.render(path)
     assert [g.title for g in groups][:2] == ["Matterport's settings", "Training"]
     entries = [(e.names, e.defaults) for g in groups for e in g.entries]
     assert entries == [(["NAME"], ["None"]), (["POST_TRAIN", "POST_INFER"], ["2000", "1000"]),
