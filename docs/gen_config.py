@@ -23,6 +23,7 @@ import textwrap
 import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG_PY = ROOT / "mrcnn" / "config.py"
@@ -293,12 +294,27 @@ def render(path: Path = CONFIG_PY) -> str:
 
 
 def attribute_names(path: Path = CONFIG_PY) -> list[str]:
-    """Every attribute the page documents, in page order."""
+    """Every attribute the page documents.
+
+    Args:
+        path: the config module.
+
+    Returns:
+        The names, in page order.
+    """
     return [n for g in parse(path) for e in g.entries for n in e.names]
 
 
-def on_files(files, config):
-    """MkDocs hook: add the generated ``config.md`` to the site's files."""
+def on_files(files: Any, config: Any) -> Any:
+    """MkDocs hook: add the generated ``config.md`` to the site's files.
+
+    Args:
+        files: MkDocs' ``Files`` of the build.
+        config: MkDocs' configuration.
+
+    Returns:
+        ``files`` with the page added.
+    """
     from mkdocs.structure.files import File
 
     files.append(File.generated(config, PAGE, content=render()))
