@@ -144,14 +144,16 @@ def parse(path: Path = CONFIG_PY) -> list[Group]:
     comments = _comments(source)
     cls = _find_config(tree)
     groups = [Group("Matterport's settings")]
-    previous_end = None
+    previous_end = None  # last line of the attribute right before, if any
+    scanned = cls.lineno  # group headings are looked for after this line
     for node in cls.body:
         name = _target(node)
+        start, scanned = scanned, node.end_lineno
         if name is None:
             previous_end = None
             continue
         # A group heading ("# -- RPN --") between the previous statement and this one.
-        for row in range(previous_end or cls.body[0].lineno, node.lineno):
+        for row in range(start + 1, node.lineno):
             text = comments.get(row, ("", False))[0].strip()
             match = GROUP_RE.match(text)
             if match:

@@ -355,6 +355,9 @@ class Config:
 
     SHAPE = (56, 56)  # (height, width)
 
+    def helper(self):
+        return 1
+
     # -- Training --
 
     # Choices.
@@ -362,6 +365,11 @@ class Config:
     #        momentum.
     # adamw: AdamW.
     OPTIMIZER = "sgd"
+
+    def other(self):
+        return 2
+
+    RATE = 0.1
 
     def __init__(self):
         # Global batch.
@@ -372,10 +380,11 @@ class Config:
     groups = gen.parse(path)
     page = gen.render(path)
     assert [g.title for g in groups][:2] == ["Matterport's settings", "Training"]
+    assert len(groups) == 3 and groups[2].title.startswith("Derived")
     entries = [(e.names, e.defaults) for g in groups for e in g.entries]
     assert entries == [(["NAME"], ["None"]), (["POST_TRAIN", "POST_INFER"], ["2000", "1000"]),
                        (["SHAPE"], ["(56, 56)"]), (["OPTIMIZER"], ['"sgd"']),
-                       (["BATCH"], ["2 * self.POST_TRAIN"])]
+                       (["RATE"], ["0.1"]), (["BATCH"], ["2 * self.POST_TRAIN"])]
     assert "Proposals kept, in training and in inference. More is slower." in page
     assert "- `sgd`: SGD with momentum.\n- `adamw`: AdamW." in page
     assert "Default: `(56, 56)` — (height, width)" in page
