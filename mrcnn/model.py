@@ -316,7 +316,7 @@ class MaskRCNN:
         save_weights_by_name(self.keras_model, filepath)
 
     def export(self, path: str, image_size: Sequence[int] | None = None,
-               batch_size: int | None = None) -> str:
+               batch_size: int | None = None, overwrite: bool = False) -> str:
         """Export the inference model as a TensorFlow SavedModel for serving.
 
         Its ``serve`` signature takes uint8 images [B, H, W, C] of ``image_size`` and
@@ -329,13 +329,20 @@ class MaskRCNN:
             path: output folder.
             image_size: (height, width), multiples of 64 (default: Config.IMAGE_SHAPE).
             batch_size: fixed batch size, or None for any.
+            overwrite: replace an earlier export at ``path``; by default a non-empty
+                folder there is an error and is left as it is.
 
         Returns:
             ``path``.
+
+        Raises:
+            FileExistsError: ``path`` holds files (and ``overwrite`` is False, or they are
+                not a SavedModel).
         """
         if self.mode != "inference":
             raise ValueError("Create the model in inference mode to export it.")
-        return export_saved_model(self.keras_model, self.config, path, image_size, batch_size)
+        return export_saved_model(self.keras_model, self.config, path, image_size, batch_size,
+                                  overwrite=overwrite)
 
     def get_imagenet_weights(self) -> str:
         """Matterport downloaded ResNet-50 ImageNet weights here; this needs the network.
@@ -427,6 +434,7 @@ class MaskRCNN:
                 f"convention), not a number of epochs: pass epochs={self.epoch + 2} to "
                 "train 2 more. (Loading another run's checkpoint, or loading with exclude=, "
                 "starts a new run at epoch 0.)")
+        self._refuse_existing_checkpoints(epochs)
         config = self.config
         layer_regex = resolve_layer_regex(layers)
         stage = {"learning_rate": float(learning_rate), "epochs": int(epochs),
@@ -498,6 +506,25 @@ class MaskRCNN:
         self.epoch = max(self.epoch, epochs)
         self._resume_path = None
         return history
+
+    def _refuse_existing_checkpoints(self, epochs: int) -> None:
+        """A run never writes over its checkpoints: refuse a train() that would.
+
+        Loading an earlier checkpoint of a finished run resumes that run, whose later
+        epochs are on disk already; training those epochs again would replace them.
+        """
+        if not self._run_claimed:
+            return  # a fresh run: its folder is created (claimed) by train()
+        taken = [path for epoch in range(self.epoch + 1, epochs + 1)
+                 if os.path.exists(path := self.checkpoint_path.format(epoch=epoch))]
+        if taken:
+            raise FileExistsError(
+                f"train(epochs={epochs}) would write over {taken[0]}: the run in "
+                f"{self.log_dir} was resumed at epoch {self.epoch} and already has "
+                f"{len(taken)} later checkpoint(s). Checkpoints are never overwritten. To "
+                "continue that run, load its last checkpoint (model.load_weights("
+                "model.find_last())); to train from these weights as a new run (epoch 0, a "
+                "new folder), call model.set_log_dir() after load_weights.")
 
     def _fit(self, train_generator, val_generator, epochs: int,
              callbacks: list) -> keras.callbacks.History:

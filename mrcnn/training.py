@@ -542,5 +542,7 @@ class NamedCheckpoint(keras.callbacks.Callback):
             def extra(f):
                 write_training_state(f, self.model, epoch + 1, self.stage,
                                      self.state_callbacks)
+        # Never over an existing file: train() refuses such a run up front; this catches
+        # a file that appeared since (another process writing the same run).
         save_weights_by_name(self.model, self.filepath.format(epoch=epoch + 1), arrays,
-                             write_extra=extra)
+                             write_extra=extra, overwrite=False)

@@ -27,6 +27,8 @@ import h5py
 import keras
 import numpy as np
 
+from mrcnn.paths import publish
+
 
 def _decode(names) -> list[str]:
     return [n.decode("utf8") if isinstance(n, bytes) else str(n) for n in names]
@@ -149,7 +151,8 @@ def nonfinite_layers(arrays: "OrderedDict[str, list[np.ndarray]]") -> list[str]:
 
 def save_weights_by_name(model: keras.Model, filepath: str,
                          arrays: "OrderedDict[str, list[np.ndarray]] | None" = None,
-                         write_extra: Callable[[h5py.File], None] | None = None) -> None:
+                         write_extra: Callable[[h5py.File], None] | None = None,
+                         overwrite: bool = True) -> None:
     """Write the model's weights in the Keras 2 / Matterport HDF5 layout, by layer name.
 
     Nested models are flattened (each inner layer gets its own group), which the reader
@@ -162,7 +165,14 @@ def save_weights_by_name(model: keras.Model, filepath: str,
         filepath: destination (``.h5``).
         arrays: the weights, when the caller has them already (``layer_arrays(model)``).
         write_extra: called with the open file before it is closed (training state).
+        overwrite: replace an existing ``filepath``; False refuses (checkpoints: a run never
+            writes over a file that exists).
+
+    Raises:
+        FileExistsError: ``overwrite`` is False and ``filepath`` exists (nothing changed).
     """
+    if not overwrite and os.path.exists(filepath):
+        raise FileExistsError(f"{filepath} exists already; it was left as it is")
     layers = weighted_layers(model)
     arrays = arrays if arrays is not None else layer_arrays(model)
     tmp = filepath + ".tmp"
@@ -185,7 +195,10 @@ def save_weights_by_name(model: keras.Model, filepath: str,
             write_extra(f)
     with open(tmp, "rb+") as fh:  # on disk before the rename makes it the checkpoint
         os.fsync(fh.fileno())
-    os.replace(tmp, filepath)
+    if overwrite:
+        os.replace(tmp, filepath)
+    else:
+        publish(tmp, filepath)
 
 
 def weighted_layers(model: keras.Model) -> "OrderedDict[str, keras.layers.Layer]":
