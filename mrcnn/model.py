@@ -35,6 +35,7 @@ from mrcnn.data import (  # noqa: F401  (Matterport's modellib surface)
 )
 from mrcnn.detection import DetectionLayer, parse_image_meta_graph  # noqa: F401
 from mrcnn.detection_targets import DetectionTargetLayer  # noqa: F401
+from mrcnn.errors import InputError
 from mrcnn.export import export_saved_model
 from mrcnn.inspection import (  # noqa: F401  (Matterport's modellib surface)
     build_detection_targets,
@@ -64,6 +65,8 @@ from mrcnn.training import (
 from mrcnn.weights import (
     is_keras3_weights_file,
     load_weights_by_name,
+    nonfinite_datasets,
+    nonfinite_file_message,
     save_weights_by_name,
     weighted_layers,
 )
@@ -287,7 +290,8 @@ class MaskRCNN:
         Raises:
             FileNotFoundError: no such file.
             ValueError: naming the file: unreadable or corrupted (a failed checksum names
-                the layer), layers whose shapes differ, or missing layers when strict.
+                the layer), layers whose shapes differ, or missing layers when strict;
+                NaN/inf weights (``InputError``, naming the layers; nothing is loaded).
         """
         if not os.path.exists(filepath):
             raise FileNotFoundError(f"Weights file not found: {filepath}")
@@ -297,10 +301,13 @@ class MaskRCNN:
                                  "layers by creation order, not by name: it can only be "
                                  "loaded whole (by_name=False, no exclude). Save with "
                                  "MaskRCNN.save_weights for by-name loading.")
+            bad = nonfinite_datasets(filepath)  # checked before anything is assigned
+            if bad:
+                raise InputError(nonfinite_file_message(filepath, bad))
             try:
                 self.keras_model.load_weights(filepath)
-            except OSError as err:
-                raise ValueError(f"Cannot read {filepath}: {err}") from err
+            except (OSError, RuntimeError) as err:
+                raise InputError(f"Cannot read {filepath}: {err}") from err
         else:
             strict = not by_name and not exclude
             load_weights_by_name(self.keras_model, filepath, exclude=exclude, strict=strict)
@@ -631,17 +638,25 @@ class MaskRCNN:
         """Detect instances in images of any size and number.
 
         Args:
-            images: list of [H, W, 3] images (uint8 RGB).
+            images: list of [H, W, 3] images (uint8 RGB). Other pixel types are converted
+                as training converts them (``dataset.as_model_image``: floats in [0, 1]
+                x 255, uint16 scaled to 0..255, ...); NaN/inf pixels, empty images and
+                other channel counts are refused naming the image's index.
             verbose: print inputs and outputs like Matterport's ``log``.
 
         Returns:
             One dict per image: rois [N, (y1, x1, y2, x2)] int32 pixels, class_ids [N],
             scores [N], masks bool [H, W, N], all in original image coordinates. As in
             Matterport, ``self.anchors`` then holds the pixel anchors of the (last) molded
-            image shape.
+            image shape. No images give ``[]``.
+
+        Raises:
+            InputError: an image that cannot be converted (see ``images``).
         """
         if self.mode != "inference":
             raise ValueError("Create the model in inference mode to detect.")
+        if len(images) == 0:
+            return []
         if verbose:
             print(f"Processing {len(images)} images")
             for image in images:

@@ -17,6 +17,7 @@ resume. Files without them (Matterport's) load as before.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 import zlib
@@ -27,6 +28,7 @@ import h5py
 import keras
 import numpy as np
 
+from mrcnn.errors import InputError
 from mrcnn.paths import publish
 
 
@@ -74,16 +76,33 @@ def open_weights_file(filepath: str) -> h5py.File:
         raise FileNotFoundError(f"Weights file not found: {filepath}")
     try:
         return h5py.File(filepath, "r")
-    except OSError as err:
+    except (OSError, RuntimeError) as err:
         raise ValueError(f"{filepath} is not a readable HDF5 weights file (truncated or "
                          f"corrupted?): {err}") from err
 
 
 def is_keras3_weights_file(filepath: str) -> bool:
     """True for a Keras 3 ``model.save_weights`` file (layers keyed by class, not name)."""
-    with open_weights_file(filepath) as f:
+    with open_weights_file(filepath) as f, _naming(filepath):
         root = f["model_weights"] if "model_weights" in f else f
         return "layer_names" not in root.attrs and "layers" in f
+
+
+# What h5py raises on a damaged file or one being rewritten while it is read (a truncated or
+# overwritten block): messages that do not name the file.
+_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+
+
+@contextlib.contextmanager
+def _naming(filepath: str):
+    """Turn h5py's errors inside the block into one InputError naming ``filepath``."""
+    try:
+        yield
+    except InputError:
+        raise
+    except _H5_ERRORS as err:
+        raise InputError(f"Cannot read {filepath} (damaged, or being written by another "
+                         f"process?): {type(err).__name__}: {err}") from err
 
 
 def checkpoint_problem(filepath: str) -> str | None:
@@ -105,7 +124,7 @@ def checkpoint_problem(filepath: str) -> str | None:
                 return "no 'layer_names' attribute (not a weights file of this layout)"
             if not bool(root.attrs.get("all_finite", True)):
                 return "it holds non-finite (NaN/inf) weights"
-    except (ValueError, OSError, FileNotFoundError) as err:
+    except (ValueError, OSError, RuntimeError) as err:
         return str(err)
     return None
 
@@ -124,15 +143,14 @@ def read_weights(filepath: str) -> "OrderedDict[str, list[np.ndarray]]":
         ValueError: the file is not an HDF5 weights file of that layout, or it is
             corrupted (a CRC-32 mismatch names the layer); the message names the file.
     """
-    with open_weights_file(filepath) as f:
+    with open_weights_file(filepath) as f, _naming(filepath):
         root = f["model_weights"] if "model_weights" in f else f
         if "layer_names" in root.attrs:
             try:
                 return _read_keras2(root)
-            except (OSError, KeyError, ValueError) as err:
-                # h5py's own errors (a truncated or overwritten block) do not name the file.
-                raise ValueError(f"Cannot read {filepath}: {err}") from err
-    raise ValueError(f"{filepath}: no 'layer_names' attribute; expected an HDF5 weights "
+            except ValueError as err:  # a CRC-32 mismatch, naming the layer
+                raise InputError(f"Cannot read {filepath}: {err}") from err
+    raise InputError(f"{filepath}: no 'layer_names' attribute; expected an HDF5 weights "
                      "file in the Keras 2 / Matterport layout (as written by "
                      "MaskRCNN.save_weights and the training checkpoints).")
 
@@ -146,7 +164,44 @@ def layer_arrays(model: keras.Model) -> "OrderedDict[str, list[np.ndarray]]":
 def nonfinite_layers(arrays: "OrderedDict[str, list[np.ndarray]]") -> list[str]:
     """Names of the layers with a NaN or infinite weight."""
     return [name for name, values in arrays.items()
-            if not all(np.isfinite(a).all() for a in values)]
+            if not all(_finite(a) for a in values)]
+
+
+def _finite(array: np.ndarray) -> bool:
+    array = np.asarray(array)
+    return array.dtype.kind not in "fc" or bool(np.isfinite(array).all())
+
+
+def nonfinite_file_message(filepath: str, names: list[str]) -> str:
+    """The error for a weights file holding NaN/inf values, naming the file and layers."""
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    return (f"Cannot load {filepath}: non-finite (NaN/inf) weights in {len(names)} "
+            f"layer(s): {shown}. The run that wrote it diverged; load an earlier checkpoint "
+            "(find_last() skips such files).")
+
+
+def nonfinite_datasets(filepath: str) -> list[str]:
+    """Names of the arrays of any HDF5 weights file that hold NaN or inf (Keras 3 files too).
+
+    Args:
+        filepath: an HDF5 file.
+
+    Returns:
+        HDF5 paths of the float datasets with a non-finite value.
+
+    Raises:
+        InputError: the file cannot be read; the message names it.
+    """
+    bad: list[str] = []
+
+    def visit(name, item):
+        if isinstance(item, h5py.Dataset) and item.dtype.kind in "fc" and \
+                not _finite(item[()]):
+            bad.append(name)
+
+    with open_weights_file(filepath) as f, _naming(filepath):
+        f.visititems(visit)
+    return bad
 
 
 def save_weights_by_name(model: keras.Model, filepath: str,
@@ -237,6 +292,7 @@ def load_weights_by_name(model: keras.Model, filepath: str, exclude=None,
     Raises:
         ValueError: listing every layer whose weight count or shapes differ (nothing is
             assigned then), or, when strict, the layers missing from the file.
+        InputError: naming the file and the layers: NaN/inf weights (nothing assigned).
     """
     exclude = set(exclude or [])
     stored = read_weights(filepath)
@@ -257,6 +313,9 @@ def load_weights_by_name(model: keras.Model, filepath: str, exclude=None,
             problems.append(f"  {name}: file has {found}, model expects {expected}")
             continue
         assignments.append((layer, arrays))
+    bad = [layer.name for layer, arrays in assignments if not all(_finite(a) for a in arrays)]
+    if bad:
+        raise InputError(nonfinite_file_message(filepath, bad))
     if problems:
         raise ValueError(
             f"Cannot load {filepath}: {len(problems)} layer(s) do not match the model "
