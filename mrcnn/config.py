@@ -55,6 +55,12 @@ LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox
 # count as numbers (``True`` is an int in Python, never a sensible learning rate).
 
 
+def _one_of(value: Any, choices: Sequence[Any]) -> bool:
+    """``value in choices`` for the string (or None) choices of a setting; False for any
+    other type (an array compared with ``in`` raises instead of answering)."""
+    return isinstance(value, (str, type(None))) and value in choices
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
@@ -105,6 +111,8 @@ _POSITIVE_INTS = _vector(lambda v: _is_int(v) and v >= 1, "a list of integers >=
 _POSITIVE_NUMBERS = _vector(_is_positive, "a list of positive finite numbers")
 
 ATTRIBUTE_TYPES: dict[str, Expect] = {
+    # Read by __init__ to derive IMAGE_SHAPE: checked before it is compared with "crop".
+    "IMAGE_RESIZE_MODE": Expect(lambda v: _one_of(v, RESIZE_MODES), f"one of {RESIZE_MODES}"),
     **dict.fromkeys(
         ("GPU_COUNT", "IMAGES_PER_GPU", "STEPS_PER_EPOCH", "NUM_CLASSES", "RPN_ANCHOR_STRIDE",
          "RPN_TRAIN_ANCHORS_PER_IMAGE", "PRE_NMS_LIMIT", "POST_NMS_ROIS_TRAINING",
@@ -578,7 +586,7 @@ class Config:
                 fail("COMPUTE_BACKBONE_SHAPE",
                      "a callable BACKBONE needs COMPUTE_BACKBONE_SHAPE(image_shape) returning "
                      "the [height, width] of each pyramid level")
-        elif self.BACKBONE not in BACKBONES:
+        elif not _one_of(self.BACKBONE, BACKBONES):
             fail("BACKBONE", f"expected one of {BACKBONES} or a callable")
         if len(self.BACKBONE_STRIDES) != 5:
             fail("BACKBONE_STRIDES", "expected 5 strides, one per pyramid level P2..P6")
@@ -590,7 +598,7 @@ class Config:
             fail("RPN_ANCHOR_RATIOS", "expected a non-empty list of positive ratios")
 
         # Image sizes.
-        if self.IMAGE_RESIZE_MODE not in RESIZE_MODES:
+        if not _one_of(self.IMAGE_RESIZE_MODE, RESIZE_MODES):
             fail("IMAGE_RESIZE_MODE", f"expected one of {RESIZE_MODES}")
         if self.IMAGE_MIN_DIM is not None and (
                 not isinstance(self.IMAGE_MIN_DIM, numbers.Integral)
@@ -649,7 +657,7 @@ class Config:
             fail("WEIGHT_DECAY", "expected >= 0")
         if self.GRADIENT_CLIP_NORM is not None and self.GRADIENT_CLIP_NORM <= 0:
             fail("GRADIENT_CLIP_NORM", "expected a positive norm or None")
-        if self.NORM not in NORMS:
+        if not _one_of(self.NORM, NORMS):
             fail("NORM", f"expected one of {NORMS} (or None to derive it from TRAIN_BN)")
         if self.NORM == "gn":
             for attr in ("TOP_DOWN_PYRAMID_SIZE", "MASK_HEAD_CHANNELS"):
@@ -658,17 +666,17 @@ class Config:
                          f"({getattr(self, attr)})")
             if 64 % self.GN_GROUPS:
                 fail("GN_GROUPS", "GroupNorm groups must divide the 64 channels of conv1")
-        if self.BOX_HEAD not in BOX_HEADS:
+        if not _one_of(self.BOX_HEAD, BOX_HEADS):
             fail("BOX_HEAD", f"expected one of {BOX_HEADS}")
-        if self.DETECTION_SCORE_MODE not in DETECTION_SCORE_MODES:
+        if not _one_of(self.DETECTION_SCORE_MODE, DETECTION_SCORE_MODES):
             fail("DETECTION_SCORE_MODE", f"expected one of {DETECTION_SCORE_MODES}")
-        if self.OPTIMIZER not in OPTIMIZERS:
+        if not _one_of(self.OPTIMIZER, OPTIMIZERS):
             fail("OPTIMIZER", f"expected one of {OPTIMIZERS}")
-        if self.LR_SCHEDULE not in LR_SCHEDULES:
+        if not _one_of(self.LR_SCHEDULE, LR_SCHEDULES):
             fail("LR_SCHEDULE", f"expected one of {LR_SCHEDULES}")
         if not 0 < self.LR_PLATEAU_FACTOR < 1:
             fail("LR_PLATEAU_FACTOR", "expected a factor in (0, 1)")
-        if self.MIXED_PRECISION not in MIXED_PRECISIONS:
+        if not _one_of(self.MIXED_PRECISION, MIXED_PRECISIONS):
             fail("MIXED_PRECISION", f"expected one of {MIXED_PRECISIONS}")
         if not (self.JIT_COMPILE is True or self.JIT_COMPILE is False
                 or isinstance(self.JIT_COMPILE, str) and self.JIT_COMPILE == "auto"):
