@@ -83,7 +83,7 @@ def open_weights_file(filepath: str) -> h5py.File:
 
 def is_keras3_weights_file(filepath: str) -> bool:
     """True for a Keras 3 ``model.save_weights`` file (layers keyed by class, not name)."""
-    with open_weights_file(filepath) as f, _naming(filepath):
+    with open_weights_file(filepath) as f, named_read_errors(filepath):
         root = f["model_weights"] if "model_weights" in f else f
         return "layer_names" not in root.attrs and "layers" in f
 
@@ -94,8 +94,13 @@ _H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
 
 
 @contextlib.contextmanager
-def _naming(filepath: str):
-    """Turn h5py's errors inside the block into one InputError naming ``filepath``."""
+def named_read_errors(filepath: str):
+    """Context manager: h5py's errors inside the block become one InputError naming
+    ``filepath`` (what h5py says about a damaged file does not name it).
+
+    Args:
+        filepath: the file being read.
+    """
     try:
         yield
     except InputError:
@@ -143,7 +148,7 @@ def read_weights(filepath: str) -> "OrderedDict[str, list[np.ndarray]]":
         ValueError: the file is not an HDF5 weights file of that layout, or it is
             corrupted (a CRC-32 mismatch names the layer); the message names the file.
     """
-    with open_weights_file(filepath) as f, _naming(filepath):
+    with open_weights_file(filepath) as f, named_read_errors(filepath):
         root = f["model_weights"] if "model_weights" in f else f
         if "layer_names" in root.attrs:
             try:
@@ -199,7 +204,7 @@ def nonfinite_datasets(filepath: str) -> list[str]:
                 not _finite(item[()]):
             bad.append(name)
 
-    with open_weights_file(filepath) as f, _naming(filepath):
+    with open_weights_file(filepath) as f, named_read_errors(filepath):
         f.visititems(visit)
     return bad
 
