@@ -510,7 +510,8 @@ class Config:
     def _warn_unknown_settings(self) -> None:
         """Warn about a subclass attribute whose name is close to a setting's (a typo)."""
         known = set(SETTINGS) | set(DERIVED)
-        own = set(self.OWN_SETTINGS)
+        own = {self.OWN_SETTINGS} if isinstance(self.OWN_SETTINGS, str) else \
+            set(self.OWN_SETTINGS)
         for cls in type(self).__mro__:
             if cls is Config or not issubclass(cls, Config):
                 continue
@@ -523,7 +524,7 @@ class Config:
                         f"{cls.__name__}.{name} is not a Config setting (did you mean "
                         f"{' or '.join(close)}?); it is kept as your own attribute and the "
                         f"setting keeps its value. Add {name!r} to OWN_SETTINGS if it is "
-                        "meant.", stacklevel=4)
+                        "meant.", stacklevel=3)
 
     def _check_types(self) -> None:
         """Check each attribute of ``ATTRIBUTE_TYPES`` on its own (type, finiteness, sign).

@@ -531,7 +531,8 @@ class MaskRCNN:
                 f"{len(taken)} later checkpoint(s). Checkpoints are never overwritten. To "
                 "continue that run, load its last checkpoint (model.load_weights("
                 "model.find_last())); to train from these weights as a new run (epoch 0, a "
-                "new folder), call model.set_log_dir() after load_weights.")
+                "new folder), call model.set_log_dir() after load_weights; to train those "
+                "epochs again in this run, move its later checkpoints away first.")
 
     def _fit(self, train_generator, val_generator, epochs: int,
              callbacks: list) -> keras.callbacks.History:
