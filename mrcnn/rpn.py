@@ -115,11 +115,14 @@ def _checked_shapes(entries, strides) -> dict[tuple[int, int], list[list[int]]]:
         except (TypeError, KeyError, ValueError) as err:
             raise ValueError(f"AnchorsLayer: backbone_shapes entry {entry!r}: {problem}") \
                 from err
-        if len(size) != 2 or len(shapes) != len(strides) or \
-                any(len(level) != 2 or min(level) < 0 for level in shapes):
+        # A level has at most one cell per pixel: larger numbers would only make a crafted
+        # file allocate huge anchor arrays.
+        if len(size) != 2 or min(size) < 1 or len(shapes) != len(strides) or any(
+                len(level) != 2 or min(level) < 0 or level[0] > size[0] or level[1] > size[1]
+                for level in shapes):
             raise ValueError(f"AnchorsLayer: backbone_shapes entry {entry!r}: {problem} with "
                              f"{len(strides)} levels (one per BACKBONE_STRIDES entry) of "
-                             "non-negative sizes")
+                             "sizes between 0 and the image size")
         table[size] = shapes
     return table
 

@@ -102,11 +102,17 @@ def test_keras_file_naming_code_runs_nothing(tmp_path, monkeypatch, target):
         [[int(np.ceil(64 / s))] * 2 for s in strides], 64), rtol=1e-6)
 
 
-def test_keras_file_with_malformed_shapes_is_refused(tmp_path):
+@pytest.mark.parametrize("shapes", [
+    [{"x": 1}],
+    "mrcnn.tiny.tiny_backbone_shapes",
+    [{"image_size": [64, 64], "feature_shapes": [[16, 16]] * 4}],  # 4 levels, not 5
+    [{"image_size": [64, 64], "feature_shapes": [[10**9, 10**9]] * 5}],  # > the image
+])
+def test_keras_file_with_malformed_shapes_is_refused(tmp_path, shapes):
     path = str(tmp_path / "clean.keras")
     anchors_model().save(path)
     crafted = str(tmp_path / "crafted.keras")
-    rewrite_layer_config(path, crafted, lambda c: c.update(backbone_shapes=[{"x": 1}]))
+    rewrite_layer_config(path, crafted, lambda c: c.update(backbone_shapes=shapes))
     with pytest.raises(Exception, match="backbone_shapes"):
         keras.saving.load_model(crafted, safe_mode=True)
 
