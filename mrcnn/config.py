@@ -25,7 +25,8 @@ import inspect
 import math
 import numbers
 import os
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterable, Mapping
 from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -52,6 +53,12 @@ LOSS_NAMES = ("rpn_class_loss", "rpn_bbox_loss", "mrcnn_class_loss", "mrcnn_bbox
 # Each Config attribute whose value must have a given type, checked one by one before the
 # cross-attribute rules of ``Config.validate``. NumPy scalars count as numbers; bools never
 # count as numbers (``True`` is an int in Python, never a sensible learning rate).
+
+
+def _one_of(value: Any, choices: Sequence[Any]) -> bool:
+    """``value in choices`` for the string (or None) choices of a setting; False for any
+    other type (an array compared with ``in`` raises instead of answering)."""
+    return isinstance(value, (str, type(None))) and value in choices
 
 
 def _is_number(value: Any) -> bool:
@@ -104,6 +111,8 @@ _POSITIVE_INTS = _vector(lambda v: _is_int(v) and v >= 1, "a list of integers >=
 _POSITIVE_NUMBERS = _vector(_is_positive, "a list of positive finite numbers")
 
 ATTRIBUTE_TYPES: dict[str, Expect] = {
+    # Read by __init__ to derive IMAGE_SHAPE: checked before it is compared with "crop".
+    "IMAGE_RESIZE_MODE": Expect(lambda v: _one_of(v, RESIZE_MODES), f"one of {RESIZE_MODES}"),
     **dict.fromkeys(
         ("GPU_COUNT", "IMAGES_PER_GPU", "STEPS_PER_EPOCH", "NUM_CLASSES", "RPN_ANCHOR_STRIDE",
          "RPN_TRAIN_ANCHORS_PER_IMAGE", "PRE_NMS_LIMIT", "POST_NMS_ROIS_TRAINING",
@@ -136,8 +145,18 @@ class Config:
 
     Derived attributes (``BATCH_SIZE``, ``IMAGE_SHAPE``, ``IMAGE_META_SIZE`` and the resolved
     ``NORM``) are computed in ``__init__``, so override base attributes as class attributes,
-    not after construction (or call ``Config.__init__`` again).
+    not after construction (or call ``Config.__init__`` again). A subclass that sets a
+    derived attribute to another value than the computed one gets a warning naming both.
+
+    A subclass may add its own upper-case attributes (a data path, a class list). One whose
+    name is close to a setting's (``LEARNING_RAT``) is most likely a typo that leaves the
+    setting at its default, so it is warned about with a did-you-mean; other new names are
+    taken silently. List deliberate near-misses in ``OWN_SETTINGS`` to silence the warning.
     """
+
+    # Upper-case attributes of your subclass that are yours, not mrcnn settings: never
+    # warned about even when their name is close to a setting's.
+    OWN_SETTINGS: Sequence[str] = ()
 
     # Name the configuration, e.g. "coco" or "shapes". Used in log folder and checkpoint names.
     NAME: str | None = None
@@ -449,6 +468,11 @@ class Config:
                 setattr(self, attr, value.__func__)
 
         self._check_types()  # before the derived attributes compute with the values
+        self._warn_unknown_settings()
+        # What a subclass set for the attributes computed below (class attributes only: a
+        # second __init__ call recomputes the instance's own values without a word).
+        declared = {attr: getattr(type(self), attr) for attr in DERIVED
+                    if hasattr(type(self), attr)}
         self.BATCH_SIZE = self.IMAGES_PER_GPU * self.GPU_COUNT
 
         # Input image shape used by the training graph: crops are MIN_DIM square, every
@@ -463,10 +487,44 @@ class Config:
         # id + original shape (3) + image shape (3) + window (4) + scale + active class ids
         # (the layout is transform.META_LAYOUT).
         self.IMAGE_META_SIZE = image_meta_size(self.NUM_CLASSES)
+        self._warn_derived(declared)
 
         if self.NORM is None:
             self.NORM = "frozen_bn" if self.TRAIN_BN is False else "bn"
         self.validate()
+
+    def _warn_derived(self, declared: dict[str, Any]) -> None:
+        """Warn when a subclass set a derived attribute that ``__init__`` replaced."""
+        for attr, value in declared.items():
+            used = getattr(self, attr)
+            try:
+                same = bool(np.array_equal(np.asarray(value), np.asarray(used)))
+            except (TypeError, ValueError):
+                same = False
+            if not same:
+                warnings.warn(
+                    f"{type(self).__name__}.{attr} = {value!r} is not used: Config computes "
+                    f"{attr} = {_plain(used)!r} ({DERIVED[attr]}); set those instead.",
+                    stacklevel=3)
+
+    def _warn_unknown_settings(self) -> None:
+        """Warn about a subclass attribute whose name is close to a setting's (a typo)."""
+        known = set(SETTINGS) | set(DERIVED)
+        own = {self.OWN_SETTINGS} if isinstance(self.OWN_SETTINGS, str) else \
+            set(self.OWN_SETTINGS)
+        for cls in type(self).__mro__:
+            if cls is Config or not issubclass(cls, Config):
+                continue
+            for name in vars(cls):
+                if not name.isupper() or name.startswith("_") or name in known or name in own:
+                    continue
+                close = suggest(name, known, cutoff=0.8)
+                if close:
+                    warnings.warn(
+                        f"{cls.__name__}.{name} is not a Config setting (did you mean "
+                        f"{' or '.join(close)}?); it is kept as your own attribute and the "
+                        f"setting keeps its value. Add {name!r} to OWN_SETTINGS if it is "
+                        "meant.", stacklevel=3)
 
     def _check_types(self) -> None:
         """Check each attribute of ``ATTRIBUTE_TYPES`` on its own (type, finiteness, sign).
@@ -502,6 +560,10 @@ class Config:
                 fail(attr, "expected an integer >= 1")
 
         self._check_types()
+        if self.NUM_CLASSES < 2:
+            fail("NUM_CLASSES", "expected at least 2: class 0 is the background, so "
+                 "NUM_CLASSES = 1 + the number of object classes (set it in your Config "
+                 "subclass)")
         if not (isinstance(self.MALLOC_MMAP_THRESHOLD, numbers.Integral)
                 and not isinstance(self.MALLOC_MMAP_THRESHOLD, bool)
                 and 0 <= self.MALLOC_MMAP_THRESHOLD <= MAX_MMAP_THRESHOLD):
@@ -525,7 +587,7 @@ class Config:
                 fail("COMPUTE_BACKBONE_SHAPE",
                      "a callable BACKBONE needs COMPUTE_BACKBONE_SHAPE(image_shape) returning "
                      "the [height, width] of each pyramid level")
-        elif self.BACKBONE not in BACKBONES:
+        elif not _one_of(self.BACKBONE, BACKBONES):
             fail("BACKBONE", f"expected one of {BACKBONES} or a callable")
         if len(self.BACKBONE_STRIDES) != 5:
             fail("BACKBONE_STRIDES", "expected 5 strides, one per pyramid level P2..P6")
@@ -537,7 +599,7 @@ class Config:
             fail("RPN_ANCHOR_RATIOS", "expected a non-empty list of positive ratios")
 
         # Image sizes.
-        if self.IMAGE_RESIZE_MODE not in RESIZE_MODES:
+        if not _one_of(self.IMAGE_RESIZE_MODE, RESIZE_MODES):
             fail("IMAGE_RESIZE_MODE", f"expected one of {RESIZE_MODES}")
         if self.IMAGE_MIN_DIM is not None and (
                 not isinstance(self.IMAGE_MIN_DIM, numbers.Integral)
@@ -596,7 +658,7 @@ class Config:
             fail("WEIGHT_DECAY", "expected >= 0")
         if self.GRADIENT_CLIP_NORM is not None and self.GRADIENT_CLIP_NORM <= 0:
             fail("GRADIENT_CLIP_NORM", "expected a positive norm or None")
-        if self.NORM not in NORMS:
+        if not _one_of(self.NORM, NORMS):
             fail("NORM", f"expected one of {NORMS} (or None to derive it from TRAIN_BN)")
         if self.NORM == "gn":
             for attr in ("TOP_DOWN_PYRAMID_SIZE", "MASK_HEAD_CHANNELS"):
@@ -605,17 +667,17 @@ class Config:
                          f"({getattr(self, attr)})")
             if 64 % self.GN_GROUPS:
                 fail("GN_GROUPS", "GroupNorm groups must divide the 64 channels of conv1")
-        if self.BOX_HEAD not in BOX_HEADS:
+        if not _one_of(self.BOX_HEAD, BOX_HEADS):
             fail("BOX_HEAD", f"expected one of {BOX_HEADS}")
-        if self.DETECTION_SCORE_MODE not in DETECTION_SCORE_MODES:
+        if not _one_of(self.DETECTION_SCORE_MODE, DETECTION_SCORE_MODES):
             fail("DETECTION_SCORE_MODE", f"expected one of {DETECTION_SCORE_MODES}")
-        if self.OPTIMIZER not in OPTIMIZERS:
+        if not _one_of(self.OPTIMIZER, OPTIMIZERS):
             fail("OPTIMIZER", f"expected one of {OPTIMIZERS}")
-        if self.LR_SCHEDULE not in LR_SCHEDULES:
+        if not _one_of(self.LR_SCHEDULE, LR_SCHEDULES):
             fail("LR_SCHEDULE", f"expected one of {LR_SCHEDULES}")
         if not 0 < self.LR_PLATEAU_FACTOR < 1:
             fail("LR_PLATEAU_FACTOR", "expected a factor in (0, 1)")
-        if self.MIXED_PRECISION not in MIXED_PRECISIONS:
+        if not _one_of(self.MIXED_PRECISION, MIXED_PRECISIONS):
             fail("MIXED_PRECISION", f"expected one of {MIXED_PRECISIONS}")
         if not (self.JIT_COMPILE is True or self.JIT_COMPILE is False
                 or isinstance(self.JIT_COMPILE, str) and self.JIT_COMPILE == "auto"):
@@ -633,8 +695,8 @@ class Config:
         """
         out = {}
         for name in sorted(dir(self)):
-            if name.startswith("_") or not name.isupper():
-                continue
+            if name.startswith("_") or not name.isupper() or name == "OWN_SETTINGS":
+                continue  # OWN_SETTINGS lists the user's attributes: not a setting itself
             value = getattr(self, name)
             if callable(value):
                 if name != "BACKBONE":
@@ -665,6 +727,23 @@ class Config:
         print("\n")
 
 
+# Attributes Config.__init__ computes, and from what.
+DERIVED = {
+    "BATCH_SIZE": "IMAGES_PER_GPU * GPU_COUNT",
+    "IMAGE_SHAPE": "[IMAGE_MAX_DIM, IMAGE_MAX_DIM, IMAGE_CHANNEL_COUNT], or IMAGE_MIN_DIM in "
+                   "crop mode",
+    "IMAGE_META_SIZE": "from NUM_CLASSES",
+}
+
+# Every setting of the base Config (what a subclass may override).
+SETTINGS = frozenset(name for name in vars(Config)
+                     if name.isupper() and not name.startswith("_")) - {"OWN_SETTINGS"}
+
+
+def _plain(value: Any) -> Any:
+    return value.tolist() if isinstance(value, np.ndarray) else value
+
+
 def _json_safe(value: Any) -> Any:
     """A JSON-compatible copy of a Config value (see ``Config.to_json_dict``)."""
     if value is None or isinstance(value, (bool, str)):
@@ -680,6 +759,20 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _json_safe(v) for k, v in value.items()}
     return repr(value)
+
+
+def suggest(name: str, known: Iterable[str], cutoff: float = 0.6) -> list[str]:
+    """Settings whose names are close to ``name`` (a did-you-mean), closest first.
+
+    Args:
+        name: the unknown name.
+        known: the valid names.
+        cutoff: similarity in [0, 1] a suggestion needs (``difflib``'s ratio).
+
+    Returns:
+        Up to 3 names.
+    """
+    return difflib.get_close_matches(name, sorted(known), n=3, cutoff=cutoff)
 
 
 def parse_overrides(pairs: Sequence[str], base: type[Config] = Config) -> dict[str, Any]:
@@ -701,6 +794,7 @@ def parse_overrides(pairs: Sequence[str], base: type[Config] = Config) -> dict[s
             ``base``; the message names it (and suggests close names).
     """
     known = {name for name in dir(base) if name.isupper() and not name.startswith("_")}
+    known.discard("OWN_SETTINGS")
     overrides: dict[str, Any] = {}
     for pair in pairs:
         key, sep, text = pair.partition("=")
@@ -708,7 +802,7 @@ def parse_overrides(pairs: Sequence[str], base: type[Config] = Config) -> dict[s
         if not sep or not key:
             raise ValueError(f"--set {pair!r}: expected KEY=VALUE, e.g. IMAGE_MIN_DIM=256")
         if key not in known:
-            close = difflib.get_close_matches(key.upper(), sorted(known), n=3)
+            close = suggest(key.upper(), known)
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ValueError(f"--set {pair!r}: {key} is not a setting of "
                              f"{base.__name__}{hint}")

@@ -39,7 +39,7 @@ import numpy as np
 from mrcnn import transform, utils
 from mrcnn.anchors import compute_backbone_shapes, pyramid_anchors
 from mrcnn.augment import apply_augmentation, check_augmentation
-from mrcnn.dataset import as_model_image, check_mask
+from mrcnn.dataset import as_model_image, check_mask, describe_image
 
 # albumentations 2.x checks PyPI for a newer version on import. Training machines are often
 # offline, so opt out unless the user decided otherwise. Set here (not when augmenting)
@@ -72,16 +72,6 @@ unmold_image = transform.unmold_image
 ############################################################
 #  Ground truth of one image
 ############################################################
-
-
-def describe_image(dataset: Any, image_id: int) -> str:
-    """Name an image for error messages: internal id plus its source and source id."""
-    try:
-        info = dataset.image_info[image_id]
-        return (f"image_id={image_id} (source {info.get('source')!r}, "
-                f"id {info.get('id')!r})")
-    except Exception:  # the id itself may be what is broken
-        return f"image_id={image_id!r}"
 
 
 def _pad_to_image_shape(image: np.ndarray, mask: np.ndarray, config: Any,
@@ -172,7 +162,7 @@ def load_image_gt(
     image = as_model_image(dataset.load_image(image_id), where, config.IMAGE_CHANNEL_COUNT)
     mask, class_ids = dataset.load_mask(image_id)
     mask, class_ids = check_mask(mask, class_ids, image_id, image.shape,
-                                 num_classes=getattr(dataset, "num_classes", None))
+                                 num_classes=getattr(dataset, "num_classes", None), where=where)
     original_shape = image.shape
 
     image, window, scale, padding, crop = transform.resize_image(

@@ -15,6 +15,28 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mrcnn.errors import InputError
+
+
+def describe_image(dataset: Any, image_id: Any) -> str:
+    """Name an image for error messages: internal id, source, source id and file.
+
+    Args:
+        dataset: a ``Dataset`` (anything with ``image_info``).
+        image_id: its internal image id.
+
+    Returns:
+        e.g. ``"image_id=3 (source 'coco', id 42, path '/data/val2017/42.jpg')"``.
+    """
+    if isinstance(image_id, np.integer):  # ids from dataset.image_ids: plain in messages
+        image_id = int(image_id)
+    try:
+        info = dataset.image_info[image_id]
+        text = f"image_id={image_id!r} (source {info.get('source')!r}, id {info.get('id')!r}"
+        return text + (f", path {info['path']!r})" if info.get("path") else ")")
+    except Exception:  # the id itself may be what is broken
+        return f"image_id={image_id!r}"
+
 
 def check_mask(
     mask: np.ndarray,
@@ -22,6 +44,7 @@ def check_mask(
     image_id: Any,
     image_shape: Sequence[int],
     num_classes: int | None = None,
+    where: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validate and normalise the output of a ``Dataset.load_mask`` implementation.
 
@@ -38,6 +61,8 @@ def check_mask(
         image_shape: shape of the image returned by ``load_image``; only the first two
             entries (height, width) are used.
         num_classes: when given, every ``abs(class_id)`` must be below it.
+        where: how to name the image in errors (``describe_image``: source, source id
+            and file); default the internal ``image_id`` only.
 
     Returns:
         ``(mask, class_ids)`` as a bool [height, width, N] array and an int32 [N] array.
@@ -45,40 +70,40 @@ def check_mask(
         spatial size was, because the base ``load_mask`` returns a [0, 0, 0] array.
 
     Raises:
-        ValueError: naming ``image_id`` and the expectation that was violated.
+        InputError: naming the image and the expectation that was violated.
     """
-    where = f"load_mask(image_id={image_id!r})"
+    where = f"load_mask of {where}" if where else f"load_mask(image_id={image_id!r})"
     height, width = int(image_shape[0]), int(image_shape[1])
     mask = np.asarray(mask)
     class_ids = np.asarray(class_ids)
     if class_ids.ndim != 1:
-        raise ValueError(
+        raise InputError(
             f"{where}: class_ids must be a 1-D array [N], got shape {class_ids.shape}"
         )
     if class_ids.size and not (
         np.issubdtype(class_ids.dtype, np.integer)
         or (np.issubdtype(class_ids.dtype, np.floating) and np.all(class_ids == np.round(class_ids)))
     ):
-        raise ValueError(
+        raise InputError(
             f"{where}: class_ids must be integers, got dtype {class_ids.dtype} "
             f"with values {class_ids[:5]}"
         )
     class_ids = class_ids.astype(np.int32)
     if mask.ndim != 3:
         hint = " (for a single instance use mask[..., np.newaxis])" if mask.ndim == 2 else ""
-        raise ValueError(
+        raise InputError(
             f"{where}: mask must be 3-D [height, width, N], got shape {mask.shape}{hint}"
         )
     count = mask.shape[-1]
     if count != class_ids.shape[0]:
-        raise ValueError(
+        raise InputError(
             f"{where}: mask has {count} instances (shape {mask.shape}) but class_ids has "
             f"{class_ids.shape[0]} entries; they must match"
         )
     if count == 0:
         return np.zeros([height, width, 0], dtype=bool), class_ids
     if mask.shape[:2] != (height, width):
-        raise ValueError(
+        raise InputError(
             f"{where}: mask spatial size {mask.shape[:2]} does not match the image size "
             f"{(height, width)}"
         )
@@ -92,7 +117,7 @@ def check_mask(
             np.isin(values, (1, 255)).sum() > 1
         ):
             shown = values[:6].tolist() if values is not None else "n/a"
-            raise ValueError(
+            raise InputError(
                 f"{where}: mask must be bool (or 0/1-valued, or 0/255 integers), got dtype "
                 f"{mask.dtype} with values {shown}"
             )
@@ -100,12 +125,12 @@ def check_mask(
     if np.any(class_ids == 0):
         # 0 is the background class: the heads would ignore the instance while the RPN
         # trained on it as an object. Usually an off-by-one in a class map.
-        raise ValueError(
+        raise InputError(
             f"{where}: class_ids {class_ids.tolist()} contain 0, the background class id; "
             "every instance needs an object class id >= 1 (negative for crowd regions)"
         )
     if num_classes is not None and np.any(np.abs(class_ids) >= num_classes):
-        raise ValueError(
+        raise InputError(
             f"{where}: class_ids {class_ids.tolist()} contain ids outside "
             f"[0, {num_classes}) for a dataset with {num_classes} classes"
         )
@@ -408,20 +433,25 @@ def as_model_image(image: Any, where: str, channels: int = 3) -> np.ndarray:
         uint8 array [height, width, channels] (the input itself when it is already one).
 
     Raises:
-        ValueError: naming ``where``: wrong shape, a dtype that is not a number, or NaN/inf
-            pixels.
+        InputError: naming ``where``: wrong shape (channels), an empty image, a dtype that
+            is not a number, or NaN/inf pixels.
     """
-    image = np.asarray(image)
+    try:
+        image = np.asarray(image)
+    except (ValueError, TypeError) as err:  # ragged nested lists
+        raise InputError(f"{where}: not an image array ({err})") from err
     if image.ndim != 3 or image.shape[-1] != channels:
-        raise ValueError(f"{where}: load_image returned shape {image.shape}, expected "
-                         f"[height, width, {channels}] (config.IMAGE_CHANNEL_COUNT)")
+        raise InputError(f"{where}: shape {image.shape}, expected [height, width, "
+                         f"{channels}] (config.IMAGE_CHANNEL_COUNT)")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise InputError(f"{where}: empty image of shape {image.shape}")
     if image.dtype == np.uint8:
         return image
     if image.dtype != bool and not np.issubdtype(image.dtype, np.number) \
             or np.issubdtype(image.dtype, np.complexfloating):
-        raise ValueError(f"{where}: image has dtype {image.dtype}; expected uint8 pixels "
+        raise InputError(f"{where}: image has dtype {image.dtype}; expected uint8 pixels "
                          "(or integers / floats, which are converted to uint8)")
     if image.dtype.kind == "f" and not np.isfinite(image).all():
         # One NaN pixel poisons the weights it reaches (and a ReLU can hide it from the loss).
-        raise ValueError(f"{where}: load_image returned non-finite (NaN/inf) pixel values")
+        raise InputError(f"{where}: image has non-finite (NaN/inf) pixel values")
     return _to_uint8(image)

@@ -8,7 +8,11 @@ optional hash check, and the same guarantees:
 - a file that already exists is used as it is (checked against the hash when one is
   known) and never overwritten: a mismatch is an error naming the file;
 - any failure (no network, HTTP error, wrong hash) is one ``DownloadError`` naming the URL,
-  the target path and what to do instead.
+  the target path and what to do instead;
+- only ``https`` URLs are fetched (plain ``http`` only from this machine: 127.0.0.1,
+  localhost), so a file cannot be swapped on the way;
+- archives are unpacked by ``extract_zip`` only after every member's path has been checked
+  to stay inside the target folder.
 """
 
 from __future__ import annotations
@@ -17,6 +21,12 @@ import contextlib
 import hashlib
 import io
 import os
+import stat
+import urllib.parse
+import zipfile
+
+from mrcnn.errors import UnsafePathError
+from mrcnn.paths import inside
 
 # Chunk size when hashing a file.
 _CHUNK = 1 << 20
@@ -40,6 +50,24 @@ def _algorithm(file_hash: str) -> str:
     return "sha256" if len(file_hash) == 64 else "md5"
 
 
+# Hosts a plain-http URL may name: this machine (a local mirror, tests).
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def check_url(url: str) -> None:
+    """Refuse a URL that could be tampered with on the way: anything but https (or http
+    from this machine).
+
+    Raises:
+        DownloadError: naming the URL.
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK):
+        return
+    raise DownloadError(f"refusing to download {url}: only https URLs are fetched (a plain "
+                        "http or other download can be altered on the way)")
+
+
 def download(url: str, path: str, file_hash: str | None = None, verbose: int = 1) -> str:
     """Make ``path`` hold the file at ``url``, downloading it if it is not there yet.
 
@@ -54,9 +82,10 @@ def download(url: str, path: str, file_hash: str | None = None, verbose: int = 1
         ``path``, absolute.
 
     Raises:
-        DownloadError: the download failed, or the file there (or downloaded) does not
-            match ``file_hash``.
+        DownloadError: the URL is not https, the download failed, or the file there (or
+            downloaded) does not match ``file_hash``.
     """
+    check_url(url)
     path = os.path.abspath(os.fspath(path))
     if os.path.exists(path):
         if file_hash and file_digest(path, _algorithm(file_hash)) != file_hash.lower():
@@ -90,3 +119,40 @@ def download(url: str, path: str, file_hash: str | None = None, verbose: int = 1
     if verbose:
         print(f"Downloaded {url} to {path}")
     return path
+
+
+def extract_zip(zip_path: str, target_dir: str) -> list[str]:
+    """Unpack a zip archive into ``target_dir`` after checking every member's path.
+
+    Nothing is written unless every member stays inside ``target_dir``: no absolute path,
+    no ``..`` leaving it, no path through a symlink already there that points outside, and
+    no symlink member pointing outside (Python writes symlink members as small files, but
+    another unzip tool would make them links).
+
+    Args:
+        zip_path: the archive.
+        target_dir: where its members go (created).
+
+    Returns:
+        The member names, in the archive's order.
+
+    Raises:
+        UnsafePathError: naming the archive and the first member that leaves the folder.
+        zipfile.BadZipFile, OSError: the archive cannot be read.
+    """
+    os.makedirs(target_dir, exist_ok=True)
+    with zipfile.ZipFile(zip_path) as archive:
+        members = archive.infolist()
+        for member in members:
+            what = f"member {member.filename!r}"
+            inside(target_dir, member.filename, what=what, source=zip_path)
+            if stat.S_ISLNK(member.external_attr >> 16):
+                link = archive.read(member).decode("utf-8", "replace")
+                folder = os.path.dirname(member.filename)
+                if os.path.isabs(link) or os.path.splitdrive(link)[0]:
+                    raise UnsafePathError(f"{zip_path}: {what} is a symlink to the absolute "
+                                          f"path {link!r}")
+                inside(target_dir, os.path.join(folder, link), what=f"{what} (a symlink)",
+                       source=zip_path)
+        archive.extractall(target_dir, members)
+    return [member.filename for member in members]

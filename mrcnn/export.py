@@ -14,6 +14,9 @@ mask head's resolution, one per detection for its class, as ``detect`` has them 
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import warnings
 
 import keras
@@ -92,19 +95,30 @@ def serving_function(model: keras.Model, config, image_size: tuple[int, int]):
 
 
 def export_saved_model(model: keras.Model, config, path: str, image_size=None,
-                       batch_size: int | None = None) -> str:
+                       batch_size: int | None = None, overwrite: bool = False) -> str:
     """Write a SavedModel whose ``serve`` signature maps uint8 images to detections.
+
+    The export is written to a temporary folder beside ``path`` and renamed into place when
+    complete, so ``path`` never holds half an export, and an existing one is never merged
+    into or replaced unless asked.
 
     Args:
         model: the inference ``keras.Model``.
         config: the ``Config``.
-        path: output folder.
+        path: output folder (absent or empty, or an earlier export with ``overwrite``).
         image_size: (height, width) served (default: IMAGE_SHAPE).
         batch_size: a fixed batch size, or None for any.
+        overwrite: replace an earlier SavedModel at ``path``.
 
     Returns:
         ``path``.
+
+    Raises:
+        FileExistsError: ``path`` is a file or a non-empty folder and ``overwrite`` is
+            False, or it holds something other than a SavedModel (never replaced).
     """
+    path = os.path.abspath(os.fspath(path))
+    replace = _check_export_target(path, overwrite)
     h, w = serving_size(config, image_size)
     archive = keras.export.ExportArchive()
     if keras.backend.backend() != "tensorflow":
@@ -121,5 +135,41 @@ def export_saved_model(model: keras.Model, config, path: str, image_size=None,
         name="serve", fn=serving_function(model, config, (h, w)),
         input_signature=[keras.InputSpec(shape=(batch_size, h, w, config.IMAGE_CHANNEL_COUNT),
                                          dtype="uint8")])
-    archive.write_out(path, verbose=False)
+    parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{name}.", suffix=".part", dir=parent)
+    try:
+        archive.write_out(tmp, verbose=False)
+        if replace:
+            old = tmp + ".old"
+            os.rename(path, old)
+            os.rename(tmp, path)
+            shutil.rmtree(old)
+        else:
+            try:
+                os.rename(tmp, path)  # onto nothing or an empty folder only
+            except OSError as err:
+                raise FileExistsError(f"export: {path} was filled by something else while "
+                                      "exporting; it was left as it is") from err
+    finally:
+        if os.path.isdir(tmp):
+            shutil.rmtree(tmp)
     return path
+
+
+def _check_export_target(path: str, overwrite: bool) -> bool:
+    """Whether an earlier export at ``path`` is to be replaced; refuse anything else there."""
+    if not os.path.lexists(path):
+        return False
+    if not os.path.isdir(path) or os.path.islink(path):
+        raise FileExistsError(f"export: {path} exists and is not a folder; choose another path")
+    if not os.listdir(path):
+        return False
+    if not overwrite:
+        raise FileExistsError(f"export: {path} is not empty (an earlier export?); it is never "
+                              "replaced by accident: pass overwrite=True to replace it, or "
+                              "choose another path")
+    if not os.path.isfile(os.path.join(path, "saved_model.pb")):
+        raise FileExistsError(f"export: {path} holds files but no saved_model.pb; overwrite="
+                              "True replaces an earlier export only: choose another path")
+    return True

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from mrcnn.dataset import check_mask
+from mrcnn.dataset import check_mask, describe_image
 from mrcnn.utils import compute_overlaps, compute_overlaps_masks, extract_bboxes
 
 
@@ -270,7 +270,8 @@ def per_image_ap(
             else:
                 image = dataset.load_image(image_id)
                 masks, class_ids = check_mask(*dataset.load_mask(image_id), image_id,
-                                              image.shape)
+                                              image.shape,
+                                              where=describe_image(dataset, image_id))
                 boxes = extract_bboxes(masks)
             truths.append((image, class_ids, boxes, masks))
         results = model.detect([t[0] for t in truths], verbose=0)

@@ -36,6 +36,7 @@ from mrcnn.data import (  # noqa: F401  (Matterport's modellib surface)
 )
 from mrcnn.detection import DetectionLayer, parse_image_meta_graph  # noqa: F401
 from mrcnn.detection_targets import DetectionTargetLayer  # noqa: F401
+from mrcnn.errors import InputError
 from mrcnn.export import export_saved_model
 from mrcnn.inspection import (  # noqa: F401  (Matterport's modellib surface)
     build_detection_targets,
@@ -65,6 +66,8 @@ from mrcnn.training import (
 from mrcnn.weights import (
     is_keras3_weights_file,
     load_weights_by_name,
+    nonfinite_datasets,
+    nonfinite_file_message,
     save_weights_by_name,
     weighted_layers,
 )
@@ -288,7 +291,8 @@ class MaskRCNN:
         Raises:
             FileNotFoundError: no such file.
             ValueError: naming the file: unreadable or corrupted (a failed checksum names
-                the layer), layers whose shapes differ, or missing layers when strict.
+                the layer), layers whose shapes differ, or missing layers when strict;
+                NaN/inf weights (``InputError``, naming the layers; nothing is loaded).
         """
         if not os.path.exists(filepath):
             raise FileNotFoundError(f"Weights file not found: {filepath}")
@@ -298,10 +302,13 @@ class MaskRCNN:
                                  "layers by creation order, not by name: it can only be "
                                  "loaded whole (by_name=False, no exclude). Save with "
                                  "MaskRCNN.save_weights for by-name loading.")
+            bad = nonfinite_datasets(filepath)  # checked before anything is assigned
+            if bad:
+                raise InputError(nonfinite_file_message(filepath, bad))
             try:
                 self.keras_model.load_weights(filepath)
-            except OSError as err:
-                raise ValueError(f"Cannot read {filepath}: {err}") from err
+            except (OSError, RuntimeError) as err:
+                raise InputError(f"Cannot read {filepath}: {err}") from err
         else:
             strict = not by_name and not exclude
             load_weights_by_name(self.keras_model, filepath, exclude=exclude, strict=strict)
@@ -317,7 +324,7 @@ class MaskRCNN:
         save_weights_by_name(self.keras_model, filepath)
 
     def export(self, path: str, image_size: Sequence[int] | None = None,
-               batch_size: int | None = None) -> str:
+               batch_size: int | None = None, overwrite: bool = False) -> str:
         """Export the inference model as a TensorFlow SavedModel for serving.
 
         Its ``serve`` signature takes uint8 images [B, H, W, C] of ``image_size`` and
@@ -330,13 +337,20 @@ class MaskRCNN:
             path: output folder.
             image_size: (height, width), multiples of 64 (default: Config.IMAGE_SHAPE).
             batch_size: fixed batch size, or None for any.
+            overwrite: replace an earlier export at ``path``; by default a non-empty
+                folder there is an error and is left as it is.
 
         Returns:
             ``path``.
+
+        Raises:
+            FileExistsError: ``path`` holds files (and ``overwrite`` is False, or they are
+                not a SavedModel).
         """
         if self.mode != "inference":
             raise ValueError("Create the model in inference mode to export it.")
-        return export_saved_model(self.keras_model, self.config, path, image_size, batch_size)
+        return export_saved_model(self.keras_model, self.config, path, image_size, batch_size,
+                                  overwrite=overwrite)
 
     def get_imagenet_weights(self) -> str:
         """Matterport downloaded ResNet-50 ImageNet weights here; this needs the network.
@@ -431,6 +445,7 @@ class MaskRCNN:
                 f"convention), not a number of epochs: pass epochs={self.epoch + 2} to "
                 "train 2 more. (Loading another run's checkpoint, or loading with exclude=, "
                 "starts a new run at epoch 0.)")
+        self._refuse_existing_checkpoints(epochs)
         config = self.config
         layer_regex = resolve_layer_regex(layers)
         stage = {"learning_rate": float(learning_rate), "epochs": int(epochs),
@@ -502,6 +517,26 @@ class MaskRCNN:
         self.epoch = max(self.epoch, epochs)
         self._resume_path = None
         return history
+
+    def _refuse_existing_checkpoints(self, epochs: int) -> None:
+        """A run never writes over its checkpoints: refuse a train() that would.
+
+        Loading an earlier checkpoint of a finished run resumes that run, whose later
+        epochs are on disk already; training those epochs again would replace them.
+        """
+        if not self._run_claimed:
+            return  # a fresh run: its folder is created (claimed) by train()
+        taken = [path for epoch in range(self.epoch + 1, epochs + 1)
+                 if os.path.exists(path := self.checkpoint_path.format(epoch=epoch))]
+        if taken:
+            raise FileExistsError(
+                f"train(epochs={epochs}) would write over {taken[0]}: the run in "
+                f"{self.log_dir} was resumed at epoch {self.epoch} and already has "
+                f"{len(taken)} later checkpoint(s). Checkpoints are never overwritten. To "
+                "continue that run, load its last checkpoint (model.load_weights("
+                "model.find_last())); to train from these weights as a new run (epoch 0, a "
+                "new folder), call model.set_log_dir() after load_weights; to train those "
+                "epochs again in this run, move its later checkpoints away first.")
 
     def _fit(self, train_generator, val_generator, epochs: int,
              callbacks: list) -> keras.callbacks.History:
@@ -608,17 +643,25 @@ class MaskRCNN:
         """Detect instances in images of any size and number.
 
         Args:
-            images: list of [H, W, 3] images (uint8 RGB).
+            images: list of [H, W, 3] images (uint8 RGB). Other pixel types are converted
+                as training converts them (``dataset.as_model_image``: floats in [0, 1]
+                x 255, uint16 scaled to 0..255, ...); NaN/inf pixels, empty images and
+                other channel counts are refused naming the image's index.
             verbose: print inputs and outputs like Matterport's ``log``.
 
         Returns:
             One dict per image: rois [N, (y1, x1, y2, x2)] int32 pixels, class_ids [N],
             scores [N], masks bool [H, W, N], all in original image coordinates. As in
             Matterport, ``self.anchors`` then holds the pixel anchors of the (last) molded
-            image shape.
+            image shape. No images give ``[]``.
+
+        Raises:
+            InputError: an image that cannot be converted (see ``images``).
         """
         if self.mode != "inference":
             raise ValueError("Create the model in inference mode to detect.")
+        if len(images) == 0:
+            return []
         if verbose:
             print(f"Processing {len(images)} images")
             for image in images:

@@ -66,7 +66,8 @@ def _rpn(rpn_feature_maps, config):
 
 def _anchors_layer(config) -> AnchorsLayer:
     shape_fn = config.COMPUTE_BACKBONE_SHAPE if callable(config.BACKBONE) else None
-    return AnchorsLayer(compute_backbone_shape=shape_fn, name="anchors",
+    return AnchorsLayer(compute_backbone_shape=shape_fn, image_shape=config.IMAGE_SHAPE,
+                        name="anchors",
                         **config_values(config, AnchorsLayer.CONFIG_KEYS))
 
 

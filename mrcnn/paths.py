@@ -68,3 +68,62 @@ def inside(root: str, name: str, *, what: str = "file", source: str = "",
 
 def _where(what: str, source: str) -> str:
     return f"{source}: {what}" if source else what
+
+
+# ------------------------------------------------------------------ outputs are claimed
+
+def claim(path: str, *, folder: bool = False) -> str:
+    """Create ``path`` exclusively, or the first free ``<stem>_<n><ext>`` (n = 2, 3, ...).
+
+    Creation is the claim (``O_EXCL`` for a file, ``mkdir`` for a folder), so two processes,
+    or two calls in the same second, never get the same output; nothing that exists is
+    touched. The parent folders are created.
+
+    Args:
+        path: the wanted file or folder.
+        folder: claim a folder (the suffix goes at the end) instead of a file (the suffix
+            goes before the extension: ``submit_2.csv``).
+
+    Returns:
+        The path created: an empty file or folder, now the caller's to fill.
+    """
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    stem, ext = (path, "") if folder else os.path.splitext(path)
+    candidate, n = path, 1
+    while True:
+        try:
+            if folder:
+                os.mkdir(candidate)
+            else:
+                os.close(os.open(candidate, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return candidate
+        except FileExistsError:
+            n += 1
+            candidate = f"{stem}_{n}{ext}"
+
+
+def publish(src: str, dst: str) -> None:
+    """Rename the finished file ``src`` to ``dst``, refusing to replace an existing ``dst``.
+
+    A hard link makes the check and the rename one atomic step where the file system has
+    them; elsewhere the check comes just before the rename.
+
+    Args:
+        src: the complete file (a temporary name in ``dst``'s folder).
+        dst: its final name.
+
+    Raises:
+        FileExistsError: ``dst`` exists (``src`` is removed).
+    """
+    try:
+        os.link(src, dst)
+    except FileExistsError:
+        os.remove(src)
+        raise FileExistsError(f"{dst} exists already; it was left as it is") from None
+    except OSError:  # no hard links here (some network and FAT file systems)
+        if os.path.exists(dst):
+            os.remove(src)
+            raise FileExistsError(f"{dst} exists already; it was left as it is") from None
+        os.replace(src, dst)
+        return
+    os.remove(src)

@@ -23,6 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mrcnn.dataset import load_image_file
+from mrcnn.paths import claim
 from mrcnn.progress import track
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -122,21 +123,11 @@ def detect_images(model: Any, paths: Sequence[str], class_names: Sequence[str],
         if pictures:
             stem = os.path.splitext(name)[0]
             visualize.save_instances_image(
-                _unused_path(os.path.join(output_dir, f"detect_{stem}.png")), image,
+                claim(os.path.join(output_dir, f"detect_{stem}.png")), image,
                 result["rois"],
                 result["masks"], result["class_ids"], class_names, result["scores"])
-    result_file = _unused_path(os.path.join(output_dir, RESULT_FILE))
+    result_file = claim(os.path.join(output_dir, RESULT_FILE))
     with open(result_file, "w", encoding="utf-8") as f:
         json.dump({"images": images, "detections": records, "errors": errors}, f)
     return {"result_file": result_file, "images": len(images), "detections": len(records),
             "errors": errors}
-
-
-def _unused_path(path: str) -> str:
-    """``path``, or ``stem_1.ext``, ``stem_2.ext``... if it exists (never overwrite)."""
-    stem, ext = os.path.splitext(path)
-    k = 0
-    while os.path.exists(path):
-        k += 1
-        path = f"{stem}_{k}{ext}"
-    return path

@@ -3,9 +3,10 @@ and the layer that holds its anchors (``AnchorsLayer``, from ``mrcnn.anchors``).
 
 from __future__ import annotations
 
-import importlib
+import warnings
 
 import keras
+import numpy as np
 from keras import initializers, layers, ops
 
 from mrcnn.anchors import pyramid_anchors
@@ -88,6 +89,44 @@ def rpn_on_pyramid(rpn_model: keras.Model, feature_maps: list) -> list:
             for i, name in enumerate(names)]
 
 
+def stride_shapes(image_hw, strides) -> list[list[int]]:
+    """[height, width] of each pyramid level by the stride rule: ceil(size / stride).
+
+    Args:
+        image_hw: (height, width) of the molded image.
+        strides: Config.BACKBONE_STRIDES.
+
+    Returns:
+        [[h, w], ...], one per stride.
+    """
+    return [[-(-int(image_hw[0]) // int(s)), -(-int(image_hw[1]) // int(s))] for s in strides]
+
+
+def _checked_shapes(entries, strides) -> dict[tuple[int, int], list[list[int]]]:
+    """``backbone_shapes`` from get_config (a model file) -> {(H, W): [[h, w] x levels]}."""
+    table = {}
+    problem = "expected a list of {'image_size': [H, W], 'feature_shapes': [[h, w], ...]}"
+    if not isinstance(entries, (list, tuple)):
+        raise ValueError(f"AnchorsLayer: backbone_shapes {entries!r}: {problem}")
+    for entry in entries:
+        try:
+            size = tuple(int(v) for v in entry["image_size"])
+            shapes = [[int(v) for v in level] for level in entry["feature_shapes"]]
+        except (TypeError, KeyError, ValueError) as err:
+            raise ValueError(f"AnchorsLayer: backbone_shapes entry {entry!r}: {problem}") \
+                from err
+        # A level has at most one cell per pixel: larger numbers would only make a crafted
+        # file allocate huge anchor arrays.
+        if len(size) != 2 or min(size) < 1 or len(shapes) != len(strides) or any(
+                len(level) != 2 or min(level) < 0 or level[0] > size[0] or level[1] > size[1]
+                for level in shapes):
+            raise ValueError(f"AnchorsLayer: backbone_shapes entry {entry!r}: {problem} with "
+                             f"{len(strides)} levels (one per BACKBONE_STRIDES entry) of "
+                             "sizes between 0 and the image size")
+        table[size] = shapes
+    return table
+
+
 @keras.saving.register_keras_serializable(package="mrcnn")
 class AnchorsLayer(PlainConfigMixin, layers.Layer):
     """Outputs the normalized anchors of the input image's shape, broadcast to the batch.
@@ -95,13 +134,22 @@ class AnchorsLayer(PlainConfigMixin, layers.Layer):
     The image's height and width must be static when the layer runs (they are: the training
     graph has a fixed shape and inference is traced per image shape).
 
+    A model file holds values only: ``get_config`` stores the backbone's feature shapes as
+    numbers (``backbone_shapes``, computed at construction for ``image_shape``), never a
+    function. A reloaded layer uses them for that image size and the stride rule
+    (ceil(size / stride), what every built-in backbone does) for other sizes, when the
+    stored shapes follow it; otherwise it refuses other sizes with an error saying how to
+    rebuild the model. Older files that name COMPUTE_BACKBONE_SHAPE as an import path load
+    without importing anything (the name is ignored; the stride rule is used).
+
     Args:
         config: a ``Config`` to read the values below from (Matterport's signature).
         rpn_anchor_scales, rpn_anchor_ratios, backbone_strides, rpn_anchor_stride: the
             Config values (keyword arguments, see ``mrcnn.layer_config``).
         compute_backbone_shape: Config.COMPUTE_BACKBONE_SHAPE of a callable BACKBONE, or
-            None (shapes from the strides). ``get_config`` stores it as its import path
-            ("package.module.function"), so it must be a module-level function.
+            None (shapes from the strides). Called in this process only, never saved.
+        image_shape: Config.IMAGE_SHAPE, the size whose feature shapes are stored.
+        backbone_shapes: the stored shapes (from ``get_config``; not given by hand).
 
     Call args:
         image: the input image [B, H, W, C] (only its shape is used).
@@ -113,16 +161,71 @@ class AnchorsLayer(PlainConfigMixin, layers.Layer):
     CONFIG_KEYS = ("RPN_ANCHOR_SCALES", "RPN_ANCHOR_RATIOS", "BACKBONE_STRIDES",
                    "RPN_ANCHOR_STRIDE")
 
-    def __init__(self, config=None, compute_backbone_shape=None, **kwargs):
-        if config is not None and callable(config.BACKBONE):
-            compute_backbone_shape = compute_backbone_shape or config.COMPUTE_BACKBONE_SHAPE
-        if isinstance(compute_backbone_shape, str):  # an import path, from get_config
-            module, _, name = compute_backbone_shape.rpartition(".")
-            compute_backbone_shape = getattr(importlib.import_module(module), name)
+    def __init__(self, config=None, compute_backbone_shape=None, image_shape=None,
+                 backbone_shapes=None, **kwargs):
+        if config is not None:
+            if callable(config.BACKBONE):
+                compute_backbone_shape = compute_backbone_shape or config.COMPUTE_BACKBONE_SHAPE
+            image_shape = config.IMAGE_SHAPE if image_shape is None else image_shape
+        legacy = None
+        if isinstance(compute_backbone_shape, str):
+            # An import path stored by an older version: a file never chooses code to run.
+            legacy, compute_backbone_shape = compute_backbone_shape, None
+        elif compute_backbone_shape is not None and not callable(compute_backbone_shape):
+            raise TypeError("AnchorsLayer: compute_backbone_shape must be a callable "
+                            f"(Config.COMPUTE_BACKBONE_SHAPE) or None, got "
+                            f"{compute_backbone_shape!r}")
         super().__init__(**self._take_config(config, kwargs))
-        self.compute_backbone_shape = compute_backbone_shape
-        # compute_backbone_shapes() calls COMPUTE_BACKBONE_SHAPE when BACKBONE is callable.
-        self.config.BACKBONE = self.config.COMPUTE_BACKBONE_SHAPE = compute_backbone_shape
+        strides = self.config.BACKBONE_STRIDES
+        # Plain attributes, outside Keras' tracking (which would wrap the dict).
+        object.__setattr__(self, "_shape_fn", compute_backbone_shape)
+        object.__setattr__(self, "_shapes", _checked_shapes(backbone_shapes or [], strides))
+        if image_shape is not None:
+            size = (int(image_shape[0]), int(image_shape[1]))
+            if size not in self._shapes:
+                self._shapes[size] = self._live_shapes(size)
+        if legacy is not None and not self._shapes:
+            warnings.warn(
+                f"AnchorsLayer {self.name!r}: the model file names COMPUTE_BACKBONE_SHAPE "
+                f"{legacy!r} as code to import; mrcnn never runs code named in a file, so the "
+                "backbone's feature shapes are computed from BACKBONE_STRIDES (ceil(size / "
+                "stride), as every built-in backbone). Save the model again to store its "
+                "shapes as numbers.", stacklevel=2)
+        # pyramid_anchors() asks COMPUTE_BACKBONE_SHAPE when BACKBONE is callable.
+        self.config.BACKBONE = self.config.COMPUTE_BACKBONE_SHAPE = self.backbone_shapes
+
+    def _live_shapes(self, size: tuple[int, int]) -> list[list[int]]:
+        if self._shape_fn is None:
+            return stride_shapes(size, self.config.BACKBONE_STRIDES)
+        return np.asarray(self._shape_fn(size)).astype(int).tolist()
+
+    def backbone_shapes(self, image_shape) -> np.ndarray:
+        """[height, width] of each pyramid level for a molded image shape.
+
+        Args:
+            image_shape: (H, W[, C]).
+
+        Returns:
+            int array [levels, 2].
+
+        Raises:
+            ValueError: a reloaded model whose stored shapes do not follow the stride rule
+                is asked for another image size.
+        """
+        size = (int(image_shape[0]), int(image_shape[1]))
+        if size in self._shapes:
+            return np.asarray(self._shapes[size])
+        strides = self.config.BACKBONE_STRIDES
+        if self._shape_fn is not None or all(
+                shapes == stride_shapes(known, strides) for known, shapes in self._shapes.items()):
+            return np.asarray(self._live_shapes(size))
+        known = ", ".join(f"{h}x{w}" for h, w in self._shapes)
+        raise ValueError(
+            f"AnchorsLayer {self.name!r}: this model's backbone feature shapes are stored for "
+            f"images of {known} only (its backbone does not follow ceil(size / stride)); got "
+            f"{size[0]}x{size[1]}. Build the model from its Config (MaskRCNN(mode, config, "
+            "model_dir), whose COMPUTE_BACKBONE_SHAPE computes any size) and load the "
+            "weights, or feed images of the stored size.")
 
     def call(self, image):
         height, width = image.shape[1], image.shape[2]
@@ -142,10 +245,6 @@ class AnchorsLayer(PlainConfigMixin, layers.Layer):
 
     def get_config(self):
         base = super().get_config()
-        fn = self.compute_backbone_shape
-        if fn is not None and ("<" in fn.__qualname__ or "." in fn.__qualname__):
-            raise ValueError(f"AnchorsLayer.get_config: COMPUTE_BACKBONE_SHAPE {fn} must be a "
-                             "module-level function to be saved (its import path is stored).")
-        base.update(compute_backbone_shape=f"{fn.__module__}.{fn.__qualname__}" if fn
-                    else None)
+        base.update(backbone_shapes=[{"image_size": list(size), "feature_shapes": shapes}
+                                     for size, shapes in self._shapes.items()])
         return base

@@ -20,6 +20,7 @@ import sys
 import warnings
 from typing import Any, NamedTuple
 
+from mrcnn.paths import claim
 from mrcnn.weights import checkpoint_problem
 
 _TIMESTAMP = r"(\d{8}T\d{4}(?:\d{2})?)"  # seconds since this project; minutes (Matterport)
@@ -83,7 +84,7 @@ def new_run_folder(model_dir: str, name: str, now: datetime.datetime | None = No
 def claim_run_folder(log_dir: str) -> str:
     """Create ``log_dir``, or, when it exists already, the first free ``log_dir_<n>``.
 
-    Creation is the claim (``exist_ok=False``), so two processes never get the same folder.
+    Creation is the claim (``mrcnn.paths.claim``), so two processes never get the same folder.
 
     Args:
         log_dir: the wanted folder.
@@ -91,15 +92,7 @@ def claim_run_folder(log_dir: str) -> str:
     Returns:
         The folder created.
     """
-    os.makedirs(os.path.dirname(log_dir) or ".", exist_ok=True)
-    candidate, n = log_dir, 1
-    while True:
-        try:
-            os.makedirs(candidate, exist_ok=False)
-            return candidate
-        except FileExistsError:
-            n += 1
-            candidate = f"{log_dir}_{n}"
+    return claim(log_dir, folder=True)
 
 
 RUN_INFO_FILE = "config.json"

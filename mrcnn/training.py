@@ -24,8 +24,8 @@ from mrcnn.layer_config import PlainConfigMixin
 from mrcnn.norm import FrozenBatchNormalization
 from mrcnn.ops.distribute import ClipAfterAllReduce, loss_replicas, replica_sum, step_output
 from mrcnn.transform import parse_image_meta_graph
-from mrcnn.weights import (STATE_GROUP, layer_arrays, nonfinite_layers, open_weights_file,
-                           save_weights_by_name)
+from mrcnn.weights import (STATE_GROUP, layer_arrays, named_read_errors, nonfinite_layers,
+                           open_weights_file, save_weights_by_name)
 
 # Matterport's presets of train(layers=...), with GroupNorm names ("gn...") alongside BN ones.
 LAYER_REGEX = {
@@ -475,7 +475,7 @@ def read_training_state(filepath: str) -> dict | None:
         dict with epoch, stage (dict), callbacks (dict), optimizer and model (lists of
         (path, array)).
     """
-    with open_weights_file(filepath) as f:
+    with open_weights_file(filepath) as f, named_read_errors(filepath):
         if STATE_GROUP not in f:
             return None
         group = f[STATE_GROUP]
@@ -542,5 +542,7 @@ class NamedCheckpoint(keras.callbacks.Callback):
             def extra(f):
                 write_training_state(f, self.model, epoch + 1, self.stage,
                                      self.state_callbacks)
+        # Never over an existing file: train() refuses such a run up front; this catches
+        # a file that appeared since (another process writing the same run).
         save_weights_by_name(self.model, self.filepath.format(epoch=epoch + 1), arrays,
-                             write_extra=extra)
+                             write_extra=extra, overwrite=False)

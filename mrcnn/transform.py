@@ -35,6 +35,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from mrcnn.dataset import as_model_image
+
 ############################################################
 #  Image meta layout
 ############################################################
@@ -657,16 +659,16 @@ def resize_inputs(images: Sequence[np.ndarray], config: Any
             pads at the bottom/right).
         windows: int [N, 4] (y1, x1, y2, x2) of each image in its molded image.
 
+    Images are checked and their pixels converted to uint8 as for training
+    (``dataset.as_model_image``: floats in [0, 1] x 255, uint16 / 65535 x 255, ...).
+
     Raises:
-        ValueError: an image is not [H, W, IMAGE_CHANNEL_COUNT].
+        InputError: naming the image's index: not [H, W, IMAGE_CHANNEL_COUNT], empty, not
+            numbers, or NaN/inf pixels.
     """
     resized, metas, windows = [], [], []
     for index, image in enumerate(images):
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != config.IMAGE_CHANNEL_COUNT:
-            raise ValueError(f"detect() expects images of shape [H, W, "
-                             f"{config.IMAGE_CHANNEL_COUNT}] (config.IMAGE_CHANNEL_COUNT), "
-                             f"got {image.shape} for image {index}")
+        image = as_model_image(image, f"image {index}", config.IMAGE_CHANNEL_COUNT)
         out, window, scale, _padding, _crop = resize_image(
             image, min_dim=config.IMAGE_MIN_DIM, min_scale=config.IMAGE_MIN_SCALE,
             max_dim=config.IMAGE_MAX_DIM, mode=config.IMAGE_RESIZE_MODE)
@@ -676,6 +678,8 @@ def resize_inputs(images: Sequence[np.ndarray], config: Any
         windows.append(window)
         metas.append(compose_image_meta(0, image.shape, molded_shape, window, scale,
                                         np.zeros([config.NUM_CLASSES], dtype=np.int32)))
+    if not resized:
+        return [], np.zeros([0, image_meta_size(config.NUM_CLASSES)]), np.zeros([0, 4], int)
     return resized, np.stack(metas), np.asarray(windows)
 
 

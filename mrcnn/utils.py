@@ -32,6 +32,10 @@ from mrcnn.dataset import Dataset, as_model_image, check_mask, load_image_file  
 COCO_MODEL_URL = (
     "https://github.com/matterport/Mask_RCNN/releases/download/v2.0/mask_rcnn_coco.h5"
 )
+# Its SHA-256. Matterport published none, and no independently verified value was found,
+# so it is unknown (None): the download is checked only when the caller passes the hash
+# it trusts (``download_trained_weights(path, file_hash=...)``).
+COCO_MODEL_SHA256: str | None = None
 
 
 ############################################################
@@ -421,26 +425,31 @@ def denorm_boxes(boxes: np.ndarray, shape: Sequence[int]) -> np.ndarray:
 ############################################################
 
 
-def download_trained_weights(coco_model_path: str, verbose: int = 1) -> None:
+def download_trained_weights(coco_model_path: str, verbose: int = 1,
+                             file_hash: str | None = COCO_MODEL_SHA256) -> None:
     """Download Matterport's COCO-trained weights (``COCO_MODEL_URL``) if not there yet.
 
-    Through ``mrcnn.download.download``: Keras' progress bar, a temporary ``.part`` file
-    renamed when complete (an interrupted download never leaves a truncated .h5), and an
-    existing file is never overwritten.
+    Through ``mrcnn.download.download``: https only, Keras' progress bar, a temporary
+    ``.part`` file renamed when complete (an interrupted download never leaves a truncated
+    .h5), and an existing file is never overwritten.
 
     Args:
         coco_model_path: where to save ``mask_rcnn_coco.h5``.
         verbose: progress when non-zero.
+        file_hash: the file's SHA-256 (64 hex digits), checked after the download and on a
+            file already there. The default, ``COCO_MODEL_SHA256``, is unknown (None): pass
+            the hash you trust to have the file checked.
 
     Raises:
         RuntimeError (``mrcnn.download.DownloadError``): the download failed (no network,
-            HTTP error, ...); the message names the URL and the path to place the file at.
+            HTTP error, a hash mismatch, ...); the message names the URL and the path to
+            place the file at.
     """
     from mrcnn.download import download
 
     if verbose > 0:
         print(f"Downloading pretrained model to {coco_model_path} ...")
-    download(COCO_MODEL_URL, coco_model_path, verbose=verbose)
+    download(COCO_MODEL_URL, coco_model_path, file_hash=file_hash, verbose=verbose)
     if verbose > 0:
         print("... done downloading pretrained model!")
 

@@ -17,6 +17,7 @@ resume. Files without them (Matterport's) load as before.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 import zlib
@@ -26,6 +27,9 @@ from typing import Callable
 import h5py
 import keras
 import numpy as np
+
+from mrcnn.errors import InputError
+from mrcnn.paths import publish
 
 
 def _decode(names) -> list[str]:
@@ -72,16 +76,38 @@ def open_weights_file(filepath: str) -> h5py.File:
         raise FileNotFoundError(f"Weights file not found: {filepath}")
     try:
         return h5py.File(filepath, "r")
-    except OSError as err:
+    except (OSError, RuntimeError) as err:
         raise ValueError(f"{filepath} is not a readable HDF5 weights file (truncated or "
                          f"corrupted?): {err}") from err
 
 
 def is_keras3_weights_file(filepath: str) -> bool:
     """True for a Keras 3 ``model.save_weights`` file (layers keyed by class, not name)."""
-    with open_weights_file(filepath) as f:
+    with open_weights_file(filepath) as f, named_read_errors(filepath):
         root = f["model_weights"] if "model_weights" in f else f
         return "layer_names" not in root.attrs and "layers" in f
+
+
+# What h5py raises on a damaged file or one being rewritten while it is read (a truncated or
+# overwritten block): messages that do not name the file.
+_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError)
+
+
+@contextlib.contextmanager
+def named_read_errors(filepath: str):
+    """Context manager: h5py's errors inside the block become one InputError naming
+    ``filepath`` (what h5py says about a damaged file does not name it).
+
+    Args:
+        filepath: the file being read.
+    """
+    try:
+        yield
+    except InputError:
+        raise
+    except _H5_ERRORS as err:
+        raise InputError(f"Cannot read {filepath} (damaged, or being written by another "
+                         f"process?): {type(err).__name__}: {err}") from err
 
 
 def checkpoint_problem(filepath: str) -> str | None:
@@ -103,7 +129,7 @@ def checkpoint_problem(filepath: str) -> str | None:
                 return "no 'layer_names' attribute (not a weights file of this layout)"
             if not bool(root.attrs.get("all_finite", True)):
                 return "it holds non-finite (NaN/inf) weights"
-    except (ValueError, OSError, FileNotFoundError) as err:
+    except (ValueError, OSError, RuntimeError) as err:
         return str(err)
     return None
 
@@ -122,15 +148,14 @@ def read_weights(filepath: str) -> "OrderedDict[str, list[np.ndarray]]":
         ValueError: the file is not an HDF5 weights file of that layout, or it is
             corrupted (a CRC-32 mismatch names the layer); the message names the file.
     """
-    with open_weights_file(filepath) as f:
+    with open_weights_file(filepath) as f, named_read_errors(filepath):
         root = f["model_weights"] if "model_weights" in f else f
         if "layer_names" in root.attrs:
             try:
                 return _read_keras2(root)
-            except (OSError, KeyError, ValueError) as err:
-                # h5py's own errors (a truncated or overwritten block) do not name the file.
-                raise ValueError(f"Cannot read {filepath}: {err}") from err
-    raise ValueError(f"{filepath}: no 'layer_names' attribute; expected an HDF5 weights "
+            except ValueError as err:  # a CRC-32 mismatch, naming the layer
+                raise InputError(f"Cannot read {filepath}: {err}") from err
+    raise InputError(f"{filepath}: no 'layer_names' attribute; expected an HDF5 weights "
                      "file in the Keras 2 / Matterport layout (as written by "
                      "MaskRCNN.save_weights and the training checkpoints).")
 
@@ -144,12 +169,50 @@ def layer_arrays(model: keras.Model) -> "OrderedDict[str, list[np.ndarray]]":
 def nonfinite_layers(arrays: "OrderedDict[str, list[np.ndarray]]") -> list[str]:
     """Names of the layers with a NaN or infinite weight."""
     return [name for name, values in arrays.items()
-            if not all(np.isfinite(a).all() for a in values)]
+            if not all(_finite(a) for a in values)]
+
+
+def _finite(array: np.ndarray) -> bool:
+    array = np.asarray(array)
+    return array.dtype.kind not in "fc" or bool(np.isfinite(array).all())
+
+
+def nonfinite_file_message(filepath: str, names: list[str]) -> str:
+    """The error for a weights file holding NaN/inf values, naming the file and layers."""
+    shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
+    return (f"Cannot load {filepath}: non-finite (NaN/inf) weights in {len(names)} "
+            f"layer(s): {shown}. The run that wrote it diverged; load an earlier checkpoint "
+            "(find_last() skips such files).")
+
+
+def nonfinite_datasets(filepath: str) -> list[str]:
+    """Names of the arrays of any HDF5 weights file that hold NaN or inf (Keras 3 files too).
+
+    Args:
+        filepath: an HDF5 file.
+
+    Returns:
+        HDF5 paths of the float datasets with a non-finite value.
+
+    Raises:
+        InputError: the file cannot be read; the message names it.
+    """
+    bad: list[str] = []
+
+    def visit(name, item):
+        if isinstance(item, h5py.Dataset) and item.dtype.kind in "fc" and \
+                not _finite(item[()]):
+            bad.append(name)
+
+    with open_weights_file(filepath) as f, named_read_errors(filepath):
+        f.visititems(visit)
+    return bad
 
 
 def save_weights_by_name(model: keras.Model, filepath: str,
                          arrays: "OrderedDict[str, list[np.ndarray]] | None" = None,
-                         write_extra: Callable[[h5py.File], None] | None = None) -> None:
+                         write_extra: Callable[[h5py.File], None] | None = None,
+                         overwrite: bool = True) -> None:
     """Write the model's weights in the Keras 2 / Matterport HDF5 layout, by layer name.
 
     Nested models are flattened (each inner layer gets its own group), which the reader
@@ -162,7 +225,14 @@ def save_weights_by_name(model: keras.Model, filepath: str,
         filepath: destination (``.h5``).
         arrays: the weights, when the caller has them already (``layer_arrays(model)``).
         write_extra: called with the open file before it is closed (training state).
+        overwrite: replace an existing ``filepath``; False refuses (checkpoints: a run never
+            writes over a file that exists).
+
+    Raises:
+        FileExistsError: ``overwrite`` is False and ``filepath`` exists (nothing changed).
     """
+    if not overwrite and os.path.exists(filepath):
+        raise FileExistsError(f"{filepath} exists already; it was left as it is")
     layers = weighted_layers(model)
     arrays = arrays if arrays is not None else layer_arrays(model)
     tmp = filepath + ".tmp"
@@ -185,7 +255,10 @@ def save_weights_by_name(model: keras.Model, filepath: str,
             write_extra(f)
     with open(tmp, "rb+") as fh:  # on disk before the rename makes it the checkpoint
         os.fsync(fh.fileno())
-    os.replace(tmp, filepath)
+    if overwrite:
+        os.replace(tmp, filepath)
+    else:
+        publish(tmp, filepath)
 
 
 def weighted_layers(model: keras.Model) -> "OrderedDict[str, keras.layers.Layer]":
@@ -224,6 +297,7 @@ def load_weights_by_name(model: keras.Model, filepath: str, exclude=None,
     Raises:
         ValueError: listing every layer whose weight count or shapes differ (nothing is
             assigned then), or, when strict, the layers missing from the file.
+        InputError: naming the file and the layers: NaN/inf weights (nothing assigned).
     """
     exclude = set(exclude or [])
     stored = read_weights(filepath)
@@ -244,6 +318,9 @@ def load_weights_by_name(model: keras.Model, filepath: str, exclude=None,
             problems.append(f"  {name}: file has {found}, model expects {expected}")
             continue
         assignments.append((layer, arrays))
+    bad = [layer.name for layer, arrays in assignments if not all(_finite(a) for a in arrays)]
+    if bad:
+        raise InputError(nonfinite_file_message(filepath, bad))
     if problems:
         raise ValueError(
             f"Cannot load {filepath}: {len(problems)} layer(s) do not match the model "

@@ -125,3 +125,86 @@ def test_coco_sample_download_failure_is_one_input_error(tmp_path):
     with pytest.raises(InputError) as info:
         coco._download(closed_port_url(), str(tmp_path / "val2017.zip"))
     assert str(tmp_path / "val2017.zip") in str(info.value)
+
+
+# ------------------------------------------------------------------------------ integrity
+
+@pytest.mark.parametrize("url", ["http://example.com/weights.h5", "ftp://example.com/w.h5",
+                                 "file:///etc/passwd", "example.com/weights.h5"])
+def test_only_https_is_fetched(tmp_path, url):
+    target = tmp_path / "w.h5"
+    with pytest.raises(dl.DownloadError, match="only https") as info:
+        dl.download(url, str(target), verbose=0)
+    assert url in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_download_trained_weights_checks_the_hash_it_is_given(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(utils, "COCO_MODEL_URL", f"{server}/weights.h5")
+    target = tmp_path / "mask_rcnn_coco.h5"
+    with pytest.raises(RuntimeError, match="by hand"):
+        utils.download_trained_weights(str(target), verbose=0, file_hash="1" * 64)
+    assert not target.exists()
+    utils.download_trained_weights(str(target), verbose=0, file_hash=SHA256)
+    assert target.read_bytes() == PAYLOAD
+
+
+def write_zip(path, members) -> str:
+    """members: (name, data, symlink?) triples."""
+    import stat
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data, link in members:
+            info = zipfile.ZipInfo(name)
+            if link:
+                info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            archive.writestr(info, data)
+    return str(path)
+
+
+@pytest.mark.parametrize("bad, fragment", [
+    (("/tmp/evil.txt", b"x", False), "absolute path"),
+    (("../evil.txt", b"x", False), "leaves the folder"),
+    (("a/../../evil.txt", b"x", False), "leaves the folder"),
+    (("link", b"../../outside", True), "symlink"),
+    (("link", b"/etc", True), "symlink to the absolute path"),
+])
+def test_archive_with_a_member_leaving_the_folder_writes_nothing(tmp_path, bad, fragment):
+    archive = write_zip(tmp_path / "a.zip", [("good/first.txt", b"ok", False), bad])
+    target = tmp_path / "out"
+    with pytest.raises(dl.UnsafePathError, match=fragment) as info:
+        dl.extract_zip(archive, str(target))
+    assert "a.zip" in str(info.value) and repr(bad[0]) in str(info.value)
+    assert not (target / "good").exists()  # checked before anything is unpacked
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.zip", "out"]
+
+
+def test_archive_through_a_symlink_already_there_is_refused(tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = tmp_path / "coco"
+    target.mkdir()
+    (target / "val2017").symlink_to(outside)
+    archive = write_zip(tmp_path / "a.zip", [("val2017/1.jpg", b"x", False)])
+    with pytest.raises(dl.UnsafePathError, match="val2017/1.jpg"):
+        dl.extract_zip(archive, str(target))
+    assert list(outside.iterdir()) == []
+
+
+def test_sound_archive_unpacks(tmp_path):
+    archive = write_zip(tmp_path / "a.zip", [("val2017/1.jpg", b"one", False),
+                                             ("val2017/sub/link", b"../1.jpg", True)])
+    names = dl.extract_zip(archive, str(tmp_path / "coco"))
+    assert names == ["val2017/1.jpg", "val2017/sub/link"]
+    assert (tmp_path / "coco" / "val2017" / "1.jpg").read_bytes() == b"one"
+
+
+def test_coco_unzip_refuses_a_hostile_archive_as_one_input_error(tmp_path):
+    from mrcnn.cli import InputError
+    from samples.coco import coco
+
+    archive = write_zip(tmp_path / "annotations.zip", [("../../x.json", b"{}", False)])
+    with pytest.raises(InputError, match="annotations.zip.*x.json"):
+        coco._unzip(archive, str(tmp_path / "coco"))
+    assert not (tmp_path / "x.json").exists()

@@ -136,6 +136,22 @@ def test_saved_model_serves_the_same_detections_without_mrcnn(detector, tmp_path
     assert_same_detections(results, served)
 
 
+@tensorflow_only
+def test_export_never_replaces_an_earlier_one_unless_asked(detector, tmp_path):
+    model, _ = detector
+    path = tmp_path / "served"
+    model.export(str(path), batch_size=1)
+    before = {p: p.stat().st_mtime_ns for p in path.rglob("*")}
+    inode = (path / "saved_model.pb").stat().st_ino
+    with pytest.raises(FileExistsError, match=r"served is not empty.*overwrite=True"):
+        model.export(str(path), batch_size=2)
+    assert {p: p.stat().st_mtime_ns for p in path.rglob("*")} == before
+    model.export(str(path), batch_size=2, overwrite=True)
+    # Replaced: a new saved_model.pb (different inode), not the old one left in place.
+    assert (path / "saved_model.pb").stat().st_ino != inode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["served"]  # no temporary left
+
+
 def test_export_needs_a_size_the_backbone_takes(detector, tmp_path):
     model, _ = detector
     with pytest.raises(ValueError, match="multiples of 64"):

@@ -176,4 +176,4 @@ def test_jit_compile_auto_and_validation():
 
         with pytest.raises(ValueError, match=r"BadConfig\.JIT_COMPILE = .* is invalid"):
             BadConfig()
-    assert Config().JIT_COMPILE == "auto"
+    assert Config.JIT_COMPILE == "auto"

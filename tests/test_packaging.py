@@ -126,7 +126,7 @@ def _install_and_import(artifact: Path, target: Path) -> str:
     # cannot be what gets imported.
     env = dict(os.environ, PYTHONPATH=str(target), PYTHONSAFEPATH="1")
     code = ("import mrcnn, mrcnn.config, mrcnn.utils; "
-            "print(mrcnn.__file__, mrcnn.config.Config().NAME is None)")
+            "print(mrcnn.__file__, mrcnn.config.Config.NAME is None)")
     done = subprocess.run([sys.executable, "-c", code], cwd=target, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]

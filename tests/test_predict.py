@@ -101,5 +101,5 @@ def test_detect_images_never_overwrites_earlier_results(tmp_path):
     assert existing.read_bytes() == b"the user's file"
     assert first["result_file"] != second["result_file"]
     assert os.path.isfile(first["result_file"]) and os.path.isfile(second["result_file"])
-    assert (tmp_path / "detect_img0_1.png").is_file()
+    assert (tmp_path / "detect_img0_2.png").is_file()
     assert (tmp_path / "img0.png").is_file()  # the input itself untouched

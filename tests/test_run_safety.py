@@ -260,6 +260,34 @@ def test_fine_tuning_starts_a_new_run_and_zero_epochs_is_an_error(sgd_run):
     assert model.train(dataset, None, LEARNING_RATE, epochs=1, layers="heads").epoch == []
 
 
+def test_training_never_writes_over_a_checkpoint_of_a_finished_run(sgd_run):
+    model, dataset = sgd_run.resumed, sgd_run.dataset
+    second = sgd_run.run / "mask_rcnn_safe_0002.h5"
+    before = second.read_bytes()
+    # Epoch 1 of a finished 3-epoch run: resuming it would train epoch 2 again.
+    model.load_weights(str(sgd_run.run / "mask_rcnn_safe_0001.h5"))
+    assert model.epoch == 1 and model.log_dir == sgd_run.full.log_dir
+    with pytest.raises(FileExistsError, match=r"mask_rcnn_safe_0002\.h5.*never overwritten"
+                                              r".*find_last.*set_log_dir"):
+        model.train(dataset, None, LEARNING_RATE, epochs=2, layers="heads")
+    assert second.read_bytes() == before
+    # What the message says: a new run from these weights.
+    model.set_log_dir()
+    assert model.train(dataset, None, LEARNING_RATE, epochs=1, layers="heads").epoch == [0]
+    assert model.log_dir != sgd_run.full.log_dir and second.read_bytes() == before
+
+
+def test_checkpoint_callback_refuses_an_existing_file(tmp_path):
+    path = write_checkpoint(tmp_path / "mask_rcnn_x_0001.h5", small_model(seed=1))
+    before = path.read_bytes()
+    callback = NamedCheckpoint(str(tmp_path / "mask_rcnn_x_{epoch:04d}.h5"))
+    callback.set_model(small_model(seed=2))
+    with pytest.raises(FileExistsError, match="mask_rcnn_x_0001.h5"):
+        callback.on_epoch_end(0)
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mask_rcnn_x_0001.h5"]
+
+
 @tensorflow_only
 def test_nan_stops_training_with_one_message_and_no_checkpoint(sgd_run):
     class PoisonConv1(keras.callbacks.Callback):

@@ -29,7 +29,7 @@ import os
 import time
 import warnings
 import zipfile
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -43,8 +43,8 @@ DEFAULT_DATASET_YEAR = "2017"
 # Matterport's released COCO weights (downloaded there by --model=coco when missing).
 COCO_MODEL_PATH = cli.COCO_WEIGHTS_PATH
 
-IMAGES_URL = "http://images.cocodataset.org/zips/{subset}{year}.zip"
-ANNOTATIONS_URL = "http://images.cocodataset.org/annotations/annotations_trainval{year}.zip"
+IMAGES_URL = "https://images.cocodataset.org/zips/{subset}{year}.zip"
+ANNOTATIONS_URL = "https://images.cocodataset.org/annotations/annotations_trainval{year}.zip"
 # Matterport's minival / valminusminival splits of val2014 (hosted by Matterport).
 MINIVAL_URLS = {
     "minival": "https://dl.dropboxusercontent.com/s/o43o90bna78omob/"
@@ -109,34 +109,47 @@ def annotation_file(dataset_dir: str, subset: str, year: str) -> str:
     return os.path.join(dataset_dir, "annotations", f"instances_{subset}{year}.json")
 
 
-def _download(url: str, path: str) -> None:
-    """Download ``url`` to ``path`` (``mrcnn.download``: progress, .part file); InputError
-    on failure."""
+def _download(url: str, path: str, hashes: Mapping[str, str] | None = None) -> None:
+    """Download ``url`` to ``path`` (``mrcnn.download``: https, progress, .part file, the
+    SHA-256 in ``hashes`` under the file's name checked when given); InputError on failure."""
     from mrcnn.download import DownloadError, download
 
     try:
-        download(url, path)
+        download(url, path, file_hash=(hashes or {}).get(os.path.basename(path)))
     except DownloadError as err:
         fail(str(err))
 
 
 def _unzip(zip_path: str, target_dir: str) -> None:
+    """Unpack after checking that every member stays in ``target_dir``
+    (``mrcnn.download.extract_zip``); InputError naming the archive otherwise."""
+    from mrcnn.download import extract_zip
+
     print(f"Unzipping {zip_path} ...")
     try:
-        with zipfile.ZipFile(zip_path) as archive:
-            archive.extractall(target_dir)
+        extract_zip(zip_path, target_dir)
     except (zipfile.BadZipFile, OSError) as err:
         fail(f"cannot unzip {zip_path}: {cli.one_line(err)}")
 
 
-def download_coco(dataset_dir: str, subset: str, year: str) -> None:
+def download_coco(dataset_dir: str, subset: str, year: str,
+                  hashes: Mapping[str, str] | None = None) -> None:
     """Download and unzip the images and annotations of a subset when missing (Matterport).
 
     Images come from images.cocodataset.org/zips/<subset><year>.zip, annotations from
-    annotations_trainval<year>.zip (or Matterport's minival files for 2014).
+    annotations_trainval<year>.zip (or Matterport's minival files for 2014), over https.
+    The COCO site publishes no checksums, so none is built in: pass ``hashes`` to have the
+    archives checked. Archives are unpacked only after every member path is checked.
+
+    Args:
+        dataset_dir: the COCO folder.
+        subset: train, val, minival, valminusminival.
+        year: 2014 or 2017.
+        hashes: SHA-256 by archive file name (e.g. ``{"val2017.zip": "..."}``), optional.
 
     Raises:
-        InputError: a download or an unzip failed (no network, ...).
+        InputError: a download or an unzip failed (no network, a hash mismatch, a member
+            leaving the folder, ...).
     """
     if subset in ("minival", "valminusminival") and year != "2014":
         fail(f"subset {subset!r} exists for year 2014 only, not {year}")
@@ -145,7 +158,7 @@ def download_coco(dataset_dir: str, subset: str, year: str) -> None:
     if not os.path.isdir(image_dir):
         zip_path = image_dir + ".zip"
         folder = "val" if subset in MINIVAL_URLS else subset
-        _download(IMAGES_URL.format(subset=folder, year=year), zip_path)
+        _download(IMAGES_URL.format(subset=folder, year=year), zip_path, hashes)
         _unzip(zip_path, dataset_dir)
     print(f"Will use images in {image_dir}")
 
@@ -164,7 +177,7 @@ def download_coco(dataset_dir: str, subset: str, year: str) -> None:
                                                      f"annotations_trainval{year}.zip"),
                                         dataset_dir)
         if not os.path.isfile(zip_path):
-            _download(url, zip_path)
+            _download(url, zip_path, hashes)
         _unzip(zip_path, unzip_dir)
     print(f"Will use annotations in {ann_file}")
 

@@ -36,6 +36,7 @@ import numpy as np
 from mrcnn import cli, metrics, utils
 from mrcnn.cli import fail
 from mrcnn.config import Config
+from mrcnn.paths import claim
 from mrcnn.progress import track
 
 # Submission files and overlay pictures go to a timestamped folder under this one.
@@ -518,7 +519,8 @@ def detect(model, dataset: NucleusDataset, results_dir: str = RESULTS_DIR,
     Args:
         model: an inference ``MaskRCNN``.
         dataset: prepared dataset.
-        results_dir: parent of the ``submit_<timestamp>`` folder.
+        results_dir: parent of the ``submit_<timestamp>`` folder (``submit_<timestamp>_2``
+            when that name is taken).
         overlays: save ``<image_id>.png`` pictures of the detections.
         save_npz: save ``<image_id>.npz`` with the raw detections (rois, class_ids, scores,
             masks) for debugging.
@@ -528,8 +530,9 @@ def detect(model, dataset: NucleusDataset, results_dir: str = RESULTS_DIR,
     """
     from mrcnn import visualize
 
-    submit_dir = os.path.join(results_dir, f"submit_{cli.timestamp()}")
-    os.makedirs(submit_dir, exist_ok=True)
+    # Claimed (created exclusively, suffixed when taken): two runs in the same second
+    # never write into one folder.
+    submit_dir = claim(os.path.join(results_dir, f"submit_{cli.timestamp()}"), folder=True)
     rows = []
     for image_id in track(dataset.image_ids, label="detect", unit="img"):
         source_id = dataset.image_info[image_id]["id"]
