@@ -314,9 +314,10 @@ def make_config(base: type[Config], tiny: bool = False, *, weights: str | None =
         settings: the user's ``--set`` overrides, applied last (they win over everything).
         from_scratch: apply ``FROM_SCRATCH`` under the other overrides (a training run from
             random weights, ``trains_from_scratch``; not with ``tiny``, whose own settings
-            decide). Without it (or with ``tiny``) the config gets
-            ``FROM_SCRATCH_RECIPE="off"``: ``MaskRCNN.train`` then trains with the
-            settings chosen here (a ``--set FROM_SCRATCH_RECIPE=auto`` wins).
+            decide, nor when the Config or ``--set`` says ``FROM_SCRATCH_RECIPE="off"``).
+            Without it (or with ``tiny``) the config gets ``FROM_SCRATCH_RECIPE="off"``:
+            ``MaskRCNN.train`` then trains with the settings chosen here (a
+            ``--set FROM_SCRATCH_RECIPE=auto`` wins).
         **overrides: attribute values, e.g. STEPS_PER_EPOCH=100 (tiny settings win).
 
     Returns:
@@ -327,7 +328,9 @@ def make_config(base: type[Config], tiny: bool = False, *, weights: str | None =
     """
     if weights is not None:
         overrides = {**norm_for_weights(weights, base, model_dir, tiny), **overrides}
-    if from_scratch and not tiny:
+    switch = {**overrides, **(settings or {})}.get(
+        "FROM_SCRATCH_RECIPE", getattr(base, "FROM_SCRATCH_RECIPE", "auto"))
+    if from_scratch and not tiny and switch != "off":
         overrides = {**FROM_SCRATCH, **overrides}
     else:
         overrides = {"FROM_SCRATCH_RECIPE": "off", **overrides}

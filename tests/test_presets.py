@@ -243,9 +243,12 @@ def test_command_line_leaves_the_recipe_to_its_own_decision(tmp_path):
     scratch = cli.make_config(Sample, weights="none", from_scratch=True)
     assert scratch.FROM_SCRATCH_RECIPE == "auto"
     assert {key: getattr(scratch, key) for key in RECIPE} == RECIPE
-    # --set wins over both.
+    # --set wins over both: on, or off (then the Config's own settings train).
     on = cli.make_config(Sample, weights="none", settings={"FROM_SCRATCH_RECIPE": "auto"})
     assert on.FROM_SCRATCH_RECIPE == "auto"
+    off = cli.make_config(Sample, weights="none", from_scratch=True,
+                          settings={"FROM_SCRATCH_RECIPE": "off"})
+    assert (off.OPTIMIZER, off.LEARNING_RATE) == (Config.OPTIMIZER, Config.LEARNING_RATE)
     # The wrappers are the library's.
     missing = str(tmp_path / "missing.h5")
     with pytest.raises(cli.InputError, match="weights file not found"):
