@@ -422,9 +422,17 @@ class MaskRCNN:
               no_augmentation_sources=None) -> keras.callbacks.History:
         """Train the model up to epoch ``epochs``.
 
+        A run from random weights (no ``load_weights``, or none that filled the backbone)
+        trains with the from-scratch recipe (``mrcnn.presets.FROM_SCRATCH``: AdamW at 0.002,
+        a 50-step warm-up, plateau schedule) in the settings the Config leaves at their
+        defaults, and says so in one line; ``Config.FROM_SCRATCH_RECIPE = "off"`` turns it
+        off. ``self.config`` then holds the Config that trained (the run's config.json).
+
         Args:
             train_dataset, val_dataset: prepared ``utils.Dataset`` objects (val may be None).
-            learning_rate: learning rate of this stage.
+            learning_rate: learning rate of this stage. With the from-scratch recipe, the
+                Config's own LEARNING_RATE (``learning_rate=config.LEARNING_RATE``) stands
+                for the recipe's rate; any other value is used as given.
             epochs: the epoch to train up to; stage-wise schedules continue from the last
                 completed epoch (``self.epoch``).
             layers: "heads", "3+", "4+", "5+", "all", or a regex over layer names.
