@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 from typing import Any, Iterable
 
 from mrcnn.config import Config
@@ -279,6 +280,13 @@ def user_set(config: Config, key: str) -> bool:
 
     Set means: given on the instance, defined by a subclass of ``Config`` (even to the
     default value), or different from ``Config``'s class default.
+
+    Args:
+        config: a Config instance.
+        key: an attribute name, e.g. "LEARNING_RATE".
+
+    Returns:
+        True when the user chose the value.
     """
     if key in vars(config):
         return True
@@ -305,8 +313,6 @@ def starts_from_random_weights(loaded_layers: Iterable[str], weighted_layers: It
         True when no backbone layer got weights, or when the run resumes a checkpoint of a
         run that trained with the recipe (its optimizer state needs the same settings).
     """
-    import re
-
     from mrcnn.training import LAYER_REGEX  # Keras: on use only
 
     if resumed_stage is not None and resumed_stage.get("from_scratch"):
