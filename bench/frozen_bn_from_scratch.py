@@ -55,6 +55,7 @@ def matterport_shapes_config(backbone: str, steps: int):
         VALIDATION_STEPS = 5
         BACKBONE = backbone
         JIT_COMPILE = False
+        FROM_SCRATCH_RECIPE = "off"  # Matterport's optimizer settings, as measured
 
     return MatterportShapesConfig()
 

@@ -137,7 +137,8 @@ def run_recipe(name: str, train, test, args, logs: str) -> list[dict]:
                 IMAGES_PER_GPU=args.batch, STEPS_PER_EPOCH=args.steps, VALIDATION_STEPS=2,
                 NAME=f"nucbench_{name}")
     train_cfg = type("C", (nucleus.NucleusConfig,),
-                     {**size, **recipe["config"], **args.overrides})()
+                     {**size, "FROM_SCRATCH_RECIPE": "off",  # each recipe as written
+                      **recipe["config"], **args.overrides})()
     model = modellib.MaskRCNN("training", train_cfg, logs)
     infer = inference_model(args, name, {}, logs)
     rows: list[dict] = []

@@ -7,25 +7,29 @@ is library API (``from mrcnn import cli``) rather than a helper module next to t
   image) ends the program with ONE line on stderr naming the file and exit status 2, not a
   traceback. Code raises ``InputError`` (or calls ``fail``) for such cases.
 - ``resolve_weights`` / ``load_weights``: Matterport's ``--weights`` keywords
-  ``none | last | imagenet | coco | PATH``. ``none``, ``last`` and a path work offline;
+  ``none | last | imagenet | coco | PATH`` (resolved by ``mrcnn.presets``, as
+  ``MaskRCNN.load_weights`` does). ``none``, ``last`` and a path work offline;
   ``imagenet`` and ``coco`` download files and fail with one clear line without network.
 - ``make_config``: builds a Config subclass with overrides, and for tests a *tiny* variant
   (``mrcnn.tiny.tiny_config``: 64 px images, a five-conv backbone, a handful of ROIs; one
   step per epoch) when ``--tiny`` is given or the environment variable ``MRCNN_TINY=1`` is
   set (``mrcnn.tiny.tiny_requested``), so that the real command lines can be exercised end
   to end on a CPU in seconds.
-- ``norm_for_weights``: NORM follows the weights (frozen BatchNorm for Matterport's
-  ImageNet/COCO files and checkpoints trained from them, GroupNorm for GN checkpoints), so
-  a by-name load never silently skips the normalization layers.
+- ``norm_for_weights``: NORM follows the weights (``mrcnn.presets.norm_for_weights``:
+  frozen BatchNorm for Matterport's ImageNet/COCO files and checkpoints trained from them,
+  GroupNorm for GN checkpoints), so a by-name load never silently skips the normalization
+  layers.
 - ``setup_model``: config + ``MaskRCNN`` + weights, as every command starts;
   ``run_main``: parse, run, report bad input; ``add_schedule_arguments``,
   ``stack_instance_masks``: the pieces the samples' parsers and one-class datasets share.
 - ``stage_epochs``, ``run_schedule``: Matterport's stage-wise training (heads, then deeper
   layers), skipping stages that a resumed run (``--weights=last``) has already completed.
-- ``FROM_SCRATCH``, ``trains_from_scratch``: with ``--weights=none`` (or resuming such a
-  run) the stages collapse into one: all layers from the first step, with the measured
-  from-scratch recipe (warm-up, optimizer, rate, schedule) instead of Matterport's
-  fine-tuning schedule, which trains a random backbone's heads for half the run.
+- ``FROM_SCRATCH``, ``trains_from_scratch`` (``mrcnn.presets``): with ``--weights=none``
+  (or resuming such a run) the stages collapse into one: all layers from the first step,
+  with the measured from-scratch recipe (warm-up, optimizer, rate, schedule) instead of
+  Matterport's fine-tuning schedule, which trains a random backbone's heads for half the
+  run. Other runs get ``FROM_SCRATCH_RECIPE="off"``, so that ``MaskRCNN.train`` keeps
+  their settings exactly as the command line chose them.
 
 Default locations are relative to the working directory: checkpoints under ``./logs``,
 Matterport's COCO weights at ``./mask_rcnn_coco.h5``.
@@ -45,7 +49,7 @@ from typing import Any, Callable, Iterator, NoReturn, Sequence
 
 import numpy as np
 
-from mrcnn import utils  # NumPy only
+from mrcnn import presets  # NumPy only
 from mrcnn.config import Config  # NumPy only
 from mrcnn.dataset import Dataset, load_image_file
 from mrcnn.errors import InputError  # noqa: F401  (re-exported: cli.InputError)
@@ -54,13 +58,12 @@ from mrcnn.tiny import TINY_ENV, tiny_requested  # noqa: F401  (part of this mod
 # Checkpoints and TensorBoard logs, unless --logs says otherwise.
 DEFAULT_LOGS_DIR = os.path.abspath("logs")
 
-# Where --weights=coco looks for (and, with network, downloads) Matterport's COCO weights.
-COCO_WEIGHTS_PATH = os.path.abspath("mask_rcnn_coco.h5")
-
-# Class-specific layers: skipped when starting from weights trained on other classes.
-HEAD_LAYERS = ("mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_bbox", "mrcnn_mask")
-
-WEIGHT_KEYWORDS = ("none", "last", "imagenet", "coco")
+# The weight presets (mrcnn.presets): where --weights=coco looks for (and, with network,
+# downloads) Matterport's COCO weights, the class-specific layers skipped when starting from
+# weights trained on other classes, the --weights keywords.
+COCO_WEIGHTS_PATH = presets.COCO_WEIGHTS_PATH
+HEAD_LAYERS = presets.HEAD_LAYERS
+WEIGHT_KEYWORDS = presets.WEIGHT_KEYWORDS
 
 ############################################################
 #  Errors
@@ -311,7 +314,10 @@ def make_config(base: type[Config], tiny: bool = False, *, weights: str | None =
         settings: the user's ``--set`` overrides, applied last (they win over everything).
         from_scratch: apply ``FROM_SCRATCH`` under the other overrides (a training run from
             random weights, ``trains_from_scratch``; not with ``tiny``, whose own settings
-            decide).
+            decide, nor when the Config or ``--set`` says ``FROM_SCRATCH_RECIPE="off"``).
+            Without it (or with ``tiny``) the config gets ``FROM_SCRATCH_RECIPE="off"``:
+            ``MaskRCNN.train`` then trains with the settings chosen here (a
+            ``--set FROM_SCRATCH_RECIPE=auto`` wins).
         **overrides: attribute values, e.g. STEPS_PER_EPOCH=100 (tiny settings win).
 
     Returns:
@@ -322,8 +328,12 @@ def make_config(base: type[Config], tiny: bool = False, *, weights: str | None =
     """
     if weights is not None:
         overrides = {**norm_for_weights(weights, base, model_dir, tiny), **overrides}
-    if from_scratch and not tiny:
+    switch = {**overrides, **(settings or {})}.get(
+        "FROM_SCRATCH_RECIPE", getattr(base, "FROM_SCRATCH_RECIPE", "auto"))
+    if from_scratch and not tiny and switch != "off":
         overrides = {**FROM_SCRATCH, **overrides}
+    else:
+        overrides = {"FROM_SCRATCH_RECIPE": "off", **overrides}
     try:
         if tiny:
             from mrcnn.tiny import tiny_config
@@ -337,35 +347,21 @@ def make_config(base: type[Config], tiny: bool = False, *, weights: str | None =
         fail(str(err))
 
 
-# The from-scratch recipe: Config overrides for a run that starts from random weights. Chosen
-# by measurement (bench/nucleus_convergence.py; README "Training from scratch"): all layers
-# from the first step; AdamW at 0.002 after a 50-step linear warm-up, divided by 10 when the
-# validation loss stalls for 2 epochs. The user's --set wins over each value.
-FROM_SCRATCH: dict[str, Any] = {
-    "OPTIMIZER": "adamw",
-    "LEARNING_RATE": 0.002,
-    "LR_SCHEDULE": "plateau",
-    "LR_PLATEAU_PATIENCE": 2,
-    "LR_WARMUP_STEPS": 50,
-}
+# The from-scratch recipe (``mrcnn.presets.FROM_SCRATCH``): Config overrides for a run that
+# starts from random weights. The user's --set wins over each value.
+FROM_SCRATCH: dict[str, Any] = presets.FROM_SCRATCH
 
 
 def _checkpoint_path(spec: str, base: type[Config], model_dir: str) -> str | None:
-    """The file a "last" or PATH --weights value names; None when "last" finds no run."""
-    if spec.lower() != "last":
-        return spec
-    try:
-        return find_last(model_dir, str(base.NAME))
-    except FileNotFoundError:
-        return None
+    """``mrcnn.presets.checkpoint_path``: the file of a "last" or PATH --weights value."""
+    return presets.checkpoint_path(spec, base, model_dir)
 
 
 def trains_from_scratch(spec: str, base: type[Config], model_dir: str) -> bool:
     """Whether a training command starts (or resumes) a run from random weights.
 
-    "none" does. A checkpoint ("last" or a path) does when its run trained all layers from
-    epoch 0, as only a from-scratch run does (Matterport's schedule starts with the heads),
-    so resuming it keeps the one-stage schedule and the recipe its optimizer state needs.
+    See ``mrcnn.presets.trains_from_scratch``: "none" does, and a checkpoint whose run
+    trained all layers from epoch 0.
 
     Args:
         spec: the --weights value.
@@ -375,20 +371,7 @@ def trains_from_scratch(spec: str, base: type[Config], model_dir: str) -> bool:
     Returns:
         True for a from-scratch run.
     """
-    keyword = spec.lower()
-    if keyword in ("none", "imagenet", "coco"):
-        return keyword == "none"
-    path = _checkpoint_path(spec, base, model_dir)
-    if path is None:
-        return False  # resolve_weights reports it
-    from mrcnn.training import read_training_state, resolve_layer_regex  # Keras: on use only
-
-    try:
-        state = read_training_state(path)
-    except (OSError, ValueError):
-        return False  # not a training checkpoint of ours: load_weights reports it
-    stage = (state or {}).get("stage", {})
-    return stage.get("first_epoch") == 0 and stage.get("layers") == resolve_layer_regex("all")
+    return presets.trains_from_scratch(spec, base, model_dir)
 
 
 def stage_epochs(values: Sequence[int | None], defaults: Sequence[int],
@@ -472,19 +455,16 @@ def check_weights_spec(spec: str, base: type[Config] | None = None,
 
 
 # NORM values whose layers hold BatchNorm weights (None: derived from TRAIN_BN).
-BATCH_NORMS = (None, "frozen_bn", "bn")
+BATCH_NORMS = presets.BATCH_NORMS
 
 
 def norm_for_weights(spec: str, base: type[Config], model_dir: str,
                      tiny: bool = False) -> dict[str, Any]:
     """Config override that makes NORM match the weights about to be loaded.
 
-    The samples default to GroupNorm (they train from scratch here). Matterport's ImageNet
-    and COCO files, and checkpoints trained from them, hold BatchNorm layers (``bn_conv1``,
-    ...), which a GroupNorm model would silently leave out when loading by name. So:
-    "imagenet" and "coco" give frozen BatchNorm (``NORM=None``, as Matterport trained); a
-    path or "last" is looked at: BatchNorm layers give ``NORM=None``, GroupNorm layers
-    ``NORM="gn"``; anything else (no file yet, another layout) keeps the config's.
+    See ``mrcnn.presets.norm_for_weights``: the samples default to GroupNorm (they train
+    from scratch here); "imagenet", "coco" and BatchNorm checkpoints give ``NORM=None``,
+    GroupNorm checkpoints ``NORM="gn"``.
 
     Args:
         spec: the --weights value.
@@ -495,45 +475,12 @@ def norm_for_weights(spec: str, base: type[Config], model_dir: str,
     Returns:
         {} or {"NORM": ...}, for ``make_config``.
     """
-    keyword = spec.lower()
-    if tiny or keyword == "none":
-        return {}
-    if keyword in ("imagenet", "coco"):
-        norm = None
-    else:
-        path = _checkpoint_path(spec, base, model_dir)
-        if path is None:
-            return {}  # resolve_weights reports it
-        norm = weights_norm(path)
-        if norm == "unknown":
-            return {}
-    if (norm in BATCH_NORMS) == (base.NORM in BATCH_NORMS):
-        return {}
-    print(f"NORM={norm!r} to match the weights ({spec}) instead of the config's "
-          f"{base.NORM!r}")
-    return {"NORM": norm}
+    return presets.norm_for_weights(spec, base, model_dir, tiny)
 
 
 def weights_norm(path: str) -> str | None:
-    """Normalization of the backbone in an HDF5 weights file of Matterport's layout.
-
-    Returns:
-        None (BatchNorm layers: ``bn_conv1``), "gn" (``gn_conv1``), or "unknown".
-    """
-    import h5py
-
-    try:
-        with h5py.File(path, "r") as f:
-            root = f["model_weights"] if "model_weights" in f else f
-            names = {n.decode("utf8") if isinstance(n, bytes) else str(n)
-                     for n in root.attrs.get("layer_names", [])}
-    except OSError:
-        return "unknown"  # load_weights reports an unreadable file
-    if "bn_conv1" in names:
-        return None
-    if "gn_conv1" in names:
-        return "gn"
-    return "unknown"
+    """``mrcnn.presets.weights_norm``: None (BatchNorm), "gn" (GroupNorm) or "unknown"."""
+    return presets.weights_norm(path)
 
 
 def stack_instance_masks(masks: Sequence[np.ndarray], height: int,
@@ -569,28 +516,17 @@ def resolve_weights(model, spec: str, coco_path: str = COCO_WEIGHTS_PATH) -> str
         InputError: no checkpoint for "last", a failed download, a missing file.
     """
     keyword = spec.lower()
-    if keyword == "none":
-        return None
-    if keyword == "last":
-        try:
-            return model.find_last()
-        except FileNotFoundError as err:
-            fail(f"--weights=last: no checkpoint of '{model.config.NAME}' found under "
-                 f"{model.model_dir} ({err.strerror or err}); train first or give a path")
-    if keyword == "imagenet":
-        try:
-            return model.get_imagenet_weights()
-        except RuntimeError as err:
-            fail(f"--weights=imagenet needs network access: {one_line(err)}")
-    if keyword == "coco":
-        if not os.path.isfile(coco_path):
-            try:
-                utils.download_trained_weights(coco_path)
-            except RuntimeError as err:
-                fail(f"--weights=coco needs network access: {one_line(err)}")
-        return coco_path
-    check_weights_spec(spec)
-    return spec
+    if not presets.is_keyword(spec):
+        check_weights_spec(spec)
+    try:
+        return presets.resolve_weights(model, spec, coco_path)
+    except FileNotFoundError as err:
+        if keyword != "last":
+            raise
+        fail(f"--weights=last: no checkpoint of '{model.config.NAME}' found under "
+             f"{model.model_dir} ({err.strerror or err}); train first or give a path")
+    except RuntimeError as err:
+        fail(f"--weights={keyword} needs network access: {one_line(err)}")
 
 
 def load_weights(model, spec: str, exclude_heads: bool = False,

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
-from mrcnn import runs, transform, utils  # noqa: F401  (modellib.utils: Matterport surface)
+from mrcnn import presets, runs, transform, utils  # noqa: F401  (modellib.utils: Matterport)
 from mrcnn.allocator import allocator_callbacks
 from mrcnn.augment import check_augmentation
 from mrcnn.anchors import compute_backbone_shapes, pyramid_anchors
@@ -189,6 +189,13 @@ class MaskRCNN:
             self.keras_model = self.build(mode=mode, config=config)
         self._predictors: dict[int, _Predictor] = {}
         self.anchors = None
+        # What load_weights() filled (layer names), and whether the current run trains with
+        # the from-scratch recipe (decided at its first train(); None: not yet).
+        self.loaded_layers: set[str] = set()
+        self._from_scratch_run: bool | None = None
+        # The Config as given, and the copy with the recipe that train() put in self.config.
+        self._user_config, self._recipe_config = config, None
+        self._recipe_message: str | None = None
 
     def _distributed(self):
         """The data-parallel scope (variables mirrored, batches split), or a no-op."""
@@ -272,7 +279,7 @@ class MaskRCNN:
         return runs.find_last(self.model_dir, self.config.NAME)
 
     def load_weights(self, filepath: str, by_name: bool = False,
-                     exclude: Sequence[str] | None = None) -> None:
+                     exclude: Sequence[str] | None = None) -> str | None:
         """Load weights from our checkpoints or Matterport-format (Keras 2) HDF5 files.
 
         Layers are matched by name, so a training checkpoint loads into an inference model.
@@ -280,20 +287,39 @@ class MaskRCNN:
         resumes it (epoch, folder, and at the next ``train`` the optimizer and schedule);
         anything else starts a new run at epoch 0 (fine-tuning).
 
+        Besides a path, ``filepath`` takes Matterport's keywords (``mrcnn.presets``):
+        "coco" (``./mask_rcnn_coco.h5``, downloaded when missing: needs network),
+        "imagenet" (``get_imagenet_weights``; always loaded by name: the file holds the
+        backbone only), "last" (``find_last``) and "none" (nothing is loaded). The model
+        records what it loaded (``loaded_layers``): ``train`` applies the from-scratch
+        recipe when no backbone layer was loaded (Config.FROM_SCRATCH_RECIPE).
+
         Args:
             filepath: checkpoint (``mask_rcnn_<name>_<epoch>.h5``), a file written by
                 ``save_weights``, or a Matterport/Keras 2 ``.h5`` (mask_rcnn_coco.h5 layout).
                 A Keras 3 ``keras_model.save_weights`` file also loads (whole model only).
+                Or one of the keywords above (any case).
             by_name: load only the layers present in the file (others keep their values).
                 False requires every weighted layer of the model to be in the file.
-            exclude: layer names to skip (implies by-name loading for the others).
+            exclude: layer names to skip (implies by-name loading for the others), e.g.
+                ``presets.HEAD_LAYERS`` for COCO weights on a dataset with other classes.
+
+        Returns:
+            The path loaded, or None for "none".
 
         Raises:
-            FileNotFoundError: no such file.
+            FileNotFoundError: no such file, or "last" finds no checkpoint.
+            RuntimeError (``mrcnn.download.DownloadError``): "coco" or "imagenet" could not
+                be downloaded.
             ValueError: naming the file: unreadable or corrupted (a failed checksum names
                 the layer), layers whose shapes differ, or missing layers when strict;
                 NaN/inf weights (``InputError``, naming the layers; nothing is loaded).
         """
+        if presets.is_keyword(filepath):
+            by_name = by_name or filepath.lower() == "imagenet"
+            filepath = presets.resolve_weights(self, filepath)
+            if filepath is None:
+                return None
         if not os.path.exists(filepath):
             raise FileNotFoundError(f"Weights file not found: {filepath}")
         if is_keras3_weights_file(filepath):
@@ -309,11 +335,17 @@ class MaskRCNN:
                 self.keras_model.load_weights(filepath)
             except (OSError, RuntimeError) as err:
                 raise InputError(f"Cannot read {filepath}: {err}") from err
+            loaded = list(weighted_layers(self.keras_model))
         else:
             strict = not by_name and not exclude
-            load_weights_by_name(self.keras_model, filepath, exclude=exclude, strict=strict)
+            loaded = load_weights_by_name(self.keras_model, filepath, exclude=exclude,
+                                          strict=strict)
+        self.loaded_layers.update(loaded)
         # A partial load (exclude=) is fine-tuning, never a resume.
         self.set_log_dir(None if exclude else filepath)
+        # A new (or resumed) run: its first train() decides on the recipe, and says so.
+        self._from_scratch_run, self._recipe_message = None, None
+        return filepath
 
     def save_weights(self, filepath: str) -> None:
         """Save the weights by layer name (Matterport's HDF5 layout; see ``load_weights``).
@@ -362,14 +394,7 @@ class MaskRCNN:
             RuntimeError (``mrcnn.download.DownloadError``): the file cannot be downloaded
                 (no network); the message names the URL and where to place the file.
         """
-        from mrcnn.download import download
-
-        url = ("https://github.com/fchollet/deep-learning-models/releases/download/v0.2/"
-               "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5")
-        # Keras' cache folder, where Matterport's keras.utils.get_file call put it.
-        cache = os.environ.get("KERAS_HOME", os.path.join(os.path.expanduser("~"), ".keras"))
-        return download(url, os.path.join(cache, "models", os.path.basename(url)),
-                        file_hash="a268eb855778b3df3c7506639542a6af")
+        return presets.imagenet_weights_path()
 
     # --------------------------------------------------------------------------- training
     def set_trainable(self, layer_regex: str, keras_model: keras.Model | None = None,
@@ -412,9 +437,17 @@ class MaskRCNN:
               no_augmentation_sources=None) -> keras.callbacks.History:
         """Train the model up to epoch ``epochs``.
 
+        A run from random weights (no ``load_weights``, or none that filled the backbone)
+        trains with the from-scratch recipe (``mrcnn.presets.FROM_SCRATCH``: AdamW at 0.002,
+        a 50-step warm-up, plateau schedule) in the settings the Config leaves at their
+        defaults, and says so in one line; ``Config.FROM_SCRATCH_RECIPE = "off"`` turns it
+        off. ``self.config`` then holds the Config that trained (the run's config.json).
+
         Args:
             train_dataset, val_dataset: prepared ``utils.Dataset`` objects (val may be None).
-            learning_rate: learning rate of this stage.
+            learning_rate: learning rate of this stage. With the from-scratch recipe, the
+                Config's own LEARNING_RATE (``learning_rate=config.LEARNING_RATE``) stands
+                for the recipe's rate; any other value is used as given.
             epochs: the epoch to train up to; stage-wise schedules continue from the last
                 completed epoch (``self.epoch``).
             layers: "heads", "3+", "4+", "5+", "all", or a regex over layer names.
@@ -446,11 +479,14 @@ class MaskRCNN:
                 "train 2 more. (Loading another run's checkpoint, or loading with exclude=, "
                 "starts a new run at epoch 0.)")
         self._refuse_existing_checkpoints(epochs)
-        config = self.config
+        config, learning_rate, from_scratch = self._training_config(learning_rate, layers)
         layer_regex = resolve_layer_regex(layers)
         stage = {"learning_rate": float(learning_rate), "epochs": int(epochs),
                  "layers": layer_regex, "optimizer": config.OPTIMIZER,
                  "schedule": config.LR_SCHEDULE}
+        if from_scratch:
+            # Marks the checkpoints of a recipe run, so that resuming one keeps the recipe.
+            stage["from_scratch"] = True
         state = self._resume_state(stage)
         # The generators' shuffling is seeded from NumPy's global RNG, so that np.random.seed
         # (or keras.utils.set_random_seed) makes the image order reproducible, as with
@@ -555,6 +591,39 @@ class MaskRCNN:
             validation_steps=config.VALIDATION_STEPS if val_generator is not None else None,
             verbose=1 if os.environ.get("CI") is None else 2,
         )
+
+    def _training_config(self, learning_rate: float, layers: str):
+        """The Config and learning rate of a ``train()`` call: the user's Config, or a copy
+        with the from-scratch recipe when the run starts from random weights.
+
+        Whether the run starts from random weights is decided at its first ``train()``
+        (``presets.starts_from_random_weights``: no backbone layer loaded, or a resumed
+        checkpoint of a recipe run) and holds for its later stages, until ``load_weights``.
+        The Config used becomes ``self.config``; the one given stays the base of later
+        calls.
+
+        Returns:
+            (config, learning_rate, whether the recipe applies).
+        """
+        user = self._user_config if self.config is self._recipe_config else self.config
+        self._user_config = user
+        if self._from_scratch_run is None:
+            resumed = presets.checkpoint_stage(self._resume_path) if self._resume_path \
+                else None
+            self._from_scratch_run = presets.starts_from_random_weights(
+                self.loaded_layers, weighted_layers(self.keras_model), resumed)
+        config, from_scratch = user, False
+        if self._from_scratch_run and getattr(user, "FROM_SCRATCH_RECIPE", "auto") == "auto":
+            config, learning_rate, message = presets.apply_from_scratch(
+                user, learning_rate, layers)
+            from_scratch = True
+            if message != self._recipe_message:  # once per run, not per stage
+                print(message)
+                self._recipe_message = message
+        self.config = self._recipe_config = config
+        if isinstance(self.keras_model, MaskRCNNTrainModel):
+            self.keras_model.use_config(config)  # its loss reads OPTIMIZER
+        return config, learning_rate, from_scratch
 
     def _resume_state(self, stage: dict) -> dict | None:
         """The resumed checkpoint's training state when this ``train()`` continues its stage.

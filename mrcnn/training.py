@@ -117,6 +117,14 @@ class MaskRCNNTrainModel(PlainConfigMixin, keras.Model):
         base.update(input_names=self.mrcnn_input_names)
         return base
 
+    def use_config(self, config) -> None:
+        """Read LOSS_WEIGHTS, WEIGHT_DECAY and OPTIMIZER from ``config`` again.
+
+        ``MaskRCNN.train`` calls it when a training call's Config differs from the one the
+        model was built with (the from-scratch recipe sets OPTIMIZER), before compiling.
+        """
+        self._take_config(config, {})
+
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # Keras' TensorFlow trainer, under tf.distribute, averages the first batch over the
         # replicas to build the model symbolically: that fails on the bool mask input and

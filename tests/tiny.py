@@ -39,6 +39,9 @@ class TinyConfig(Config):
     STEPS_PER_EPOCH = 2
     VALIDATION_STEPS = 1
     JIT_COMPILE = False
+    # The tests pin their optimizer settings: no from-scratch recipe (tests/test_presets.py
+    # turns it on).
+    FROM_SCRATCH_RECIPE = "off"
 
 
 class TinyFastConfig(TinyConfig):
