@@ -131,10 +131,12 @@ def test_callback_holds_the_threshold_through_fit_and_validation():
 def test_config_knob_gives_the_callback():
     class Tuned(Config):
         NAME = "tuned"
+        NUM_CLASSES = 2
         MALLOC_MMAP_THRESHOLD = 4 * 1024 * 1024
 
     class Off(Config):
         NAME = "off"
+        NUM_CLASSES = 2
         MALLOC_MMAP_THRESHOLD = 0
 
     (callback,) = allocator.allocator_callbacks(Tuned())

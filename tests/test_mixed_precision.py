@@ -172,6 +172,7 @@ def test_jit_compile_auto_and_validation():
         resolve_jit_compile("yes")
     for bad in ("yes", 1, None):
         class BadConfig(Config):
+            NUM_CLASSES = 2
             JIT_COMPILE = bad
 
         with pytest.raises(ValueError, match=r"BadConfig\.JIT_COMPILE = .* is invalid"):

@@ -118,10 +118,18 @@ def test_random_weights_through_the_python_api_get_the_recipe(scratch_run):
 def test_resuming_a_recipe_run_keeps_the_recipe(scratch_run, capsys):
     model, _, config, _ = scratch_run
     # Interrupted after epoch 1: resume that checkpoint, as the stage's train() call again.
-    resumed = MaskRCNN("training", config, model.model_dir)
-    resumed.load_weights(model.find_last().replace("_0002.h5", "_0001.h5"))
-    assert resumed.epoch == 1
-    _, rate = train_one_step(config, None, epochs=2, model=resumed, stop=True)
+    # A run interrupted after epoch 1 has no epoch-2 checkpoint (and train() never writes
+    # over one): set it aside for this test.
+    last = model.find_last()
+    aside = last + ".aside"
+    os.rename(last, aside)
+    try:
+        resumed = MaskRCNN("training", config, model.model_dir)
+        resumed.load_weights(last.replace("_0002.h5", "_0001.h5"))
+        assert resumed.epoch == 1
+        _, rate = train_one_step(config, None, epochs=2, model=resumed, stop=True)
+    finally:
+        os.rename(aside, last)
     printed = capsys.readouterr().out
     assert "resuming" in printed  # the optimizer state of the checkpoint was restored
     assert isinstance(resumed.keras_model.optimizer, keras.optimizers.AdamW)
@@ -185,6 +193,7 @@ def test_random_backbone_means_no_backbone_layer_loaded():
 
 def test_user_set_detection():
     class Mine(Config):
+        NUM_CLASSES = 2
         OPTIMIZER = "sgd"  # Config's default, but written by the user
 
     config = Mine()
@@ -199,13 +208,14 @@ def test_user_set_detection():
         ("sgd", 0.01, 50)
     assert rate == 0.01 and "Mine" in message
     # Matterport's learning_rate=config.LEARNING_RATE means the configured rate.
-    assert presets.apply_from_scratch(Config(), Config.LEARNING_RATE)[1] == 0.002
-    assert "layers='heads'" in presets.apply_from_scratch(Config(), 0.1, "heads")[2]
+    plain = type("Plain", (Config,), {"NUM_CLASSES": 2})  # no training setting of its own
+    assert presets.apply_from_scratch(plain(), Config.LEARNING_RATE)[1] == 0.002
+    assert "layers='heads'" in presets.apply_from_scratch(plain(), 0.1, "heads")[2]
 
 
 @pytest.mark.parametrize("value", ["on", None, True])
 def test_the_switch_is_validated(value):
-    bad = type("Bad", (Config,), {"FROM_SCRATCH_RECIPE": value})
+    bad = type("Bad", (Config,), {"NUM_CLASSES": 2, "FROM_SCRATCH_RECIPE": value})
     with pytest.raises(ValueError, match=r"Bad\.FROM_SCRATCH_RECIPE.*'auto', 'off'"):
         bad()
 
@@ -237,6 +247,7 @@ def test_keywords_load_through_the_library(tmp_path, monkeypatch):
 def test_command_line_leaves_the_recipe_to_its_own_decision(tmp_path):
     class Sample(Config):
         NAME = "sample"
+        NUM_CLASSES = 2
 
     # Not from scratch (or tiny): the library keeps the command line's settings.
     assert cli.make_config(Sample, weights="none").FROM_SCRATCH_RECIPE == "off"

@@ -42,7 +42,7 @@ def fit(callbacks, epochs: int, initial_epoch: int = 0, model=None):
 
 
 def config(**attrs) -> Config:
-    return type("C", (Config,), {"NAME": "w", **attrs})()
+    return type("C", (Config,), {"NAME": "w", "NUM_CLASSES": 2, **attrs})()
 
 
 def ramp(step: int, steps: int, start: float) -> float:
