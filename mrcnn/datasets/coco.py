@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import os
 import warnings
@@ -31,6 +30,7 @@ import numpy as np
 from mrcnn import cli
 from mrcnn.dataset import Dataset
 from mrcnn.errors import InputError
+from mrcnn.datasets.files import COORDINATE_LIMIT, read_json
 from mrcnn.paths import inside
 
 DEFAULT_DATASET_YEAR = "2017"
@@ -61,18 +61,6 @@ def annotation_file(dataset_dir: str, subset: str, year: str) -> str:
 ############################################################
 #  Reading and checking
 ############################################################
-
-def read_json(path: str, what: str = "annotation file") -> Any:
-    """Parse a json file; ``InputError`` naming it when it is missing or malformed."""
-    cli.require_file(path, what)
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as err:
-        raise InputError(f"{path}: malformed JSON ({err})") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise InputError(f"{path}: cannot read the {what} ({err})") from None
-
 
 def read_coco(path: str):
     """``pycocotools.coco.COCO(path)`` with bad files reported as one InputError line.
@@ -221,8 +209,9 @@ def _check_polygons(segm: list, where: str) -> int:
         if len(polygon) < 6:
             raise InputError(f"{where}: polygon with {len(polygon)} numbers; at least 3 "
                              "points (6 numbers) are needed")
-        if not all(math.isfinite(v) for v in polygon):
-            raise InputError(f"{where}: polygon with NaN or infinite coordinates")
+        if not all(math.isfinite(v) and abs(v) <= COORDINATE_LIMIT for v in polygon):
+            raise InputError(f"{where}: polygon with NaN, infinite or too large coordinates "
+                             f"(beyond +-{COORDINATE_LIMIT:g})")
         odd += len(polygon) % 2
     return odd
 

@@ -40,7 +40,7 @@ def is_code_spec(spec: str) -> bool:
 
 def json_kind(path: str) -> str:
     """"coco" or "via": what kind of annotation file ``path`` is (from its top level)."""
-    from mrcnn.datasets.coco import read_json
+    from mrcnn.datasets.files import read_json
 
     data = read_json(path)
     if isinstance(data, dict) and "images" in data and "annotations" in data:

@@ -24,6 +24,7 @@ import numpy as np
 from mrcnn import cli
 from mrcnn.dataset import Dataset
 from mrcnn.errors import InputError
+from mrcnn.datasets.files import COORDINATE_LIMIT, read_json
 from mrcnn.paths import inside
 
 ANNOTATION_FILE = "via_region_data.json"
@@ -35,6 +36,9 @@ SHAPE_ATTRIBUTES = {
     "circle": ("cx", "cy", "r"),
     "ellipse": ("cx", "cy", "rx", "ry"),
 }
+
+# Sizes of shapes, never negative.
+SIZE_ATTRIBUTES = ("width", "height", "r", "rx", "ry")
 
 
 def _number(value: Any) -> bool:
@@ -63,12 +67,18 @@ def _check_region(json_path: str, filename: str, index: int, region: Any) -> dic
         if not (_number_list(xs) and _number_list(ys)) or len(xs) != len(ys) or len(xs) < 3:
             raise InputError(f"{where}: polygon needs all_points_x and all_points_y as lists "
                              "of at least 3 numbers of equal length")
+        if any(abs(v) > COORDINATE_LIMIT for v in [*xs, *ys] if np.isfinite(v)):
+            raise InputError(f"{where}: polygon coordinates beyond +-{COORDINATE_LIMIT:g}")
     else:
         names = [*SHAPE_ATTRIBUTES[name], *(("theta",) if "theta" in shape else ())]
-        bad = [a for a in names if not _number(shape[a]) or not np.isfinite(shape[a])]
+        bad = [a for a in names if not _number(shape[a]) or not np.isfinite(shape[a])
+               or abs(shape[a]) > COORDINATE_LIMIT]
         if bad:
             raise InputError(f"{where}: {name} attributes {', '.join(bad)} must be finite "
-                             "numbers")
+                             f"numbers within +-{COORDINATE_LIMIT:g}")
+        negative = [a for a in SIZE_ATTRIBUTES if a in SHAPE_ATTRIBUTES[name] and shape[a] < 0]
+        if negative:
+            raise InputError(f"{where}: {name} {', '.join(negative)} must not be negative")
     return shape
 
 
@@ -145,8 +155,6 @@ def read_via_annotations(json_path: str, class_key: str | None = None) -> list[d
         InputError: missing or malformed file, an unsupported or malformed region (the
             message names the file, the image and the region).
     """
-    from mrcnn.datasets.coco import read_json
-
     data = read_json(json_path)
     if isinstance(data, dict) and isinstance(data.get("_via_img_metadata"), dict):
         data = data["_via_img_metadata"]  # VIA 2 project file
