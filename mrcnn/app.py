@@ -111,13 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--val-images", default=None, metavar="DIR",
                        help="image folder of a json --val (default: the json's folder)")
     model_args(train)
-    train.add_argument("--epochs", type=int, default=None,
-                       help=f"train up to this epoch (default {DEFAULT_EPOCHS}; 1 with --tiny)")
+    cli.add_schedule_arguments(train, [(["--epochs"], f"train up to this epoch (default "
+                                                      f"{DEFAULT_EPOCHS}; 1 with --tiny)")])
     train.add_argument("--layers", default=None,
                        help="layers to train: heads, 3+, 4+, 5+, all or a regex (default: "
                             "heads from coco/imagenet weights, all otherwise)")
-    train.add_argument("--lr", type=float, default=None,
-                       help="learning rate (default: config.LEARNING_RATE)")
     train.add_argument("--augment", choices=("flip", "none"), default="flip",
                        help="training augmentation: random horizontal flips (default) or none")
     train.add_argument("--eval-images", type=int, default=50, metavar="N",

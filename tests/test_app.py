@@ -133,19 +133,26 @@ def detecting_weights(runs):
     return path
 
 
-def test_predict_results_load_in_coco_and_score(runs, detecting_weights, tmp_path):
-    val_json = runs["coco"]["files"]["val"]
-    val_images = os.path.join(runs["work"], "coco", "val2017")
-    broken = tmp_path / "broken.png"
+@pytest.fixture(scope="module")
+def predicted(runs, detecting_weights, tmp_path_factory):
+    """``mrcnn predict`` on the validation images (and one broken file), every detection
+    kept, with the COCO file's ids (--data) and instance-mask PNGs."""
+    folder = tmp_path_factory.mktemp("predict")
+    broken = folder / "broken.png"
     broken.write_bytes(b"not an image")
-    out = tmp_path / "pred"
-    result = mrcnn("predict", "--weights", detecting_weights, "--out", str(out), "--masks",
-                   "--min-confidence", "0", "--data", val_json, "--images", val_images,
-                   val_images, str(broken), cwd=str(tmp_path))
-    assert "broken.png" in result.stderr and "could not be read" in result.stderr
+    val_images = os.path.join(runs["work"], "coco", "val2017")
+    result = mrcnn("predict", "--weights", detecting_weights, "--out", str(folder / "pred"),
+                   "--masks", "--min-confidence", "0", "--data", runs["coco"]["files"]["val"],
+                   "--images", val_images, val_images, str(broken), cwd=str(folder))
+    return {"out": folder / "pred", "broken": str(broken), "stderr": result.stderr}
+
+
+def test_predict_results_load_in_coco_and_score(runs, predicted):
+    out = predicted["out"]
+    assert "broken.png" in predicted["stderr"] and "could not be read" in predicted["stderr"]
     results = json.load(open(out / "results.json"))
     assert results, "the forced head detects in every image"
-    gt = COCO(val_json)
+    gt = COCO(runs["coco"]["files"]["val"])
     # The dataset's own ids: COCO image ids and category ids.
     assert {r["image_id"] for r in results} <= set(gt.getImgIds())
     assert {r["category_id"] for r in results} <= set(gt.getCatIds())
@@ -156,7 +163,7 @@ def test_predict_results_load_in_coco_and_score(runs, detecting_weights, tmp_pat
     evaluator.summarize()
     assert np.all(np.isfinite(evaluator.stats))
     details = json.load(open(out / "detections.json"))
-    assert [e["file_name"] for e in details["errors"]] == [str(broken)]
+    assert [e["file_name"] for e in details["errors"]] == [predicted["broken"]]
     # Instance PNGs: label k + 1 where detection k is the first to cover the pixel.
     for image in details["images"]:
         stem = os.path.splitext(os.path.basename(image["file_name"]))[0]
@@ -172,20 +179,18 @@ def test_predict_results_load_in_coco_and_score(runs, detecting_weights, tmp_pat
 
 
 def test_evaluate_agrees_with_cocoeval_on_the_annotation_file(runs, detecting_weights,
-                                                              tmp_path):
+                                                              predicted, tmp_path):
+    """The command's AP (ground truth from load_mask) equals pycocotools' on the annotation
+    file itself, for the same detections (predict's results.json)."""
     val_json = runs["coco"]["files"]["val"]
-    val_images = os.path.join(runs["work"], "coco", "val2017")
     report = tmp_path / "ev.json"
     mrcnn("evaluate", "--weights", detecting_weights, "--data", val_json, "--images",
-          val_images, "--out", str(report), cwd=str(tmp_path))
-    scores = json.load(open(report))
-    out = tmp_path / "pred"
-    mrcnn("predict", "--weights", detecting_weights, "--out", str(out), "--no-pictures",
-          "--min-confidence", "0", "--data", val_json, "--images", val_images, val_images,
+          os.path.join(runs["work"], "coco", "val2017"), "--out", str(report),
           cwd=str(tmp_path))
+    scores = json.load(open(report))
     gt = COCO(val_json)
     annotated = sorted({a["image_id"] for a in gt.dataset["annotations"]})
-    dt = gt.loadRes(str(out / "results.json"))
+    dt = gt.loadRes(str(predicted["out"] / "results.json"))
     for iou_type in ("segm", "bbox"):
         evaluator = COCOeval(gt, dt, iou_type)
         evaluator.params.imgIds = annotated  # evaluate scores the annotated images
