@@ -311,11 +311,12 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
         STEPS_PER_EPOCH=max(1, len(train.image_ids) // per_batch),
         VALIDATION_STEPS=max(1, len(val.image_ids) // per_batch),
         **cli.workers_override(args))
-    callbacks = [RunRecord(model, {**describe(train), "data": args.data, "val": args.val,
-                                   "set": list(args.set), "tiny": tiny})]
-    if not args.no_eval:
-        from mrcnn.callbacks import EvaluationCallback
+    from mrcnn.callbacks import EvaluationCallback, RunRecord
 
+    callbacks = [RunRecord(model, RUN_RECORD, {**describe(train), "data": args.data,
+                                               "val": args.val, "set": list(args.set),
+                                               "tiny": tiny})]
+    if not args.no_eval:
         callbacks.append(EvaluationCallback(
             model, val, images=args.eval_images, metric=args.best_metric,
             every=args.eval_every, pictures=args.pictures, picture_every=args.picture_every,
@@ -330,35 +331,6 @@ def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
                 custom_callbacks=callbacks)
     print(f"Run folder: {model.log_dir}")
     return {"log_dir": model.log_dir, "epoch": model.epoch}
-
-
-def _record_callback():
-    import keras
-
-    class RunRecordCallback(keras.callbacks.Callback):
-        """Writes ``dataset.json`` (classes, data, settings) into the run folder at the
-        start of training, where evaluate/predict/export read them back."""
-
-        def __init__(self, mrcnn_model, record: dict[str, Any]):
-            super().__init__()
-            self.mrcnn_model = mrcnn_model
-            self.record = record
-
-        def on_train_begin(self, logs=None):
-            path = os.path.join(self.mrcnn_model.log_dir, RUN_RECORD)
-            if os.path.exists(path):
-                return  # a resumed run keeps its record
-            tmp = path + ".tmp"
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(self.record, f, indent=1)
-            os.replace(tmp, path)
-
-    return RunRecordCallback
-
-
-def RunRecord(mrcnn_model, record: dict[str, Any]):
-    """The callback that writes ``dataset.json`` (Keras imported only when training)."""
-    return _record_callback()(mrcnn_model, record)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict[str, Any]:

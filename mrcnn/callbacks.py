@@ -1,4 +1,6 @@
-"""AP every epoch: a Keras callback for ``MaskRCNN.train(..., custom_callbacks=[...])``.
+"""Callbacks of the ``mrcnn`` command for ``MaskRCNN.train(..., custom_callbacks=[...])``.
+
+``RunRecord`` writes a json record (the classes, the data, the settings) into the run folder.
 
 ``EvaluationCallback`` runs after each epoch's checkpoint is written: it copies the weights
 into an inference model, scores a fixed subset of the validation images with pycocotools
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import json
 import os
 import shutil
 from typing import Any
@@ -32,6 +35,32 @@ from mrcnn.evaluation import (
     summary_row,
     summary_writer,
 )
+
+
+class RunRecord(keras.callbacks.Callback):
+    """Writes ``record`` as ``<run folder>/<filename>`` when training starts there (a
+    resumed run keeps the record it has).
+
+    Args:
+        mrcnn_model: the training ``MaskRCNN``.
+        filename: the file's name in the run folder.
+        record: JSON-ready values.
+    """
+
+    def __init__(self, mrcnn_model: Any, filename: str, record: dict[str, Any]):
+        super().__init__()
+        self.mrcnn_model = mrcnn_model
+        self.filename = filename
+        self.record = record
+
+    def on_train_begin(self, logs=None):
+        path = os.path.join(self.mrcnn_model.log_dir, self.filename)
+        if os.path.exists(path):
+            return
+        tmp = path + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.record, f, indent=1)
+        os.replace(tmp, path)
 
 
 class EvaluationCallback(keras.callbacks.Callback):
