@@ -86,6 +86,26 @@ def test_train_writes_results_csv_one_row_per_epoch(runs):
     assert "Devices:" in runs["stdout"]
 
 
+def test_tensorboard_gets_the_csv_numbers_and_pictures(runs):
+    import tensorflow as tf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(os.path.join(runs["run"], "evaluation"),
+                              size_guidance={"tensors": 0})
+    events.Reload()
+    tags = events.Tags()["tensors"]
+    rows = _rows(runs["run"])
+    for column in ("segm_AP", "bbox_AR100"):
+        logged = {e.step: float(tf.make_ndarray(e.tensor_proto))
+                  for e in events.Tensors(column.replace("_", "/", 1))}
+        assert logged == pytest.approx({int(r["epoch"]): float(r[column]) for r in rows},
+                                       abs=1e-6)
+    # Pictures at the first evaluated epoch (then every 5): 3 validation images.
+    assert {f"predictions/{k}" for k in range(3)} <= set(tags)
+    (picture,) = events.Tensors("predictions/0")
+    assert picture.step == 1
+
+
 def test_best_is_the_checkpoint_of_the_best_epoch(runs):
     rows = _rows(runs["run"])
     values = [float(r["segm_AP"]) for r in rows]
