@@ -34,7 +34,6 @@ from typing import Any, Sequence
 from mrcnn import cli
 from mrcnn.cli import fail
 from mrcnn.config import Config
-from mrcnn.errors import InputError
 
 PROG = "mrcnn"
 DEFAULT_NAME = "mrcnn"
@@ -461,5 +460,3 @@ def main(argv: Sequence[str] | None = None) -> Any:
     """
     return cli.run_main(build_parser(), lambda args: COMMANDS[args.command](args), argv)
 
-
-__all__ = ["main", "build_parser", "AppConfig", "InputError"]

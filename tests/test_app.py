@@ -84,6 +84,9 @@ def test_train_writes_results_csv_one_row_per_epoch(runs):
     record = json.load(open(os.path.join(runs["run"], "config.json")))
     assert record["devices"]["devices"] and record["devices"]["used"]
     assert "Devices:" in runs["stdout"]
+    # stdout is a pipe: one line per epoch (Keras verbose=2), no progress bar.
+    assert "\b" not in runs["stdout"] and "\r" not in runs["stdout"]
+    assert runs["stdout"].count("val_loss:") == 3
 
 
 def test_tensorboard_gets_the_csv_numbers_and_pictures(runs):
