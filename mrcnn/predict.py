@@ -206,8 +206,10 @@ def detect_images(model: Any, paths: Sequence[str], class_names: Sequence[str],
     videos: dict[str, Any] = {}
     # Images without a given id are numbered after the given ones (never the same id).
     next_id = max((image_ids or {}).values(), default=0) + 1
-    for name, image in track(read_inputs(paths), total=len(paths), label="detect",
-                             unit="img", verbose=verbose):
+    # A video's frame count is not known up front (then no ETA).
+    total = None if any(p.lower().endswith(VIDEO_EXTENSIONS) for p in paths) else len(paths)
+    for name, image in track(read_inputs(paths), total=total, label="detect", unit="img",
+                             verbose=verbose):
         if isinstance(image, Exception):
             errors.append({"file_name": name, "error": f"{type(image).__name__}: {image}"})
             continue
