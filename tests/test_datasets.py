@@ -213,6 +213,8 @@ def test_specs_pick_the_loader(coco, tmp_path, monkeypatch):
     dsb = write_nucleus_dataset(str(tmp_path / "dsb"), train_images=2, test_images=0)
     nuclei = load_dataset(str(tmp_path / "dsb" / "stage1_train"))
     assert isinstance(nuclei, NucleusDataset) and len(nuclei.image_ids) == 2
+    with pytest.raises(InputError, match="not a DSB subset folder.*stage1_train"):
+        load_dataset(str(tmp_path / "dsb"))
     assert len(dsb["train_ids"]) == 2
     (tmp_path / "user_data.py").write_text(
         "from mrcnn.datasets import ViaDataset\n"

@@ -76,6 +76,13 @@ def load_dataset(spec: str, images: str | None = None, class_key: str = "class",
 
         dataset = NucleusDataset()
         folder = os.path.abspath(spec)
+        entries = sorted(os.listdir(folder))
+        if not any(os.path.isdir(os.path.join(folder, d, "images")) for d in entries):
+            subsets = [d for d in entries if os.path.isdir(os.path.join(folder, d))]
+            hint = f" (one of its subsets, e.g. {os.path.join(spec, subsets[0])}?)" \
+                if subsets else ""
+            raise InputError(f"--data {spec}: not a DSB subset folder: expected "
+                             f"<folder>/<image_id>/images/<image_id>.png{hint}")
         dataset.load_nucleus(os.path.dirname(folder), os.path.basename(folder),
                              require_masks=True, verify=verify, allow_outside=allow_outside)
     elif os.path.isfile(spec) and spec.lower().endswith(".json"):
