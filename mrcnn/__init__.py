@@ -25,6 +25,9 @@ Modules follow the data flow of the model:
   detection over image files.
 - ``progress``, ``download``: progress lines of long loops; every download.
 - ``cli``, ``tiny``: what the samples' command lines share; the seconds-per-step smoke model.
+- ``datasets``: loaders that need no code (COCO json, VIA json, DSB folders, ``module:Name``);
+  ``evaluation``: COCO AP of a model on a dataset; ``callbacks``: AP every epoch
+  (``results.csv``, TensorBoard, best/last checkpoints); ``app``: the ``mrcnn`` command.
 """
 
 __version__ = "0.1.0"

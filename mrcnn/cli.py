@@ -52,7 +52,13 @@ import numpy as np
 from mrcnn import presets  # NumPy only
 from mrcnn.config import Config  # NumPy only
 from mrcnn.dataset import Dataset, load_image_file
-from mrcnn.errors import InputError  # noqa: F401  (re-exported: cli.InputError)
+from mrcnn.datasets.files import (  # noqa: F401  (cli's names since the samples used them)
+    require_dir,
+    require_file,
+    stack_instance_masks,
+    verify_image,
+)
+from mrcnn.errors import InputError, fail, one_line  # noqa: F401  (re-exported)
 from mrcnn.tiny import TINY_ENV, tiny_requested  # noqa: F401  (part of this module's API)
 
 # Checkpoints and TensorBoard logs, unless --logs says otherwise.
@@ -68,15 +74,6 @@ WEIGHT_KEYWORDS = presets.WEIGHT_KEYWORDS
 ############################################################
 #  Errors
 ############################################################
-
-def fail(message: str) -> NoReturn:
-    """Raise ``InputError(message)``."""
-    raise InputError(message)
-
-
-def one_line(text: Any) -> str:
-    """Collapse a (possibly multi-line) message into one line."""
-    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
 @contextlib.contextmanager
@@ -109,49 +106,6 @@ def run_main(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace]
     args = parser.parse_args(argv)
     with cli_errors(parser.prog):
         return run(args)
-
-
-def require_dir(path: str | None, what: str, hint: str = "") -> str:
-    """Return ``path`` if it is a folder; otherwise fail naming it."""
-    if not path:
-        fail(f"{what} not given{hint and ' (' + hint + ')'}")
-    if not os.path.isdir(path):
-        fail(f"{what} not found: {path}{hint and ' (' + hint + ')'}")
-    return path
-
-
-def require_file(path: str | None, what: str) -> str:
-    """Return ``path`` if it is a file; otherwise fail naming it."""
-    if not path:
-        fail(f"{what} not given")
-    if not os.path.isfile(path):
-        fail(f"{what} not found: {path}")
-    return path
-
-
-def verify_image(path: str) -> tuple[int, int]:
-    """Check that an image file can be decoded (header and chunk checksums, via Pillow).
-
-    Cheap enough to run over a whole dataset before training starts, so that a corrupt
-    file is reported by name at once rather than hours later.
-
-    Returns:
-        (height, width) from the header.
-
-    Raises:
-        InputError: naming the file.
-    """
-    from PIL import Image
-
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            image.verify()
-    except FileNotFoundError:
-        fail(f"image file not found: {path}")
-    except Exception as err:  # Pillow raises many types for broken files
-        fail(f"cannot read image {path}: {one_line(err) or type(err).__name__}")
-    return int(height), int(width)
 
 
 def _read_or_fail(read, path) -> np.ndarray:
@@ -481,24 +435,6 @@ def norm_for_weights(spec: str, base: type[Config], model_dir: str,
 def weights_norm(path: str) -> str | None:
     """``mrcnn.presets.weights_norm``: None (BatchNorm), "gn" (GroupNorm) or "unknown"."""
     return presets.weights_norm(path)
-
-
-def stack_instance_masks(masks: Sequence[np.ndarray], height: int,
-                         width: int) -> tuple[np.ndarray, np.ndarray]:
-    """``load_mask``'s output for one-class datasets: empty masks dropped, class id 1.
-
-    Args:
-        masks: bool [height, width] masks, one per instance.
-        height, width: the image size (for the empty result).
-
-    Returns:
-        masks: bool [height, width, N]; class_ids: int32 [N] of ones.
-    """
-    masks = [np.asarray(m, dtype=bool) for m in masks]
-    masks = [m for m in masks if m.any()]
-    if not masks:
-        return np.zeros([height, width, 0], dtype=bool), np.zeros([0], dtype=np.int32)
-    return np.stack(masks, axis=-1), np.ones([len(masks)], dtype=np.int32)
 
 
 def resolve_weights(model, spec: str, coco_path: str = COCO_WEIGHTS_PATH) -> str | None:

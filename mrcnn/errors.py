@@ -8,6 +8,8 @@ library users get an ordinary ``ValueError`` subclass. NumPy only, imported by e
 
 from __future__ import annotations
 
+from typing import Any, NoReturn
+
 
 class InputError(ValueError):
     """Bad input from the user (paths, annotation files, images, arguments, settings)."""
@@ -15,3 +17,13 @@ class InputError(ValueError):
 
 class UnsafePathError(InputError):
     """A path read from a data file leaves the folder it must stay in."""
+
+
+def fail(message: str) -> NoReturn:
+    """Raise ``InputError(message)``."""
+    raise InputError(message)
+
+
+def one_line(text: Any) -> str:
+    """Collapse a (possibly multi-line) message into one line."""
+    return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())

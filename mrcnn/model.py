@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import sys
 import tempfile
 import warnings
 from collections import OrderedDict
@@ -45,7 +46,7 @@ from mrcnn.inspection import (  # noqa: F401  (Matterport's modellib surface)
 )
 from mrcnn.layer_steps import LayerStep, find_step, step_outputs, step_value
 from mrcnn.network import build_inference_graph, build_training_graph
-from mrcnn.ops.device import resolve_jit_compile
+from mrcnn.ops.device import describe_devices, resolve_jit_compile
 from mrcnn.ops.distribute import make_distribution
 from mrcnn.proposals import ProposalLayer  # noqa: F401
 from mrcnn.roi_align import PyramidROIAlign  # noqa: F401
@@ -543,6 +544,7 @@ class MaskRCNN:
         how = f"resuming {self._resume_path}" if state is not None else "new stage"
         print(f"\nStarting at epoch {self.epoch} ({how}). LR={learning_rate}\n")
         print(f"Checkpoint Path: {self.checkpoint_path}")
+        print(f"Devices: {describe_devices()}")
         self.set_trainable(layer_regex)
         warn_frozen_bn_from_scratch(self.keras_model, config)
         self.compile(learning_rate, config.LEARNING_MOMENTUM)
@@ -589,7 +591,9 @@ class MaskRCNN:
             callbacks=callbacks,
             validation_data=val_generator,
             validation_steps=config.VALIDATION_STEPS if val_generator is not None else None,
-            verbose=1 if os.environ.get("CI") is None else 2,
+            # One line per epoch when stdout is a file or a pipe: the progress bar would
+            # write its backspaces there for every step.
+            verbose=1 if sys.stdout.isatty() and os.environ.get("CI") is None else 2,
         )
 
     def _training_config(self, learning_rate: float, layers: str):

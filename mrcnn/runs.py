@@ -120,7 +120,8 @@ def write_run_info(log_dir: str, config: Any, epoch: int) -> str | None:
     """Write ``config.json`` into a run folder when training starts there (never rewritten).
 
     It holds every Config value (``Config.to_json_dict``: what ``Config.display`` shows), the
-    versions of the libraries (``versions``), the command line and the start time, so a run
+    versions of the libraries (``versions``), the devices (``ops.device.devices``), the
+    command line and the start time, so a run
     folder says what produced its checkpoints. A later ``train()`` call in the same folder
     with different settings (the next stage of a schedule, a resume with other values)
     writes ``config_epoch<NNNN>.json`` instead, for the epoch it starts from.
@@ -133,7 +134,9 @@ def write_run_info(log_dir: str, config: Any, epoch: int) -> str | None:
     Returns:
         The file written, or None when an identical record is already there.
     """
-    record = {"config": config.to_json_dict(), "versions": versions(),
+    from mrcnn.ops.device import devices
+
+    record = {"config": config.to_json_dict(), "versions": versions(), "devices": devices(),
               "command": [sys.executable, *sys.argv],
               "started": datetime.datetime.now().isoformat(timespec="seconds"),
               "first_epoch": int(epoch)}

@@ -103,3 +103,33 @@ def test_detect_images_never_overwrites_earlier_results(tmp_path):
     assert os.path.isfile(first["result_file"]) and os.path.isfile(second["result_file"])
     assert (tmp_path / "detect_img0_2.png").is_file()
     assert (tmp_path / "img0.png").is_file()  # the input itself untouched
+
+
+def test_videos_count_one_image_per_frame_and_are_written_back(tmp_path):
+    import cv2
+
+    video = str(tmp_path / "clip.avi")
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"MJPG"), 5, (32, 24))
+    for k in range(3):
+        writer.write(np.full((24, 32, 3), 50 * k, np.uint8))
+    writer.release()
+    paths = _write_images(str(tmp_path), [(10, 12)])
+    summary = predict.detect_images(StubModel(), [video, *paths], ["BG", "a", "b"],
+                                    str(tmp_path / "out"), verbose=0,
+                                    image_ids={paths[0]: 40}, instance_masks=True)
+    data = json.loads(open(summary["result_file"]).read())
+    assert [(i["id"], i["file_name"]) for i in data["images"]] == [
+        (41, f"{video}#0"), (42, f"{video}#1"), (43, f"{video}#2"), (40, paths[0])]
+    results = json.loads(open(summary["coco_result_file"]).read())
+    assert sorted({r["image_id"] for r in results}) == [40, 41, 42, 43]
+    capture = cv2.VideoCapture(str(tmp_path / "out" / "detect_clip.avi"))
+    frames = 0
+    while capture.read()[0]:
+        frames += 1
+    assert frames == 3
+    labels = np.asarray(Image.open(tmp_path / "out" / "masks" / "clip_000001.png"))
+    masks = StubModel().detect([np.zeros((24, 32, 3), np.uint8)])[0]["masks"]
+    expected = np.zeros((24, 32), np.uint8)
+    expected[masks[..., 1]] = 2
+    expected[masks[..., 0]] = 1
+    np.testing.assert_array_equal(labels, expected)

@@ -63,3 +63,37 @@ def resolve_jit_compile(value: bool | str) -> bool:
     if backend == "tensorflow":
         return accelerator_present()
     return False
+
+
+def devices() -> dict[str, object]:
+    """The devices the current Keras backend sees, and the one computations run on.
+
+    Returns:
+        {"backend": name, "devices": ["GPU:0", "CPU:0", ...], "used": the default device}.
+    """
+    backend = keras.backend.backend()
+    seen: list[str] = []
+    used = "CPU:0"
+    if backend == "jax":
+        import jax
+
+        seen = [f"{d.platform.upper()}:{d.id}" for d in jax.devices()]
+        used = seen[0] if seen else used
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        seen = [d.name.split("device:")[-1] for d in tf.config.list_logical_devices()]
+        accelerators = [d for d in seen if not d.startswith("CPU")]
+        used = accelerators[0] if accelerators else used
+    elif backend == "torch":
+        import torch
+
+        seen = ["CPU:0"] + [f"GPU:{i}" for i in range(torch.cuda.device_count())]
+        used = seen[-1] if len(seen) > 1 else used
+    return {"backend": backend, "devices": seen, "used": used}
+
+
+def describe_devices() -> str:
+    """``devices()`` as one line: "tensorflow on GPU:0 (seen: GPU:0, CPU:0)"."""
+    info = devices()
+    return f"{info['backend']} on {info['used']} (seen: {', '.join(info['devices'])})"

@@ -28,27 +28,22 @@ a list (VIA 2.x). Images without regions are skipped with a warning.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import warnings
 from typing import Any, Sequence
 
 import numpy as np
 
-from mrcnn import cli, utils
+from mrcnn import cli
 from mrcnn.cli import fail
 from mrcnn.config import Config
+from mrcnn.datasets.via import (  # noqa: F401  (this sample's names since Matterport)
+    ANNOTATION_FILE,
+    SHAPE_ATTRIBUTES,
+    ViaDataset,
+    draw_shape,
+    read_via_annotations,
+)
 from mrcnn.progress import Progress
-
-ANNOTATION_FILE = "via_region_data.json"
-
-# VIA region shapes that become masks, with the attributes each needs.
-SHAPE_ATTRIBUTES = {
-    "polygon": ("all_points_x", "all_points_y"),
-    "rect": ("x", "y", "width", "height"),
-    "circle": ("cx", "cy", "r"),
-    "ellipse": ("cx", "cy", "rx", "ry"),
-}
 
 # Gray of the splash background: ITU-R BT.709 luma, as skimage.color.rgb2gray.
 GRAY_WEIGHTS = (0.2125, 0.7154, 0.0721)
@@ -92,138 +87,10 @@ class BalloonInferenceConfig(BalloonConfig):
 #  Dataset
 ############################################################
 
-def _number_list(value: Any) -> bool:
-    return isinstance(value, list) and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+class BalloonDataset(ViaDataset):
+    """Balloons from a VIA annotation file: one class (``mrcnn.datasets.via``)."""
 
-
-def _check_region(json_path: str, filename: str, index: int, region: Any) -> dict:
-    """The ``shape_attributes`` of a region, validated; InputError naming the region."""
-    where = f"{json_path}: image {filename!r}, region {index}"
-    if not isinstance(region, dict) or not isinstance(region.get("shape_attributes"), dict):
-        fail(f"{where}: expected an object with 'shape_attributes'")
-    shape = region["shape_attributes"]
-    name = shape.get("name")
-    if name not in SHAPE_ATTRIBUTES:
-        fail(f"{where}: unsupported shape {name!r} (supported: "
-             f"{', '.join(SHAPE_ATTRIBUTES)})")
-    missing = [a for a in SHAPE_ATTRIBUTES[name] if a not in shape]
-    if missing:
-        fail(f"{where}: {name} without {', '.join(missing)}")
-    if name == "polygon":
-        xs, ys = shape["all_points_x"], shape["all_points_y"]
-        if not (_number_list(xs) and _number_list(ys)) or len(xs) != len(ys) or len(xs) < 3:
-            fail(f"{where}: polygon needs all_points_x and all_points_y as lists of at least "
-                 "3 numbers of equal length")
-    else:
-        bad = [a for a in SHAPE_ATTRIBUTES[name]
-               if not isinstance(shape[a], (int, float)) or isinstance(shape[a], bool)]
-        if bad:
-            fail(f"{where}: {name} attributes {', '.join(bad)} must be numbers")
-    return shape
-
-
-def _polygon_in_image(shape: dict, where: str, height: int, width: int) -> dict:
-    """Warn (naming the region) about polygon points that cannot make a mask.
-
-    NaN / infinite points (JSON allows NaN) are dropped, with a warning: rasterizing them
-    is undefined. A polygon entirely outside the image gives no mask (``load_mask`` drops
-    it), which usually means the annotation belongs to another image or size.
-
-    Returns:
-        The shape, without its non-finite points.
-    """
-    if shape["name"] != "polygon":
-        return shape
-    xs = np.asarray(shape["all_points_x"], dtype=np.float64)
-    ys = np.asarray(shape["all_points_y"], dtype=np.float64)
-    finite = np.isfinite(xs) & np.isfinite(ys)
-    if not finite.all():
-        warnings.warn(f"{where}: polygon has {int((~finite).sum())} NaN or infinite point(s) "
-                      f"of {len(xs)}; they are dropped", stacklevel=3)
-        xs, ys = xs[finite], ys[finite]
-        shape = {**shape, "all_points_x": xs.tolist(), "all_points_y": ys.tolist()}
-    if len(xs) and (xs.max() < 0 or ys.max() < 0 or xs.min() > width or ys.min() > height):
-        warnings.warn(f"{where}: polygon lies entirely outside the {width}x{height} image "
-                      f"(x {xs.min():g}..{xs.max():g}, y {ys.min():g}..{ys.max():g}); it "
-                      "gives no mask", stacklevel=3)
-    return shape
-
-
-def read_via_annotations(json_path: str) -> list[dict]:
-    """Read a VIA annotation file into [{"filename", "shapes": [shape_attributes...]}].
-
-    Accepts VIA 1.x and 2.x exports (a dict of entries, ``regions`` a dict or a list) and
-    VIA 2 project files (entries under ``_via_img_metadata``). Entries without regions
-    are skipped with a warning.
-
-    Raises:
-        InputError: missing or malformed file, an unsupported or malformed region (the
-            message names the file, the image and the region).
-    """
-    cli.require_file(json_path, "annotation file")
-    try:
-        with open(json_path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        fail(f"{json_path}: malformed JSON ({err})")
-    if isinstance(data, dict) and isinstance(data.get("_via_img_metadata"), dict):
-        data = data["_via_img_metadata"]  # VIA 2 project file
-    if not isinstance(data, dict):
-        fail(f"{json_path}: expected a VIA export (an object of image entries), got "
-             f"{type(data).__name__}")
-    entries = []
-    for key, entry in data.items():
-        if not isinstance(entry, dict) or not isinstance(entry.get("filename"), str):
-            fail(f"{json_path}: entry {key!r} is not a VIA image entry (no 'filename')")
-        filename = entry["filename"]
-        regions = entry.get("regions")
-        if isinstance(regions, dict):  # VIA 1.x: {"0": region, "1": region}
-            regions = list(regions.values())
-        if regions is None or regions == []:
-            warnings.warn(f"{json_path}: skipping image {filename!r}: no regions", stacklevel=2)
-            continue
-        if not isinstance(regions, list):
-            fail(f"{json_path}: image {filename!r}: 'regions' must be a list or an object")
-        shapes = [_check_region(json_path, filename, k, r) for k, r in enumerate(regions)]
-        entries.append({"filename": filename, "shapes": shapes})
-    return entries
-
-
-def draw_shape(shape: dict, height: int, width: int) -> np.ndarray:
-    """Rasterize one VIA shape into a bool [height, width] mask (clipped to the image)."""
-    import skimage.draw
-
-    mask = np.zeros([height, width], dtype=bool)
-    name = shape["name"]
-    if name == "polygon":
-        rr, cc = skimage.draw.polygon(np.asarray(shape["all_points_y"], dtype=np.float64),
-                                      np.asarray(shape["all_points_x"], dtype=np.float64),
-                                      shape=(height, width))
-        mask[rr, cc] = True
-    elif name == "rect":
-        x0, y0 = int(round(shape["x"])), int(round(shape["y"]))
-        x1, y1 = int(round(shape["x"] + shape["width"])), int(round(shape["y"] + shape["height"]))
-        mask[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] = True
-    elif name == "circle":
-        rr, cc = skimage.draw.disk((shape["cy"], shape["cx"]), shape["r"], shape=(height, width))
-        mask[rr, cc] = True
-    elif name == "ellipse":
-        # VIA draws on a canvas (y down) rotated by theta radians.
-        cx, cy, rx, ry = (float(shape[k]) for k in ("cx", "cy", "rx", "ry"))
-        theta = float(shape.get("theta", 0.0) or 0.0)
-        yy, xx = np.mgrid[:height, :width]
-        dx, dy = xx - cx, yy - cy
-        u = dx * np.cos(theta) + dy * np.sin(theta)
-        v = -dx * np.sin(theta) + dy * np.cos(theta)
-        mask = (u / max(rx, 1e-6)) ** 2 + (v / max(ry, 1e-6)) ** 2 <= 1
-    else:
-        raise ValueError(f"unsupported shape {name!r}")
-    return mask
-
-
-class BalloonDataset(utils.Dataset):
-    """Balloons from a VIA annotation file: one class."""
+    source = "balloon"
 
     def load_balloon(self, dataset_dir: str, subset: str) -> None:
         """Register the images of ``<dataset_dir>/<subset>/``.
@@ -235,45 +102,12 @@ class BalloonDataset(utils.Dataset):
         Raises:
             InputError: missing folder, annotation file or image; malformed annotations.
         """
-        self.add_class("balloon", 1, "balloon")
         cli.require_dir(dataset_dir, "dataset folder")
         subset_dir = os.path.join(dataset_dir, subset)
         cli.require_dir(subset_dir, "subset folder")
-        json_path = os.path.join(subset_dir, ANNOTATION_FILE)
-        entries = read_via_annotations(json_path)
-        if not entries:
-            fail(f"{json_path}: no image with regions")
-        for entry in entries:
-            path = os.path.join(subset_dir, entry["filename"])
-            if not os.path.isfile(path):
-                fail(f"{json_path}: image {entry['filename']!r}: file not found: {path}")
-            height, width = cli.verify_image(path)
-            where = f"{json_path}: image {entry['filename']!r}"
-            shapes = [_polygon_in_image(shape, f"{where}, region {k}", height, width)
-                      for k, shape in enumerate(entry["shapes"])]
-            self.add_image("balloon", image_id=entry["filename"], path=path, width=width,
-                           height=height, polygons=shapes)
-
-    def load_mask(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """One mask per region (regions entirely outside the image are dropped).
-
-        Returns:
-            masks: bool [height, width, N].
-            class_ids: int32 [N] of ones.
-        """
-        info = self.image_info[image_id]
-        if info["source"] != "balloon":
-            return super().load_mask(image_id)
-        height, width = info["height"], info["width"]
-        return cli.stack_instance_masks(
-            [draw_shape(s, height, width) for s in info["polygons"]], height, width)
-
-    def image_reference(self, image_id: int) -> str:
-        """The image's path."""
-        info = self.image_info[image_id]
-        if info["source"] == "balloon":
-            return info["path"]
-        return super().image_reference(image_id)
+        # One class whatever the regions' attributes say, as Matterport's sample.
+        self.load_via(os.path.join(subset_dir, ANNOTATION_FILE), subset_dir, class_key="",
+                      class_names=["balloon"], default_class="balloon")
 
 
 ############################################################

@@ -24,21 +24,27 @@ are in val2014/).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
-import warnings
 import zipfile
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from mrcnn import cli, utils
+from mrcnn import cli
 from mrcnn.cli import fail
 from mrcnn.config import Config
+from mrcnn.datasets import coco as coco_data
+from mrcnn.datasets.coco import (  # noqa: F401  (this sample's names since Matterport)
+    ANNOTATION_KEYS,
+    DEFAULT_DATASET_YEAR,
+    IMAGE_KEYS,
+    annotation_file,
+    check_coco_annotations,
+    image_folder,
+    read_coco,
+)
 from mrcnn.progress import track
-
-DEFAULT_DATASET_YEAR = "2017"
 
 # Matterport's released COCO weights (downloaded there by --model=coco when missing).
 COCO_MODEL_PATH = cli.COCO_WEIGHTS_PATH
@@ -90,24 +96,6 @@ class CocoInferenceConfig(CocoConfig):
 ############################################################
 #  Dataset
 ############################################################
-
-def _pycocotools():
-    from pycocotools import mask as mask_utils
-    from pycocotools.coco import COCO
-
-    return COCO, mask_utils
-
-
-def image_folder(dataset_dir: str, subset: str, year: str) -> str:
-    """``<dataset>/<subset><year>``; minival and valminusminival images are in val<year>."""
-    folder = "val" if subset in ("minival", "valminusminival") else subset
-    return os.path.join(dataset_dir, f"{folder}{year}")
-
-
-def annotation_file(dataset_dir: str, subset: str, year: str) -> str:
-    """``<dataset>/annotations/instances_<subset><year>.json``."""
-    return os.path.join(dataset_dir, "annotations", f"instances_{subset}{year}.json")
-
 
 def _download(url: str, path: str, hashes: Mapping[str, str] | None = None) -> None:
     """Download ``url`` to ``path`` (``mrcnn.download``: https, progress, .part file, the
@@ -182,208 +170,13 @@ def download_coco(dataset_dir: str, subset: str, year: str,
     print(f"Will use annotations in {ann_file}")
 
 
-def read_coco(path: str):
-    """``pycocotools.coco.COCO(path)`` with bad files reported as one InputError line.
-
-    The file is checked first (``check_coco_annotations``), so that a file pycocotools would
-    take apart with a traceback, or silently turn into an empty dataset, fails here naming
-    the file and what is wrong.
-    """
-    import contextlib
-    import io
-
-    COCO, _ = _pycocotools()
-    cli.require_file(path, "annotation file")
-    try:
-        with open(path) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as err:
-        fail(f"{path}: malformed JSON ({err})")
-    except (OSError, UnicodeDecodeError) as err:
-        fail(f"{path}: cannot read the annotation file ({err})")
-    check_coco_annotations(data, path)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco = COCO()
-            coco.dataset = data
-            coco.createIndex()
-            return coco
-    except (KeyError, TypeError, AttributeError, ValueError) as err:
-        fail(f"{path}: not a COCO instances file ({type(err).__name__}: {err})")
-
-
-# Keys each record of a COCO instances file needs here.
-IMAGE_KEYS = ("id", "file_name", "width", "height")
-ANNOTATION_KEYS = ("id", "image_id", "category_id", "segmentation")
-
-
-def _records(data: dict, key: str, path: str) -> list:
-    records = data.get(key)
-    if records is None:
-        fail(f"{path} has no {key!r} list: a COCO instances file needs 'images', "
-             "'annotations' and 'categories' (an image-info file without annotations cannot "
-             "be used to train or evaluate)")
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        fail(f"{path}: {key!r} must be a list of objects, got {type(records).__name__}")
-    return records
-
-
-def _missing_key(records: list, keys: Sequence[str], what: str, path: str) -> None:
-    for index, record in enumerate(records):
-        missing = [k for k in keys if k not in record]
-        if missing:
-            fail(f"{path}: {what} #{index} (id {record.get('id')!r}) has no "
-                 f"{', '.join(repr(k) for k in missing)}")
-
-
-def check_coco_annotations(data: Any, path: str) -> None:
-    """Check the structure of a parsed COCO instances file; warn about odd polygons.
-
-    Errors (``InputError`` naming ``path``): the top level is not an object; ``images``,
-    ``annotations`` or ``categories`` is missing or empty; an image without ``file_name``,
-    ``width`` or ``height``; an annotation of an image or category the file does not list.
-    Warnings (naming the annotations): a polygon with an odd number of coordinates, or one
-    that extends beyond the image by more than a pixel (rasterization clips it).
-
-    Args:
-        data: the parsed JSON.
-        path: the file, for messages.
-    """
-    if not isinstance(data, dict):
-        fail(f"{path}: not a COCO instances file: the top level is a {type(data).__name__}, "
-             "expected an object with 'images', 'annotations' and 'categories'")
-    images = _records(data, "images", path)
-    annotations = _records(data, "annotations", path)
-    categories = _records(data, "categories", path)
-    if not annotations:
-        fail(f"{path} has an empty 'annotations' list: nothing to train or evaluate on")
-    _missing_key(images, IMAGE_KEYS, "image", path)
-    _missing_key(categories, ("id", "name"), "category", path)
-    _missing_key(annotations, ANNOTATION_KEYS, "annotation", path)
-    sizes = {image["id"]: (image["height"], image["width"]) for image in images}
-    category_ids = {c["id"] for c in categories}
-    odd, outside = [], []
-    for ann in annotations:
-        if ann["image_id"] not in sizes:
-            fail(f"{path}: annotation {ann['id']!r} belongs to image_id {ann['image_id']!r}, "
-                 "which is not in 'images'")
-        if ann["category_id"] not in category_ids:
-            fail(f"{path}: annotation {ann['id']!r} has category_id {ann['category_id']!r}, "
-                 f"which is not in 'categories' (ids {sorted(category_ids)[:20]})")
-        if not isinstance(ann["segmentation"], list):
-            continue  # RLE
-        height, width = sizes[ann["image_id"]]
-        for polygon in ann["segmentation"]:
-            if len(polygon) % 2:
-                odd.append(ann["id"])
-            xs, ys = polygon[0::2], polygon[1::2]
-            if xs and ys and (min(xs) < -1 or min(ys) < -1 or max(xs) > width + 1
-                              or max(ys) > height + 1):
-                outside.append(ann["id"])
-    for ids, problem in ((odd, "have a polygon with an odd number of coordinates (x, y "
-                               "pairs expected; the last value is ignored)"),
-                         (outside, "have a polygon that extends beyond the image (the mask "
-                                   "is clipped to the image)")):
-        if ids:
-            shown = ", ".join(str(i) for i in ids[:10]) + (", ..." if len(ids) > 10 else "")
-            warnings.warn(f"{path}: {len(ids)} annotation(s) {problem}: ids {shown}",
-                          stacklevel=3)
-
-
-class CocoDataset(utils.Dataset):
-    """MS COCO (or any dataset in its annotation format) through pycocotools."""
-
-    def load_coco(self, dataset_dir: str, subset: str, year: str = DEFAULT_DATASET_YEAR,
-                  class_ids: Sequence[int] | None = None, class_map: Any = None,
-                  return_coco: bool = False, auto_download: bool = False):
-        """Register the images of a subset.
-
-        Args:
-            dataset_dir: root of the dataset.
-            subset: "train", "val", or for 2014 "minival" / "valminusminival".
-            year: "2014" or "2017", as a string.
-            class_ids: load only these COCO category ids (and the images that have them).
-            class_map: unused (Matterport's placeholder).
-            return_coco: return the ``COCO`` object.
-            auto_download: download missing images and annotations (needs network).
-
-        Returns:
-            The ``COCO`` object when ``return_coco``.
-
-        Raises:
-            InputError: missing files or folders, a malformed annotation file, unknown
-                class ids, a failed download.
-        """
-        year = str(year)
-        if auto_download:
-            self.auto_download(dataset_dir, subset, year)
-        cli.require_dir(dataset_dir, "dataset folder")
-        coco = read_coco(annotation_file(dataset_dir, subset, year))
-        image_dir = image_folder(dataset_dir, subset, year)
-        cli.require_dir(image_dir, "image folder")
-
-        all_class_ids = sorted(coco.getCatIds())
-        if class_ids:
-            unknown = sorted(set(class_ids) - set(all_class_ids))
-            if unknown:
-                fail(f"class ids {unknown} are not categories of "
-                     f"{annotation_file(dataset_dir, subset, year)}")
-            class_ids = sorted(class_ids)
-            image_ids = sorted({i for c in class_ids for i in coco.getImgIds(catIds=[c])})
-        else:
-            # All classes; as Matterport, only images with at least one annotation.
-            class_ids = all_class_ids
-            image_ids = sorted({i for c in class_ids for i in coco.getImgIds(catIds=[c])})
-
-        for i in class_ids:
-            self.add_class("coco", i, coco.loadCats(i)[0]["name"])
-        for i in image_ids:
-            info = coco.imgs[i]
-            self.add_image(
-                "coco", image_id=i, path=os.path.join(image_dir, info["file_name"]),
-                width=info["width"], height=info["height"],
-                annotations=coco.loadAnns(coco.getAnnIds(imgIds=[i], catIds=class_ids,
-                                                         iscrowd=None)))
-        if return_coco:
-            return coco
-        return None
+class CocoDataset(coco_data.CocoDataset):
+    """MS COCO (or any dataset in its annotation format): ``mrcnn.datasets.coco`` with
+    Matterport's download and links to the COCO website."""
 
     def auto_download(self, dataDir: str, dataType: str, dataYear: str) -> None:
         """Download missing images and annotations (Matterport's method; see download_coco)."""
         download_coco(dataDir, dataType, str(dataYear))
-
-    def load_mask(self, image_id: int) -> tuple[np.ndarray, np.ndarray]:
-        """Instance masks of a COCO image.
-
-        Crowd annotations get NEGATIVE class ids (Matterport's convention): the training
-        pipeline uses them to ignore ROIs that mostly cover a crowd, never as targets.
-        Annotations whose mask rounds to no pixel are skipped.
-
-        Returns:
-            masks: bool [height, width, N].
-            class_ids: int32 [N] internal class ids, negative for crowds.
-        """
-        info = self.image_info[image_id]
-        if info["source"] != "coco":
-            return super().load_mask(image_id)
-        height, width = info["height"], info["width"]
-        masks, class_ids = [], []
-        for annotation in info["annotations"]:
-            class_id = self.class_from_source_map.get(f"coco.{annotation['category_id']}")
-            if not class_id:
-                continue
-            m = self.annToMask(annotation, height, width)
-            if m.max() < 1:  # smaller than a pixel
-                continue
-            if annotation.get("iscrowd"):
-                class_id *= -1
-                if m.shape != (height, width):  # some crowd RLEs have another size
-                    m = np.ones([height, width], dtype=bool)
-            masks.append(m.astype(bool))
-            class_ids.append(class_id)
-        if not class_ids:
-            return super().load_mask(image_id)
-        return np.stack(masks, axis=2), np.array(class_ids, dtype=np.int32)
 
     def image_reference(self, image_id: int) -> str:
         """Link to the image on the COCO website."""
@@ -391,23 +184,6 @@ class CocoDataset(utils.Dataset):
         if info["source"] == "coco":
             return f"http://cocodataset.org/#explore?id={info['id']}"
         return super().image_reference(image_id)
-
-    # Matterport's versions of pycocotools' COCO.annToRLE / annToMask, with the image
-    # size given (our images need no COCO object).
-    def annToRLE(self, ann: dict, height: int, width: int) -> dict:
-        """Polygons, uncompressed or compressed RLE -> compressed RLE."""
-        _, mask_utils = _pycocotools()
-        segm = ann["segmentation"]
-        if isinstance(segm, list):  # polygons: one object may have several parts
-            return mask_utils.merge(mask_utils.frPyObjects(segm, height, width))
-        if isinstance(segm["counts"], list):  # uncompressed RLE
-            return mask_utils.frPyObjects(segm, height, width)
-        return segm
-
-    def annToMask(self, ann: dict, height: int, width: int) -> np.ndarray:
-        """Annotation -> uint8 [height, width] binary mask."""
-        _, mask_utils = _pycocotools()
-        return mask_utils.decode(self.annToRLE(ann, height, width))
 
 
 ############################################################

@@ -375,17 +375,10 @@ def _resolve_weights(model, weights: str) -> str | None:
 
 
 def _make_config(args, base: type[Config], **overrides) -> Config:
-    """``base`` with ``overrides`` then ``--set``; with --tiny (or MRCNN_TINY=1),
-    mrcnn.tiny's variant."""
-    overrides = {**overrides, **cli.settings(args, base)}
-    try:
-        if tiny_requested(args):
-            from mrcnn.tiny import tiny_config
-
-            return tiny_config(base, **overrides)
-        return type(base.__name__, (base,), overrides)() if overrides else base()
-    except ValueError as err:  # a value Config rejects
-        cli.fail(str(err))
+    """``base`` with ``overrides`` then ``--set``; with --tiny (or MRCNN_TINY=1), the tiny
+    variant with the tiny overrides every sample uses (``cli.make_config``)."""
+    return cli.make_config(base, tiny_requested(args), settings=cli.settings(args, base),
+                           **overrides)
 
 
 def _inference_model(args):
@@ -403,9 +396,12 @@ def _inference_model(args):
 
 
 def _train_config(args) -> Config:
-    """ShapesConfig with --steps and --workers (DATA_WORKERS) applied."""
-    return _make_config(args, ShapesConfig, STEPS_PER_EPOCH=args.steps,
-                        **cli.workers_override(args))
+    """ShapesConfig with --steps (when given: it wins over --tiny's one step) and --workers
+    (DATA_WORKERS) applied."""
+    steps = {"STEPS_PER_EPOCH": args.steps} if args.steps is not None else {}
+    return cli.make_config(ShapesConfig, tiny_requested(args),
+                           settings={**steps, **cli.settings(args, ShapesConfig)},
+                           **cli.workers_override(args))
 
 
 def cmd_train(args) -> float:
@@ -444,12 +440,7 @@ def cmd_detect(args) -> None:
 
     model, config = _inference_model(args)
     if args.images:
-        from mrcnn import predict
-
-        summary = predict.detect_images(model, args.images, ("BG",) + SHAPE_CLASSES,
-                                        args.output)
-        print(f"{summary['images']} images, {summary['detections']} detections; results "
-              f"in {summary['result_file']}")
+        cli.detect_files(model, args.images, ("BG",) + SHAPE_CLASSES, args.output)
         return None
     if args.image:
         image = utils.load_image_file(args.image)  # gray, RGBA, 16-bit too
@@ -486,14 +477,17 @@ def main(argv: list[str] | None = None) -> float | None:
     parser.add_argument("--weights", default=None,
                         help="'none', 'last' or a checkpoint path (default: none for "
                              "train, last otherwise)")
-    parser.add_argument("--epochs", type=int, default=4, help="epochs to train up to")
-    parser.add_argument("--steps", type=int, default=ShapesConfig.STEPS_PER_EPOCH,
-                        help="steps per epoch")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs to train up to (default 4; 1 with --tiny)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help=f"steps per epoch (default {ShapesConfig.STEPS_PER_EPOCH}; 1 "
+                             "with --tiny)")
     parser.add_argument("--train-count", type=int, default=2000,
                         help="training images (drawn on the fly)")
-    parser.add_argument("--val-count", type=int, default=50, help="validation images")
-    parser.add_argument("--eval-count", type=int, default=50,
-                        help="held-out images for the mAP")
+    parser.add_argument("--val-count", type=int, default=None,
+                        help="validation images (default 50; 2 with --tiny)")
+    parser.add_argument("--eval-count", type=int, default=None,
+                        help="held-out images for the mAP (default 50; 4 with --tiny)")
     parser.add_argument("--image", default=None, help="image file for 'detect'")
     parser.add_argument("--images", default=None, metavar="DIR or GLOB",
                         help="detect: image files (a folder or a glob); writes "
@@ -517,6 +511,12 @@ def _run(args) -> float | None:
         cli.fail(f"--workers must be 0 or more, got {args.workers}")
     if args.weights is None:
         args.weights = "none" if args.command == "train" else "last"
+    # --tiny is a smoke test in seconds: one epoch, a few images (explicit values win).
+    tiny = tiny_requested(args)
+    for name, default, tiny_default in (("epochs", 4, 1), ("val_count", 50, 2),
+                                        ("eval_count", 50, 4)):
+        if getattr(args, name) is None:
+            setattr(args, name, tiny_default if tiny else default)
     if args.image and not os.path.isfile(args.image):
         cli.fail(f"--image {args.image}: no such file")
     if args.images:
