@@ -407,6 +407,9 @@ def main() -> None:
                         "H100 bound ms": f"{roof['bound ms']:.1f} "
                                          f"({'compute' if roof['compute ms'] >= roof['memory ms'] else 'memory'})",
                         "compile s": f"{r['compile s']:.0f}"})
+                    # Each row as soon as it is known (a long matrix may be cut short).
+                    print("| " + " | ".join(str(v) for v in rows[-1].values()) + " |",
+                          flush=True)
     if rows:
         print_table(f"Compiled cost per step ({args.size} px, XLA cost and memory analysis)",
                     rows)

@@ -287,12 +287,15 @@ def _make_data(folder: str) -> dict:
     return paths
 
 
-def _run_child(python: str, task: dict) -> dict | str:
+def _run_child(python: str, task: dict, timeout: float) -> dict | str:
     env = dict(os.environ, PYTHONPATH=ROOT, NO_ALBUMENTATIONS_UPDATE="1",
                OMP_NUM_THREADS=str(task["threads"]))
     env.pop("KERAS_BACKEND", None)
-    done = subprocess.run([python, os.path.abspath(__file__), "--child", json.dumps(task)],
-                          capture_output=True, text=True, env=env)
+    try:
+        done = subprocess.run([python, os.path.abspath(__file__), "--child", json.dumps(task)],
+                              capture_output=True, text=True, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"over {timeout:.0f} s"
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
     if done.returncode or not lines:
         return "failed: " + " ".join((done.stderr or done.stdout).strip().splitlines()[-1:])[:100]
@@ -314,6 +317,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--timeout", type=float, default=900,
+                        help="seconds per process (compile included); a slower one is "
+                             "reported as such")
     parser.add_argument("--no-train", action="store_true")
     parser.add_argument("--no-infer", action="store_true")
     parser.add_argument("--flops", action="store_true", help="torch FLOP count (see above)")
@@ -342,7 +348,7 @@ def main() -> None:
             for m in args.models:
                 task = {**base, "model": m, "kind": "infer", "shape": SIZES[label],
                         "batch": batch, "data": data[label]}
-                r = _run_child(python[m], task)
+                r = _run_child(python[m], task, args.timeout)
                 row = {"model": NAMES[m], "image": label, "batch": batch}
                 if isinstance(r, str):
                     rows.append({**row, "img/s": r, "p50 ms": "-", "p90 ms": "-",
@@ -360,7 +366,7 @@ def main() -> None:
     if not args.no_train:
         for m in args.models:
             task = {**base, "model": m, "kind": "train", "data": data["train"]}
-            r = _run_child(python[m], task)
+            r = _run_child(python[m], task, args.timeout)
             row = {"model": NAMES[m].replace(" eval", ""),
                    "setting": f"R50-FPN, {TRAIN_SIZE} px, batch {TRAIN_BATCH}, {TRAIN_ROIS} ROIs"}
             if isinstance(r, str):
