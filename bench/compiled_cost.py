@@ -368,10 +368,10 @@ def main() -> None:
     if keras.backend.backend() != "jax":
         raise SystemExit("compiled_cost.py lowers JAX programs: run with KERAS_BACKEND=jax")
 
-    tv = {}
-    if args.torch_python:
-        for batch in args.batch:
-            tv[batch] = torchvision_flops(args.torch_python, args.size, batch)
+    # torchvision runs its model to count (eager PyTorch): once, at the first batch size;
+    # FLOPs per image do not depend on the batch.
+    tv = (torchvision_flops(args.torch_python, args.size, args.batch[0])
+          if args.torch_python else {})
     rows = []
     for step in [s for s in args.steps if s != "none"]:
         for backbone in args.backbone:
@@ -392,12 +392,12 @@ def main() -> None:
                         keras.backend.clear_session()
                     roof = roofline_ms(r["flops"], r["bytes"], precision)
                     key = "train" if step == "train" else "eval"
-                    tv_total = tv.get(batch, {}).get(key, {}).get("total")
+                    tv_total = tv.get(key, {}).get("total")
                     rows.append({
                         "step": step, "backbone": backbone, "batch": batch,
                         "precision": precision, "GFLOP": _g(r["flops"]),
                         "GFLOP/img": _g(r["flops"] / batch),
-                        "torchvision GFLOP/img": (_g(tv_total / batch)
+                        "torchvision GFLOP/img": (_g(tv_total / args.batch[0])
                                                   if tv_total and backbone == "resnet50"
                                                   else "-"),
                         "GB accessed": _g(r["bytes"]),
@@ -420,7 +420,7 @@ def main() -> None:
         for training, key in ((True, "train"), (False, "eval")):
             parts = component_costs(config, training)
             keras.backend.clear_session()
-            tv_parts = tv.get(args.batch[0], {}).get(key, {})
+            tv_parts = tv.get(key, {})
             table = []
             for p in parts:
                 roof = roofline_ms(p["flops"], p["bytes"], precision)

@@ -138,6 +138,7 @@ def main_compiled(args) -> None:
                      "GFLOP/img": f"{r['flops'] / r['batch'] / 1e9:,.0f}"})
         fits.append({"knob": knob, "value": value,
                      **{f"{gb} GB": images_that_fit(r, gb) for gb in FIT_GB}})
+        print("| " + " | ".join(map(str, rows[-1].values())) + " |", flush=True)  # progress
     print_table(f"Compiled train-step memory per knob (JAX/XLA memory analysis, "
                 f"{args.size} px, batch {args.batch}, {args.rois} ROIs)", rows)
     print_table(f"Images per GPU that fit (estimate: arguments fixed, the rest linear in "
