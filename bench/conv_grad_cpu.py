@@ -4,7 +4,8 @@
     python bench/conv_grad_cpu.py --engines jax tf --repeats 5 --hlo
 
 A ResNet/FPN-like 3x3 convolution (batch 2, 64x64, 256 -> 256 channels, NHWC, float32),
-a 1x1 one (128x128, 256 -> 64) and the 7x7 stride-2 stem (256x256x3 -> 64), each timed as
+the mask head's 3x3 convolution (64 ROIs of 14x14, 256 -> 256; training runs ~170 ROIs per
+image), a 1x1 one (128x128, 256 -> 64) and the 7x7 stride-2 stem (256x256x3 -> 64), each timed as
 forward only, gradient with respect to the input, gradient with respect to the kernel,
 and both gradients. Engines, each in its own process pinned to the same ``--threads``
 cores: "tf" (a ``tf.function``: TensorFlow's oneDNN kernels, how Keras' TensorFlow backend
@@ -32,6 +33,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 
 # (name, batch, height, width, in channels, out channels, kernel, stride)
 CASES = [("3x3 256->256 @64x64", 2, 64, 64, 256, 256, 3, 1),
+         ("3x3 256->256 @14x14, 64 ROIs", 64, 14, 14, 256, 256, 3, 1),
          ("1x1 256->64 @128x128", 2, 128, 128, 256, 64, 1, 1),
          ("7x7/2 3->64 @256x256", 2, 256, 256, 3, 64, 7, 2)]
 PARTS = ("forward", "d input", "d kernel", "d input + d kernel")

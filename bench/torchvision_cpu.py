@@ -11,8 +11,10 @@ the same cores), run one after the other:
 - inference: an 800x1333 image (torchvision keeps it: min_size 800, max_size 1333; mrcnn
   pads it to 832x1344 with IMAGE_RESIZE_MODE "pad64", IMAGE_MIN_DIM 768, which does not
   scale it) and a 1024x1024 one, batch 1 and 4: ``MaskRCNN.detect`` and torchvision in eval
-  mode, both returning boolean masks pasted into the image, both keeping exactly 100
-  detections (DETECTION_MAX_INSTANCES / box_detections_per_img 100, no score threshold).
+  mode, both returning boolean masks pasted into the image, both allowed 100 detections
+  (DETECTION_MAX_INSTANCES / box_detections_per_img 100, no score threshold; the table
+  gives how many each kept: mrcnn keeps one class per ROI before its per-class NMS,
+  torchvision every class of every ROI, so with untrained weights mrcnn keeps fewer).
   Images/s, p50/p90 latency of one call (one batch).
 - training: R50-FPN from scratch, 512x512, batch 2, 512 sampled ROIs per image, frozen
   BatchNorm, SGD: images/s and the process peak RSS (everything the process held: the
@@ -185,11 +187,14 @@ def child_mrcnn(task: dict) -> dict:
         model = modellib.MaskRCNN("inference", config, "/tmp/mrcnn_bench_logs")
         images = [data["image"]] * task["batch"]
 
+        kept = []
+
         def run():
             results = model.detect(images)
-            assert results[0]["masks"].shape == (h, w, DETECTIONS), results[0]["masks"].shape
+            assert results[0]["masks"].shape[:2] == (h, w), results[0]["masks"].shape
+            kept.append(np.mean([r["masks"].shape[2] for r in results]))
 
-        return _timed_calls(run, task["steps"], task["warmup"])
+        return {**_timed_calls(run, task["steps"], task["warmup"]), "kept": kept[-1]}
     from bench.common import train_step_times, training_batch
 
     config = bench_config(TRAIN_SIZE, TRAIN_BATCH, rois=TRAIN_ROIS)
@@ -215,13 +220,16 @@ def child_torch(task: dict) -> dict:
         image = torch.from_numpy(data["image"]).permute(2, 0, 1).float().div(255)
         images = [image] * task["batch"]
 
+        kept = []
+
         def run():
             with torch.no_grad():
                 out = model(images)
             masks = [(o["masks"][:, 0] > 0.5).numpy() for o in out]
-            assert masks[0].shape == (DETECTIONS, h, w), masks[0].shape
+            assert masks[0].shape[1:] == (h, w), masks[0].shape
+            kept.append(np.mean([len(m) for m in masks]))
 
-        return _timed_calls(run, task["steps"], task["warmup"])
+        return {**_timed_calls(run, task["steps"], task["warmup"]), "kept": kept[-1]}
     model = _torch_model(4, TRAIN_SIZE, TRAIN_SIZE, train=True)
     for module in model.modules():  # frozen BN, as mrcnn's frozen_bn (already frozen)
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -302,6 +310,11 @@ def _run_child(python: str, task: dict, timeout: float) -> dict | str:
     return json.loads(lines[-1][7:])
 
 
+def _progress(row: dict) -> None:
+    """Print a finished row at once (a long run may be cut short)."""
+    print("| " + " | ".join(map(str, row.values())) + " |", flush=True)
+
+
 NAMES = {"tensorflow": "mrcnn TF", "jax": "mrcnn JAX", "torchvision": "torchvision eval"}
 
 
@@ -351,15 +364,18 @@ def main() -> None:
                 r = _run_child(python[m], task, args.timeout)
                 row = {"model": NAMES[m], "image": label, "batch": batch}
                 if isinstance(r, str):
-                    rows.append({**row, "img/s": r, "p50 ms": "-", "p90 ms": "-",
-                                 "CPU s/img": "-", "load avg (1 min)": "-"})
+                    rows.append({**row, "detections": "-", "img/s": r, "p50 ms": "-",
+                                 "p90 ms": "-", "CPU s/img": "-", "load avg (1 min)": "-"})
+                    _progress(rows[-1])
                     continue
                 p50, p90 = _percentiles(r["times"])
                 images = batch * len(r["times"])
-                rows.append({**row, "img/s": f"{images / sum(r['times']):.3f}",
+                rows.append({**row, "detections": f"{r['kept']:.0f}",
+                             "img/s": f"{images / sum(r['times']):.3f}",
                              "p50 ms": f"{1000 * p50:.0f}", "p90 ms": f"{1000 * p90:.0f}",
                              "CPU s/img": f"{r['cpu'] / images:.2f}",
                              "load avg (1 min)": f"{os.getloadavg()[0]:.1f}"})
+                _progress(rows[-1])
     if rows:
         print_table(f"CPU inference, {args.threads} cores each, {DETECTIONS} detections, "
                     "masks pasted (wall times under the machine's load)", rows)
@@ -372,12 +388,14 @@ def main() -> None:
             if isinstance(r, str):
                 train_rows.append({**row, "img/s": r, "CPU s/img": "-", "peak RSS GiB": "-",
                                    "load avg (1 min)": "-"})
+                _progress(train_rows[-1])
                 continue
             images = TRAIN_BATCH * len(r["times"])
             train_rows.append({**row, "img/s": f"{images / sum(r['times']):.3f}",
                                "CPU s/img": f"{r['cpu'] / images:.2f}",
                                "peak RSS GiB": f"{r['rss']:.2f}",
                                "load avg (1 min)": f"{os.getloadavg()[0]:.1f}"})
+            _progress(train_rows[-1])
         print_table(f"CPU training from scratch, {args.threads} cores each (wall times under "
                     "the machine's load)", train_rows)
 
