@@ -52,18 +52,11 @@ def _macs(case) -> float:
 
 
 def _median_ms(fn, repeats: int) -> float:
-    """Median process CPU milliseconds (all threads) of one call, after a compiling call.
+    # Process CPU time, not wall time: on a shared, loaded machine the wall time of a call
+    # mostly measures the other processes; the CPU time is the work the call did.
+    from bench.common import median_ms
 
-    CPU time, not wall time: on a shared, loaded machine the wall time of a call mostly
-    measures the other processes; the CPU time is the work the call did.
-    """
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.process_time()
-        fn()
-        times.append(time.process_time() - start)
-    return 1000 * sorted(times)[len(times) // 2]
+    return median_ms(fn, repeats, clock=time.process_time)
 
 
 def child_tf(xla: bool, repeats: int) -> dict:

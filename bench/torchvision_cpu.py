@@ -206,6 +206,22 @@ def child_mrcnn(task: dict) -> dict:
     return {**_timed_calls(fn, task["steps"], task["warmup"]), "rss": _peak_rss_gib()}
 
 
+def torch_sgd_step(model, optimizer, images: list, targets: list):
+    """One torchvision training step as a call: losses summed, backward, optimizer step.
+
+    Returns:
+        A function of no arguments returning the loss as a float (which waits for it).
+    """
+    def step() -> float:
+        loss = sum(model(images, targets).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        return float(loss)
+
+    return step
+
+
 def child_torch(task: dict) -> dict:
     """One torchvision task in this process; returns its timings."""
     import numpy as np
@@ -246,13 +262,7 @@ def child_torch(task: dict) -> dict:
                         "labels": torch.from_numpy(data[f"train_labels_{i}"].astype(np.int64)),
                         "masks": torch.from_numpy(masks.astype(np.uint8))})
 
-    def step():
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        return float(loss)
-
+    step = torch_sgd_step(model, optimizer, images, targets)
     return {**_timed_calls(step, task["steps"], task["warmup"]), "rss": _peak_rss_gib()}
 
 
