@@ -4,6 +4,7 @@
     KERAS_BACKEND=jax python bench/compiled_cost.py --backbone resnet50 resnet101 \\
         --batch 2 8 --precision float32 mixed_bfloat16               # the whole matrix
     KERAS_BACKEND=jax python bench/compiled_cost.py --steps none --components   # per part
+    KERAS_BACKEND=jax python bench/compiled_cost.py --set RPN_CONV_CHANNELS=256   # a Config knob
     ... --torch-python /path/to/venv-with-torch/bin/python           # torchvision FLOPs beside
 
 Each program is traced with ``jax.jit(...).lower(...)`` on abstract inputs
@@ -343,6 +344,25 @@ def torchvision_flops(python: str, size: int, batch: int) -> dict:
     return json.loads(lines[-1][7:])
 
 
+def parse_overrides(items: list[str]) -> dict:
+    """``["RPN_CONV_CHANNELS=256", ...]`` -> {"RPN_CONV_CHANNELS": 256, ...}.
+
+    Values are Python literals (``ast.literal_eval``: numbers, strings, tuples), never code.
+    """
+    import ast
+
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier():
+            raise SystemExit(f"--set {item!r}: expected ATTR=VALUE, e.g. RPN_CONV_CHANNELS=256")
+        try:
+            out[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[name] = value  # a bare string such as resnet50
+    return out
+
+
 def _g(value: float, unit: float = 1e9) -> str:
     return f"{value / unit:,.1f}"
 
@@ -360,9 +380,15 @@ def main() -> None:
                         choices=("train", "inference", "none"))
     parser.add_argument("--components", action="store_true",
                         help="per-part table (first backbone, batch and precision)")
+    parser.add_argument("--set", nargs="+", default=[], metavar="ATTR=VALUE",
+                        help="other Config attributes, e.g. RPN_CONV_CHANNELS=256 "
+                             "(values read as Python literals)")
     parser.add_argument("--torch-python", help="interpreter with torch + torchvision: adds "
                         "torchvision's FLOPs (torch.utils.flop_counter) beside")
     args = parser.parse_args()
+    overrides = parse_overrides(args.set)
+    if {"BACKBONE", "IMAGES_PER_GPU", "MIXED_PRECISION", "TRAIN_ROIS_PER_IMAGE"} & set(overrides):
+        raise SystemExit("--set: use --backbone, --batch, --precision and --rois for those")
     import keras
 
     if keras.backend.backend() != "jax":
@@ -379,7 +405,7 @@ def main() -> None:
                 for precision in args.precision:
                     config = config_for(args.size, batch, backbone,
                                         None if precision == "float32" else precision,
-                                        args.rois)
+                                        args.rois, **overrides)
                     try:
                         r = (train_step_cost(config) if step == "train"
                              else inference_step_cost(config))
@@ -416,7 +442,8 @@ def main() -> None:
     if args.components:
         precision = args.precision[0]
         config = config_for(args.size, args.batch[0], args.backbone[0],
-                            None if precision == "float32" else precision, args.rois)
+                            None if precision == "float32" else precision, args.rois,
+                            **overrides)
         for training, key in ((True, "train"), (False, "eval")):
             parts = component_costs(config, training)
             keras.backend.clear_session()
