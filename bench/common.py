@@ -174,6 +174,31 @@ def time_steps(step, steps: int, warmup: int) -> tuple[float, float]:
     return (time.perf_counter() - wall) / steps, (time.process_time() - cpu) / steps
 
 
+def median_ms(fn, repeats: int, clock=None) -> float:
+    """Median milliseconds of one call of ``fn`` over ``repeats`` calls, after one untimed
+    (compiling) call.
+
+    Args:
+        fn: the call to time (must wait for its result).
+        repeats: timed calls.
+        clock: ``time.perf_counter`` (wall, the default) or ``time.process_time`` (process
+            CPU time, all threads: the work done, steadier on a shared machine).
+
+    Returns:
+        Median milliseconds.
+    """
+    import time
+
+    clock = clock or time.perf_counter
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = clock()
+        fn()
+        times.append(clock() - start)
+    return 1000 * sorted(times)[len(times) // 2]
+
+
 def time_train_steps(model, x, steps: int, warmup: int) -> float:
     """Seconds per ``train_on_batch`` step after ``warmup`` untimed (compiling) steps."""
     return train_step_times(model, x, steps, warmup)[0]

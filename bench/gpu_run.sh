@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU tables in one command (~8 min), for the GPU machine: JAX + CUDA, torch/torchvision,
+# The GPU tables in one command (~10 min), for the GPU machine: JAX + CUDA, torch/torchvision,
 # no TensorFlow, no network. Prepare on a networked machine, from the project root:
 #   ../shared/tools/device-wheels.sh && echo /.whl/ >> .git/info/exclude
 # then run there with carry=[".whl"]:  bash bench/gpu_run.sh
@@ -35,5 +35,8 @@ run train_fp32 130 $T --batch 8 2
 run detect 80 python3 bench/train_step_speed.py --size 1024 --detect 1 8 --steps 5 \
   --warmup 2 --torchvision
 run nms 25 python3 bench/nms_speed.py --backend jax
+# The GPU compiler's own FLOPs and memory analysis of the train step (beside the CPU one).
+run compiled 150 python3 bench/compiled_cost.py --size 1024 --batch 2 --steps train \
+  --precision float32 mixed_bfloat16
 run memory 120 python3 bench/memory_knobs.py --size 512 --batch 2 --rois 512 --steps 3 \
   --warmup 1

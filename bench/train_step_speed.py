@@ -31,8 +31,10 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, ROOT)
 
 from bench import model_garden  # noqa: E402
+from bench.torchvision_cpu import torch_sgd_step  # noqa: E402
 from bench.common import (  # noqa: E402
     bench_config,
+    median_ms,
     peak_memory_gib,
     print_table,
     shapes_dataset,
@@ -126,13 +128,7 @@ class _Timer:
 
 
 def _median_ms(run, repeats: int) -> float:
-    run()  # compile
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return 1000 * sorted(times)[len(times) // 2]
+    return median_ms(run, repeats)  # wall time, after one compiling call
 
 
 def _layer_model(layer, values):
@@ -286,13 +282,7 @@ def bench_torchvision(size: int, batch: int, steps: int, warmup: int,
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     images, targets = _torch_inputs(size, batch, device)
 
-    def step():
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        return float(loss)
-
+    step = torch_sgd_step(model, optimizer, images, targets)
     seconds, peak, kind = _torch_timed(step, steps, warmup, device, precision)
     return {"img/s": batch / seconds, "ms/step": 1000 * seconds, "peak GiB": peak,
             "memory": kind, "xla": "-"}
