@@ -37,6 +37,7 @@ import numpy as np
 
 from mrcnn import transform, utils
 from mrcnn.anchors import compute_backbone_shapes, pyramid_anchors
+from mrcnn.box_coder import BoxCoder, box_iou
 from mrcnn.dataset import as_model_image, check_mask
 
 # albumentations 2.x checks PyPI for a newer version on import. Training machines are often
@@ -454,22 +455,7 @@ class AnchorIndex:
                    selected: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Candidate pairs (see ``candidate_pairs``) and their IoUs."""
         a, b = self.candidate_pairs(boxes, selected)
-        return a, b, _pairwise_iou(self.anchors[a], self.areas[a], boxes[b], box_areas[b])
-
-
-def _pairwise_iou(anchors: np.ndarray, anchor_areas: np.ndarray, boxes: np.ndarray,
-                  box_areas: np.ndarray) -> np.ndarray:
-    """IoU of matching rows (broadcasting), with the float operations of the dense
-    ``utils.compute_iou`` in the same order, so ties compare equal as there."""
-    height = (np.minimum(anchors[..., 2], boxes[..., 2])
-              - np.maximum(anchors[..., 0], boxes[..., 0]))
-    width = (np.minimum(anchors[..., 3], boxes[..., 3])
-             - np.maximum(anchors[..., 1], boxes[..., 1]))
-    intersection = np.maximum(height, 0) * np.maximum(width, 0)
-    union = anchor_areas + box_areas - intersection
-    iou = np.zeros_like(intersection)
-    np.divide(intersection, union, out=iou, where=union > 0)
-    return iou
+        return a, b, box_iou(self.anchors[a], boxes[b], self.areas[a], box_areas[b])
 
 
 def _anchor_index(anchors: np.ndarray) -> AnchorIndex:
@@ -576,18 +562,8 @@ def build_rpn_targets(
         anchor = anchors[positives]
         # Each positive's box, the first of the best on ties (np.argmax), from the exact
         # IoUs of the few positives with every box.
-        gt = gt_boxes[np.argmax(_pairwise_iou(
-            anchor[:, None], _box_areas(anchor)[:, None], gt_boxes[None],
-            _box_areas(gt_boxes)[None]), axis=1)]
-        a_h, a_w = anchor[:, 2] - anchor[:, 0], anchor[:, 3] - anchor[:, 1]
-        gt_h, gt_w = gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]
-        deltas = np.stack([
-            ((gt[:, 0] + 0.5 * gt_h) - (anchor[:, 0] + 0.5 * a_h)) / a_h,
-            ((gt[:, 1] + 0.5 * gt_w) - (anchor[:, 1] + 0.5 * a_w)) / a_w,
-            np.log(gt_h / a_h),
-            np.log(gt_w / a_w),
-        ], axis=1)
-        rpn_bbox[:positives.shape[0]] = deltas / np.asarray(config.RPN_BBOX_STD_DEV)
+        gt = gt_boxes[np.argmax(box_iou(anchor[:, None], gt_boxes[None]), axis=1)]
+        rpn_bbox[:positives.shape[0]] = BoxCoder(config.RPN_BBOX_STD_DEV).encode(anchor, gt)
     return rpn_match, rpn_bbox
 
 
