@@ -14,6 +14,7 @@ from mrcnn.anchors import compute_backbone_shapes
 from mrcnn.detection import DetectionLayer
 from mrcnn.detection_targets import DetectionTargetLayer, positive_slots
 from mrcnn.factory import Parts, build_parts
+from mrcnn.inputs import GT_BOXES, GT_CLASS_IDS, GT_MASKS, IMAGE, IMAGE_META, training_inputs
 from mrcnn.layer_config import config_values
 from mrcnn.proposals import ProposalLayer
 from mrcnn.rpn import AnchorsLayer
@@ -31,17 +32,11 @@ class NormBoxes(layers.Layer):
         return boxes_shape
 
 
-def _inputs(config, training: bool) -> dict:
-    channels = config.IMAGE_CHANNEL_COUNT
-    if training:
-        h, w = int(config.IMAGE_SHAPE[0]), int(config.IMAGE_SHAPE[1])
-    else:
-        # Inference takes any size (pad64 mode varies); it is traced per concrete shape.
-        h = w = None
+def _inference_inputs(config) -> dict:
+    # Inference takes any size (pad64 mode varies); it is traced per concrete shape.
     return {
-        "input_image": keras.Input(shape=(h, w, channels), name="input_image"),
-        "input_image_meta": keras.Input(shape=(config.IMAGE_META_SIZE,),
-                                        name="input_image_meta"),
+        IMAGE: keras.Input(shape=(None, None, config.IMAGE_CHANNEL_COUNT), name=IMAGE),
+        IMAGE_META: keras.Input(shape=(config.IMAGE_META_SIZE,), name=IMAGE_META),
     }
 
 
@@ -125,29 +120,18 @@ def build_training_graph(config, parts: Parts | None = None) -> tuple[dict, dict
         parts: the backbone, FPN and heads (``factory.build_parts``; None: the Config's).
 
     Returns:
-        (inputs, outputs): dicts of Keras tensors. Inputs: input_image, input_image_meta,
-        input_rpn_match, input_rpn_bbox, input_gt_class_ids, input_gt_boxes,
-        input_gt_masks. Outputs: rpn_class_logits, rpn_class, rpn_bbox, rois,
+        (inputs, outputs): dicts of Keras tensors. Inputs: ``inputs.training_inputs``
+        (input_image, input_image_meta, input_rpn_match, input_rpn_bbox,
+        input_gt_class_ids, input_gt_boxes, input_gt_masks), in that order. Outputs:
+        rpn_class_logits, rpn_class, rpn_bbox, rois,
         target_class_ids, target_bbox, target_mask, mrcnn_class_logits, mrcnn_class,
         mrcnn_bbox, mrcnn_mask, active_class_ids.
     """
     parts = parts or build_parts(config)
-    inputs = _inputs(config, training=True)
-    input_image = inputs["input_image"]
-    if config.USE_MINI_MASK:
-        mask_hw = tuple(config.MINI_MASK_SHAPE)
-    else:
-        mask_hw = (int(config.IMAGE_SHAPE[0]), int(config.IMAGE_SHAPE[1]))
-    g = config.MAX_GT_INSTANCES
-    inputs.update(
-        input_rpn_match=keras.Input(shape=(None, 1), name="input_rpn_match", dtype="int32"),
-        input_rpn_bbox=keras.Input(shape=(config.RPN_TRAIN_ANCHORS_PER_IMAGE, 4),
-                                   name="input_rpn_bbox"),
-        input_gt_class_ids=keras.Input(shape=(g,), name="input_gt_class_ids", dtype="int32"),
-        input_gt_boxes=keras.Input(shape=(g, 4), name="input_gt_boxes"),
-        input_gt_masks=keras.Input(shape=(*mask_hw, g), name="input_gt_masks", dtype="bool"),
-    )
-    gt_boxes = NormBoxes(name="norm_gt_boxes")(inputs["input_gt_boxes"], input_image)
+    inputs = {spec.name: keras.Input(shape=spec.shape, name=spec.name, dtype=spec.dtype)
+              for spec in training_inputs(config)}
+    input_image = inputs[IMAGE]
+    gt_boxes = NormBoxes(name="norm_gt_boxes")(inputs[GT_BOXES], input_image)
 
     rpn_feature_maps, mrcnn_feature_maps = _pyramid(input_image, config, parts, training=True)
     anchors = _anchors_layer(config)(input_image)
@@ -157,7 +141,7 @@ def build_training_graph(config, parts: Parts | None = None) -> tuple[dict, dict
 
     rois, target_class_ids, target_bbox, target_mask = DetectionTargetLayer(
         name="proposal_targets", **config_values(config, DetectionTargetLayer.CONFIG_KEYS))(
-        [rpn_rois, inputs["input_gt_class_ids"], gt_boxes, inputs["input_gt_masks"]])
+        [rpn_rois, inputs[GT_CLASS_IDS], gt_boxes, inputs[GT_MASKS]])
 
     mrcnn_class_logits, mrcnn_class, mrcnn_bbox = _box_head(rois, mrcnn_feature_maps, parts,
                                                             config)
@@ -187,8 +171,8 @@ def build_inference_graph(config, parts: Parts | None = None) -> tuple[dict, dic
         pyramid levels fpn_p2..fpn_p6 and the anchors for inspection.
     """
     parts = parts or build_parts(config)
-    inputs = _inputs(config, training=False)
-    input_image, input_image_meta = inputs["input_image"], inputs["input_image_meta"]
+    inputs = _inference_inputs(config)
+    input_image, input_image_meta = inputs[IMAGE], inputs[IMAGE_META]
     rpn_feature_maps, mrcnn_feature_maps = _pyramid(input_image, config, parts, training=False)
     anchors = _anchors_layer(config)(input_image)
     rpn_class_logits, rpn_class, rpn_bbox = _rpn(rpn_feature_maps, parts, anchors)

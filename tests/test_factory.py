@@ -114,3 +114,25 @@ def test_a_plain_function_serves_as_a_part(tmp_path):
     assert model.keras_model.get_layer("mrcnn_class_conv2").filters == 32
     image = np.full((64, 64, 3), 128, np.uint8)
     assert model.detect([image])[0]["masks"].shape[:2] == (64, 64)
+
+
+def test_one_input_spec_for_generator_graph_and_losses(tmp_path):
+    from mrcnn.data import DataGenerator
+    from mrcnn.inputs import training_inputs
+    from tests.tiny import shapes_dataset
+
+    config = type("ShapesFactoryConfig", (FactoryConfig,), {"NUM_CLASSES": 4})()
+    specs = training_inputs(config)
+    model = MaskRCNN("training", config, str(tmp_path)).keras_model
+    assert model.mrcnn_input_names == [s.name for s in specs]
+    for spec, tensor in zip(specs, model.inputs):
+        assert tensor.name == spec.name
+        assert keras.backend.standardize_dtype(tensor.dtype) == spec.dtype
+        assert tuple(tensor.shape[1:]) == spec.shape
+    (batch,) = DataGenerator(shapes_dataset(2), config, shuffle=False)[0]
+    assert len(batch) == len(specs)
+    for spec, array in zip(specs, batch):
+        assert array.dtype == np.dtype(spec.dtype), spec.name
+        assert all(s is None or s == a for s, a in zip(spec.shape, array.shape[1:])), spec.name
+    assert batch[2].shape[1] == model.get_layer("anchors").compute_output_shape(
+        (1, 64, 64, 3))[1]
