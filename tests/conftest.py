@@ -28,12 +28,34 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 TIER_FILES = {
     "distributed": {"test_distribute.py"},
     "notebooks": {"test_notebooks.py"},
-    "slow": set(),
+    # Training runs, sample runs end to end, SavedModel export, full-size graphs (the
+    # measured CPU time of each is tens of seconds), and the docs pages (one process each).
+    "slow": {"test_training.py", "test_train_steps.py", "test_export.py",
+             "test_mixed_precision.py", "test_matterport_inspection.py",
+             "test_frozen_bn_init.py", "test_sample_shapes.py", "test_sample_coco.py",
+             "test_sample_nucleus.py", "test_sample_balloon.py", "test_docs.py"},
 }
 # Tests (by name, parameters stripped) in a tier; ``jax`` also takes the tests named
 # test_jax_*, *_jax_* or *_on_jax.
 TIER_TESTS = {
-    "slow": set(),
+    "slow": {
+        # ResNet-50/101 graphs, XLA compilations, exhaustive NMS comparisons, short runs.
+        "test_group_norm_names_and_4conv1fc_box_head",
+        "test_coco_model_matches_matterport_size_and_names",
+        "test_nms_matches_references",
+        "test_nms_tiled_matches_tf_kernel_on_hard_cases",
+        "test_nms_dispatch_and_xla",
+        "test_crop_and_resize_xla_matches_eager",
+        "test_batched_detect_gives_each_image_what_it_gets_alone",
+        "test_xla_detect_matches_graph_detect",
+        "test_bn_layers_save_and_load_as_keras_batchnorm",
+        "test_resume_after_epoch_1_equals_the_uninterrupted_run_adamw",
+        "test_resume_after_epoch_1_equals_the_uninterrupted_run_sgd",
+        "test_nan_stops_training_with_one_message_and_no_checkpoint",
+        "test_fine_tuning_starts_a_new_run_and_zero_epochs_is_an_error",
+        "test_application_pyramid_shapes_and_names",
+        "test_keras_resnet50_weights_load_by_name_into_matterport_resnet50",
+    },
 }
 JAX_NAME = re.compile(r"^test_jax_|_jax_|_on_jax$")
 
