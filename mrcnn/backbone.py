@@ -10,10 +10,12 @@ The names matter: ``train(layers="3+")`` selects layers by regex on them and
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 from keras import initializers, layers
 
+from mrcnn.component import Component
 from mrcnn.norm import norm_layer
 
 # Identity blocks in stage 4 after its conv block: the only difference between the depths.
@@ -160,21 +162,51 @@ def resnet_graph(input_image, architecture: str, stage5: bool = True, norm: str 
     return [c1, c2, c3, c4, c5]
 
 
-def build_backbone(input_image, config) -> list:
-    """Run Config.BACKBONE on ``input_image``: a ResNet name or a user callable.
+class ResNetBackbone(Component):
+    """The ResNet backbone with Matterport's layer names (``resnet_graph``).
+
+    Contract of a backbone: called on the image ``[B, H, W, C]``, it returns
+    ``[C2, C3, C4, C5]`` at strides 4, 8, 16, 32 (``Config.BACKBONE_STRIDES[:4]``; the FPN
+    makes P6 at 64), any channel counts.
 
     Args:
-        input_image: image tensor [B, H, W, C].
-        config: a ``Config``.
-
-    Returns:
-        [C2, C3, C4, C5] feature maps.
+        architecture: "resnet18", "resnet34", "resnet50" or "resnet101" (Config.BACKBONE).
+        norm: "frozen_bn", "bn" or "gn" (Config.NORM).
+        gn_groups: GroupNorm groups (Config.GN_GROUPS).
     """
-    backbone: str | Callable = config.BACKBONE
-    if callable(backbone):
-        # Matterport contract: BACKBONE(input_image, stage5=True, train_bn=...).
-        _, c2, c3, c4, c5 = backbone(input_image, stage5=True, train_bn=config.TRAIN_BN)
-    else:
-        _, c2, c3, c4, c5 = resnet_graph(input_image, backbone, stage5=True,
-                                         norm=config.NORM, gn_groups=config.GN_GROUPS)
-    return [c2, c3, c4, c5]
+
+    def __init__(self, architecture: str = "resnet101", norm: str = "frozen_bn",
+                 gn_groups: int = 32):
+        if architecture not in ARCHITECTURES:
+            raise ValueError(f"Config.BACKBONE = {architecture!r} is invalid: expected one of "
+                             f"{ARCHITECTURES} or a callable.")
+        self.architecture, self.norm, self.gn_groups = architecture, norm, int(gn_groups)
+        self._keep(architecture=architecture, norm=norm, gn_groups=gn_groups)
+
+    def __call__(self, image) -> list:
+        """Args: image [B, H, W, C]. Returns: [C2, C3, C4, C5]."""
+        _, c2, c3, c4, c5 = resnet_graph(image, self.architecture, stage5=True,
+                                         norm=self.norm, gn_groups=self.gn_groups)
+        return [c2, c3, c4, c5]
+
+
+class CallableBackbone(Component):
+    """Matterport's callable ``Config.BACKBONE``: ``fn(image, stage5=True, train_bn=...)``
+    returning ``[C1, C2, C3, C4, C5]``.
+
+    Args:
+        fn: the callable (a module-level function, so that ``get_config`` can name it).
+        train_bn: passed on as ``train_bn`` (Config.TRAIN_BN).
+    """
+
+    def __init__(self, fn: Callable | str, train_bn: bool | None = False):
+        if isinstance(fn, str):  # an import path, from get_config
+            module, _, name = fn.rpartition(".")
+            fn = getattr(importlib.import_module(module), name)
+        self.fn, self.train_bn = fn, train_bn
+        self._keep(fn=f"{fn.__module__}.{fn.__qualname__}", train_bn=train_bn)
+
+    def __call__(self, image) -> list:
+        """Args: image [B, H, W, C]. Returns: [C2, C3, C4, C5]."""
+        _, c2, c3, c4, c5 = self.fn(image, stage5=True, train_bn=self.train_bn)
+        return [c2, c3, c4, c5]

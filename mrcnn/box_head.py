@@ -9,6 +9,7 @@ from __future__ import annotations
 import keras
 from keras import initializers, layers, ops
 
+from mrcnn.component import Component
 from mrcnn.norm import norm_layer
 from mrcnn.roi_align import FlattenRois, PyramidROIAlign, UnflattenRois
 from mrcnn.rpn import predictor_init
@@ -44,8 +45,9 @@ class Conv2D(layers.Conv2D):
         return self.activation(y) if self.activation is not None else y
 
 
-def fpn_classifier_graph(rois, feature_maps: list, pool_size: int,
-                         num_classes: int, config) -> list:
+def fpn_classifier_graph(rois, feature_maps: list, pool_size: int, num_classes: int, *,
+                         design: str = "2fc", fc_size: int = 1024, norm: str = "frozen_bn",
+                         gn_groups: int = 32, image_stride: int = 4) -> list:
     """Build the box head on the ROIs.
 
     Args:
@@ -53,19 +55,21 @@ def fpn_classifier_graph(rois, feature_maps: list, pool_size: int,
         feature_maps: [P2, P3, P4, P5].
         pool_size: ROI align size (POOL_SIZE).
         num_classes: NUM_CLASSES (background included).
-        config: the ``Config`` (BOX_HEAD, NORM, GN_GROUPS, FPN_CLASSIF_FC_LAYERS_SIZE).
+        design: "2fc" or "4conv1fc" (Config.BOX_HEAD).
+        fc_size: width of the fc layers (Config.FPN_CLASSIF_FC_LAYERS_SIZE).
+        norm, gn_groups: Config.NORM, Config.GN_GROUPS.
+        image_stride: stride of P2 (Config.BACKBONE_STRIDES[0]).
 
     Returns:
         mrcnn_class_logits [B, N, num_classes], mrcnn_class (softmax) [B, N, num_classes],
         mrcnn_bbox [B, N, num_classes, (dy, dx, log dh, log dw)].
     """
     num_rois = rois.shape[1]
-    norm, groups = config.NORM, config.GN_GROUPS
-    fc_size = config.FPN_CLASSIF_FC_LAYERS_SIZE
-    x = PyramidROIAlign((pool_size, pool_size), image_stride=config.BACKBONE_STRIDES[0],
+    groups = gn_groups
+    x = PyramidROIAlign((pool_size, pool_size), image_stride=image_stride,
                         name="roi_align_classifier")([rois] + list(feature_maps))
     x = FlattenRois(name="mrcnn_class_flatten_rois")(x)
-    if config.BOX_HEAD == "2fc":
+    if design == "2fc":
         x = Conv2D(fc_size, pool_size, padding="valid", name="mrcnn_class_conv1",
                    kernel_initializer="he_normal")(x)
         x = norm_layer(norm, "mrcnn_class_bn1", groups)(x)
@@ -97,3 +101,38 @@ def fpn_classifier_graph(rois, feature_maps: list, pool_size: int,
                      kernel_initializer=initializers.RandomNormal(stddev=0.001))(shared)
     mrcnn_bbox = layers.Reshape((num_rois, num_classes, 4), name="mrcnn_bbox")(x)
     return [mrcnn_class_logits, mrcnn_probs, mrcnn_bbox]
+
+
+class BoxHead(Component):
+    """The box head (``fpn_classifier_graph``: Matterport's names mrcnn_class_conv1, ...).
+
+    Contract of a box head: called on ``rois [B, N, 4]`` (normalized) and the pyramid
+    ``[P2, P3, P4, P5]``, it returns ``[mrcnn_class_logits [B, N, C], mrcnn_class
+    [B, N, C] (softmax, float32), mrcnn_bbox [B, N, C, 4]]`` with C = Config.NUM_CLASSES
+    and deltas scaled by 1 / Config.BBOX_STD_DEV.
+
+    Args:
+        num_classes: Config.NUM_CLASSES (background included).
+        pool_size: ROI align size (Config.POOL_SIZE).
+        design: "2fc" or "4conv1fc" (Config.BOX_HEAD).
+        fc_size: Config.FPN_CLASSIF_FC_LAYERS_SIZE.
+        norm, gn_groups: Config.NORM, Config.GN_GROUPS.
+        image_stride: stride of P2 (Config.BACKBONE_STRIDES[0]).
+    """
+
+    def __init__(self, num_classes: int, pool_size: int = 7, design: str = "2fc",
+                 fc_size: int = 1024, norm: str = "frozen_bn", gn_groups: int = 32,
+                 image_stride: int = 4):
+        if design not in ("2fc", "4conv1fc"):
+            raise ValueError(f"Config.BOX_HEAD = {design!r} is invalid: expected '2fc' or "
+                             "'4conv1fc'.")
+        self._keep(num_classes=num_classes, pool_size=pool_size, design=design,
+                   fc_size=fc_size, norm=norm, gn_groups=gn_groups, image_stride=image_stride)
+
+    def __call__(self, rois, feature_maps: list) -> list:
+        """Args: rois [B, N, 4], feature_maps [P2..P5].
+        Returns: [mrcnn_class_logits, mrcnn_class, mrcnn_bbox]."""
+        c = self._config
+        return fpn_classifier_graph(rois, feature_maps, c["pool_size"], c["num_classes"],
+                                    design=c["design"], fc_size=c["fc_size"], norm=c["norm"],
+                                    gn_groups=c["gn_groups"], image_stride=c["image_stride"])

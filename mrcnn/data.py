@@ -36,9 +36,11 @@ from typing import Any, Sequence
 import keras
 import numpy as np
 
+from mrcnn import inputs as inputs_spec
 from mrcnn import transform, utils
 from mrcnn.anchors import compute_backbone_shapes, pyramid_anchors
 from mrcnn.augment import apply_augmentation, check_augmentation
+from mrcnn.box_coder import BoxCoder, box_iou
 from mrcnn.dataset import as_model_image, check_mask, describe_image
 
 # albumentations 2.x checks PyPI for a newer version on import. Training machines are often
@@ -400,22 +402,7 @@ class AnchorIndex:
                    selected: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Candidate pairs (see ``candidate_pairs``) and their IoUs."""
         a, b = self.candidate_pairs(boxes, selected)
-        return a, b, _pairwise_iou(self.anchors[a], self.areas[a], boxes[b], box_areas[b])
-
-
-def _pairwise_iou(anchors: np.ndarray, anchor_areas: np.ndarray, boxes: np.ndarray,
-                  box_areas: np.ndarray) -> np.ndarray:
-    """IoU of matching rows (broadcasting), with the float operations of the dense
-    ``utils.compute_iou`` in the same order, so ties compare equal as there."""
-    height = (np.minimum(anchors[..., 2], boxes[..., 2])
-              - np.maximum(anchors[..., 0], boxes[..., 0]))
-    width = (np.minimum(anchors[..., 3], boxes[..., 3])
-             - np.maximum(anchors[..., 1], boxes[..., 1]))
-    intersection = np.maximum(height, 0) * np.maximum(width, 0)
-    union = anchor_areas + box_areas - intersection
-    iou = np.zeros_like(intersection)
-    np.divide(intersection, union, out=iou, where=union > 0)
-    return iou
+        return a, b, box_iou(self.anchors[a], boxes[b], self.areas[a], box_areas[b])
 
 
 def _anchor_index(anchors: np.ndarray) -> AnchorIndex:
@@ -522,18 +509,8 @@ def build_rpn_targets(
         anchor = anchors[positives]
         # Each positive's box, the first of the best on ties (np.argmax), from the exact
         # IoUs of the few positives with every box.
-        gt = gt_boxes[np.argmax(_pairwise_iou(
-            anchor[:, None], _box_areas(anchor)[:, None], gt_boxes[None],
-            _box_areas(gt_boxes)[None]), axis=1)]
-        a_h, a_w = anchor[:, 2] - anchor[:, 0], anchor[:, 3] - anchor[:, 1]
-        gt_h, gt_w = gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]
-        deltas = np.stack([
-            ((gt[:, 0] + 0.5 * gt_h) - (anchor[:, 0] + 0.5 * a_h)) / a_h,
-            ((gt[:, 1] + 0.5 * gt_w) - (anchor[:, 1] + 0.5 * a_w)) / a_w,
-            np.log(gt_h / a_h),
-            np.log(gt_w / a_w),
-        ], axis=1)
-        rpn_bbox[:positives.shape[0]] = deltas / np.asarray(config.RPN_BBOX_STD_DEV)
+        gt = gt_boxes[np.argmax(box_iou(anchor[:, None], gt_boxes[None]), axis=1)]
+        rpn_bbox[:positives.shape[0]] = BoxCoder(config.RPN_BBOX_STD_DEV).encode(anchor, gt)
     return rpn_match, rpn_bbox
 
 
@@ -546,7 +523,7 @@ class DataGenerator(keras.utils.PyDataset):
     """Batches of training inputs for ``model.fit`` (a ``keras.utils.PyDataset``).
 
     ``self[idx]`` returns ``(inputs,)`` where ``inputs`` is the tuple of the training
-    model's inputs, zero padded to static shapes (B = batch size, A = number of anchors,
+    model's inputs (``mrcnn.inputs.training_inputs``), zero padded to static shapes (B = batch size, A = number of anchors,
     G = MAX_GT_INSTANCES)::
 
         input_image        float32 [B, H, W, C]  molded (mean pixel subtracted)
@@ -745,34 +722,31 @@ class DataGenerator(keras.utils.PyDataset):
         """
         config = self.config
         batch = len(image_ids)
-        max_gt = int(config.MAX_GT_INSTANCES)
-        mask_hw = (tuple(int(s) for s in config.MINI_MASK_SHAPE) if self.use_mini_mask
-                   else self.image_shape[:2])
-        # Every slot is written in full below (load_image_gt pads to IMAGE_SHAPE): no zeros.
-        images = np.empty((batch,) + self.image_shape, dtype=np.float32)
-        image_meta = np.zeros([batch, config.IMAGE_META_SIZE], dtype=np.float32)
-        rpn_match = np.zeros([batch, self.anchors.shape[0], 1], dtype=np.int32)
-        rpn_bbox = np.zeros([batch, config.RPN_TRAIN_ANCHORS_PER_IMAGE, 4], dtype=np.float32)
-        gt_class_ids = np.zeros([batch, max_gt], dtype=np.int32)
-        gt_boxes = np.zeros([batch, max_gt, 4], dtype=np.float32)
-        gt_masks = np.zeros((batch,) + mask_hw + (max_gt,), dtype=bool)
+        specs = inputs_spec.training_inputs(config, self.use_mini_mask)
+        arrays = {}
+        for spec in specs:
+            shape = tuple(self.anchors.shape[0] if s is None else s for s in spec.shape)
+            # Every image slot is written in full below (load_image_gt pads to IMAGE_SHAPE).
+            alloc = np.empty if spec.name == inputs_spec.IMAGE else np.zeros
+            arrays[spec.name] = alloc((batch,) + shape, dtype=spec.dtype)
+        images, gt_masks = arrays[inputs_spec.IMAGE], arrays[inputs_spec.GT_MASKS]
+        gt_class_ids, gt_boxes = arrays[inputs_spec.GT_CLASS_IDS], arrays[inputs_spec.GT_BOXES]
         examples = []
 
         for b, image_id in enumerate(image_ids):
             ex = self._load_example_or_substitute(int(image_id), rng)
             count = ex["gt_class_ids"].shape[0]  # <= MAX_GT_INSTANCES (load_image_gt)
             transform.subtract_mean(ex["image"], config.MEAN_PIXEL, images[b])  # mold_image
-            image_meta[b] = ex["image_meta"]
-            rpn_match[b, :, 0] = ex["rpn_match"]
-            rpn_bbox[b] = ex["rpn_bbox"]
+            arrays[inputs_spec.IMAGE_META][b] = ex["image_meta"]
+            arrays[inputs_spec.RPN_MATCH][b, :, 0] = ex["rpn_match"]
+            arrays[inputs_spec.RPN_BBOX][b] = ex["rpn_bbox"]
             gt_class_ids[b, :count] = ex["gt_class_ids"]
             gt_boxes[b, :count] = ex["gt_boxes"]
             gt_masks[b, :, :, :count] = ex["gt_masks"]
             examples.append(ex)
 
         extra_inputs, outputs = self.batch_extras(examples)
-        inputs = [images, image_meta, rpn_match, rpn_bbox, gt_class_ids, gt_boxes, gt_masks]
-        return inputs + extra_inputs, outputs
+        return [arrays[spec.name] for spec in specs] + extra_inputs, outputs
 
     def batch_extras(self, examples: list[dict[str, Any]]
                      ) -> tuple[list[np.ndarray], list[np.ndarray]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import keras
-import numpy as np
 from keras import layers, ops
 
 from mrcnn import ops as mops
@@ -35,8 +34,7 @@ def refine_detections_graph(rois, probs, deltas, window, config):
     scores = ops.max(probs[:, :, first:], axis=2)
     class_deltas = ops.take_along_axis(
         ops.cast(deltas, "float32"), class_ids[:, :, None, None], axis=2)[:, :, 0]
-    class_deltas = class_deltas * np.asarray(config.BBOX_STD_DEV, np.float32)
-    boxes = mops.apply_box_deltas(rois, mops.clamp_deltas(class_deltas))
+    boxes = mops.BoxCoder(config.BBOX_STD_DEV).decode(rois, class_deltas)
     boxes = mops.clip_boxes(boxes, window[:, None, :])
 
     keep = (class_ids > 0) & ops.any(rois != 0, axis=-1)

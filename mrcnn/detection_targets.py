@@ -7,7 +7,6 @@ into fixed slots (no boolean masks, no dynamic gathers), and unused slots hold z
 from __future__ import annotations
 
 import keras
-import numpy as np
 from keras import layers, ops
 
 from mrcnn import ops as mops
@@ -113,8 +112,7 @@ def detection_targets_graph(proposals, gt_class_ids, gt_boxes, gt_masks, config,
     roi_gt = ops.take_along_axis(best_gt, pos_idx, axis=1)  # [B, P]
     roi_gt_boxes = _take_rows(gt_boxes, roi_gt)
     roi_class = ops.where(pos_ok, ops.take_along_axis(gt_class_ids, roi_gt, axis=1), 0)
-    deltas = mops.box_refinement(pos_rois, roi_gt_boxes) / np.asarray(config.BBOX_STD_DEV,
-                                                                       np.float32)
+    deltas = mops.BoxCoder(config.BBOX_STD_DEV).encode(pos_rois, roi_gt_boxes)
     deltas = ops.where(pos_ok[..., None], deltas, 0.0)
 
     masks = _mask_targets(pos_rois, roi_gt, roi_gt_boxes, gt_masks, config)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from keras import layers
 
+from mrcnn.component import Component
 from mrcnn.norm import norm_layer
 
 
@@ -48,3 +49,27 @@ def fpn_graph(c2, c3, c4, c5, pyramid_size: int = 256, norm: str = "frozen_bn",
     p5 = conv(p5, 3, "fpn_p5")
     p6 = layers.MaxPooling2D(pool_size=1, strides=2, name="fpn_p6")(p5)
     return [p2, p3, p4, p5, p6]
+
+
+class FPN(Component):
+    """The Feature Pyramid Network (``fpn_graph``: Matterport's names fpn_c5p5, fpn_p2...).
+
+    Contract of an FPN: called on ``[C2, C3, C4, C5]`` (strides 4..32), it returns
+    ``[P2, P3, P4, P5, P6]`` (strides 4..64) with the same channel count on every level
+    (the RPN head and the ROI heads are built for it).
+
+    Args:
+        pyramid_size: channels of every level (Config.TOP_DOWN_PYRAMID_SIZE).
+        norm: Config.NORM ("gn" adds GroupNorm after each conv).
+        gn_groups: GroupNorm groups (Config.GN_GROUPS).
+    """
+
+    def __init__(self, pyramid_size: int = 256, norm: str = "frozen_bn", gn_groups: int = 32):
+        self.pyramid_size, self.norm, self.gn_groups = int(pyramid_size), norm, int(gn_groups)
+        self._keep(pyramid_size=pyramid_size, norm=norm, gn_groups=gn_groups)
+
+    def __call__(self, features: list) -> list:
+        """Args: features [C2, C3, C4, C5]. Returns: [P2, P3, P4, P5, P6]."""
+        c2, c3, c4, c5 = features
+        return fpn_graph(c2, c3, c4, c5, self.pyramid_size, norm=self.norm,
+                         gn_groups=self.gn_groups)

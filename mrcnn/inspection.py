@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from mrcnn import utils
+from mrcnn.box_coder import BoxCoder
 from mrcnn.data import DataGenerator
 
 # IoU that splits sampled ROIs into foreground and background (build_detection_targets).
@@ -165,9 +166,8 @@ def build_detection_targets(
         return rois, class_ids, bboxes, masks
 
     class_ids[positive] = gt_class_ids[assignment[positive]]
-    deltas = utils.box_refinement(rois[positive], gt_boxes[assignment[positive]])
-    bboxes[positive, class_ids[positive]] = deltas / np.asarray(config.BBOX_STD_DEV,
-                                                                np.float32)
+    bboxes[positive, class_ids[positive]] = BoxCoder(config.BBOX_STD_DEV).encode(
+        rois[positive].astype(np.float32), gt_boxes[assignment[positive]].astype(np.float32))
     if config.USE_MINI_MASK:
         full_masks = utils.expand_mask(gt_boxes, gt_masks, config.IMAGE_SHAPE)
     else:

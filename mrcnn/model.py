@@ -39,6 +39,7 @@ from mrcnn.detection import DetectionLayer, parse_image_meta_graph  # noqa: F401
 from mrcnn.detection_targets import DetectionTargetLayer  # noqa: F401
 from mrcnn.errors import InputError
 from mrcnn.export import export_saved_model
+from mrcnn.factory import build_parts
 from mrcnn.inspection import (  # noqa: F401  (Matterport's modellib surface)
     build_detection_targets,
     data_generator,
@@ -166,9 +167,12 @@ class MaskRCNN:
         mode: "training" or "inference".
         config: a ``Config`` subclass instance.
         model_dir: folder for training logs and checkpoints.
+        backbone, fpn, rpn_head, box_head, mask_head: parts replacing the ones built from
+            ``config`` (``mrcnn.factory``); each follows its contract in docs/components.md.
 
     Attributes:
         keras_model: the underlying ``keras.Model``.
+        parts: the ``factory.Parts`` the graph is built from.
         epoch: last completed epoch (from a loaded checkpoint name or training).
         log_dir, checkpoint_path: where the current run writes.
         distribution: the data-parallel setup of a training model
@@ -177,12 +181,17 @@ class MaskRCNN:
             None on one device.
     """
 
-    def __init__(self, mode: str, config, model_dir: str):
+    def __init__(self, mode: str, config, model_dir: str, *, backbone=None, fpn=None,
+                 rpn_head=None, box_head=None, mask_head=None):
         if mode not in ("training", "inference"):
             raise ValueError(f"mode must be 'training' or 'inference', got {mode!r}")
         self.mode = mode
         self.config = config
         self.model_dir = model_dir
+        # The Config is unpacked into the parts here, once; a part passed in replaces its
+        # default, which is then not built.
+        self.parts = build_parts(config, backbone=backbone, fpn=fpn, rpn_head=rpn_head,
+                                 box_head=box_head, mask_head=mask_head)
         # Only training is data-parallel: detect() runs its batches on one device.
         self.distribution = make_distribution(config.GPU_COUNT) if mode == "training" else None
         self.set_log_dir()
@@ -211,17 +220,19 @@ class MaskRCNN:
             config: the ``Config``.
 
         Returns:
-            The ``keras.Model`` (a ``MaskRCNNTrainModel`` in training mode).
+            The ``keras.Model`` (a ``MaskRCNNTrainModel`` in training mode), built with this
+            model's parts (``self.parts``) when ``config`` is its own Config.
         """
+        parts = getattr(self, "parts", None) if config is self.config else None
         previous_policy = keras.config.dtype_policy()
         if config.MIXED_PRECISION:
             keras.config.set_dtype_policy(config.MIXED_PRECISION)
         try:
             if mode == "training":
-                inputs, outputs = build_training_graph(config)
+                inputs, outputs = build_training_graph(config, parts)
                 model = MaskRCNNTrainModel(inputs, outputs, name="mask_rcnn", config=config)
             else:
-                inputs, outputs = build_inference_graph(config)
+                inputs, outputs = build_inference_graph(config, parts)
                 model = keras.Model(list(inputs.values()), outputs, name="mask_rcnn")
         finally:
             keras.config.set_dtype_policy(previous_policy)

@@ -10,15 +10,14 @@ import keras
 from keras import layers
 
 from mrcnn import ops as mops
-from mrcnn.backbone import build_backbone
-from mrcnn.box_head import fpn_classifier_graph
+from mrcnn.anchors import compute_backbone_shapes
 from mrcnn.detection import DetectionLayer
 from mrcnn.detection_targets import DetectionTargetLayer, positive_slots
-from mrcnn.fpn import fpn_graph
+from mrcnn.factory import Parts, build_parts
+from mrcnn.inputs import GT_BOXES, GT_CLASS_IDS, GT_MASKS, IMAGE, IMAGE_META, training_inputs
 from mrcnn.layer_config import config_values
-from mrcnn.mask_head import build_fpn_mask_graph
 from mrcnn.proposals import ProposalLayer
-from mrcnn.rpn import AnchorsLayer, build_rpn_model, rpn_on_pyramid
+from mrcnn.rpn import AnchorsLayer
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
@@ -33,32 +32,70 @@ class NormBoxes(layers.Layer):
         return boxes_shape
 
 
-def _inputs(config, training: bool) -> dict:
-    channels = config.IMAGE_CHANNEL_COUNT
-    if training:
-        h, w = int(config.IMAGE_SHAPE[0]), int(config.IMAGE_SHAPE[1])
-    else:
-        # Inference takes any size (pad64 mode varies); it is traced per concrete shape.
-        h = w = None
+def _inference_inputs(config) -> dict:
+    # Inference takes any size (pad64 mode varies); it is traced per concrete shape.
     return {
-        "input_image": keras.Input(shape=(h, w, channels), name="input_image"),
-        "input_image_meta": keras.Input(shape=(config.IMAGE_META_SIZE,),
-                                        name="input_image_meta"),
+        IMAGE: keras.Input(shape=(None, None, config.IMAGE_CHANNEL_COUNT), name=IMAGE),
+        IMAGE_META: keras.Input(shape=(config.IMAGE_META_SIZE,), name=IMAGE_META),
     }
 
 
-def _pyramid(input_image, config) -> tuple[list, list]:
+def _check(part: str, tensors, expected: list, what: str) -> None:
+    """Raise if a part's outputs break its contract (static sizes only; None passes)."""
+    tensors = list(tensors) if isinstance(tensors, (list, tuple)) else [tensors]
+    if len(tensors) != len(expected):
+        raise ValueError(f"The {part} returned {len(tensors)} tensors, expected "
+                         f"{len(expected)} ({what}); see docs/components.md.")
+    for i, (tensor, shape) in enumerate(zip(tensors, expected)):
+        got = tuple(tensor.shape)
+        bad = len(got) != len(shape) or any(
+            e is not None and g is not None and int(g) != int(e) for g, e in zip(got, shape))
+        if bad:
+            raise ValueError(f"The {part}'s output {i} has shape {got}, expected "
+                             f"{tuple(shape)} ({what}); see docs/components.md.")
+
+
+def _pyramid(input_image, config, parts: Parts, training: bool) -> tuple[list, list]:
     """Backbone + FPN. Returns (rpn_feature_maps [P2..P6], mrcnn_feature_maps [P2..P5])."""
-    c2, c3, c4, c5 = build_backbone(input_image, config)
-    p2, p3, p4, p5, p6 = fpn_graph(c2, c3, c4, c5, config.TOP_DOWN_PYRAMID_SIZE,
-                                   norm=config.NORM, gn_groups=config.GN_GROUPS)
-    return [p2, p3, p4, p5, p6], [p2, p3, p4, p5]
+    features = parts.backbone(input_image)
+    _check("backbone", features, [[None] * 4] * 4, "[C2, C3, C4, C5]")
+    pyramid = parts.fpn(list(features))
+    depth = pyramid[0].shape[-1] if len(pyramid) else None
+    if training:
+        # Static image size: the levels must have the anchors' grid (Config.BACKBONE_STRIDES).
+        shapes = compute_backbone_shapes(config, config.IMAGE_SHAPE)
+        expected = [[None, int(h), int(w), depth] for h, w in shapes]
+        what = ("[P2..P6] at Config.BACKBONE_STRIDES, channels equal; backbone strides "
+                "4, 8, 16, 32")
+    else:
+        expected, what = [[None, None, None, depth]] * 5, "[P2..P6], channels equal"
+    _check("fpn", pyramid, expected, what)
+    return list(pyramid), list(pyramid[:4])
 
 
-def _rpn(rpn_feature_maps, config):
-    rpn = build_rpn_model(config.RPN_ANCHOR_STRIDE, len(config.RPN_ANCHOR_RATIOS),
-                          config.TOP_DOWN_PYRAMID_SIZE, config.RPN_CONV_CHANNELS)
-    return rpn_on_pyramid(rpn, rpn_feature_maps)
+def _rpn(rpn_feature_maps, parts: Parts, anchors):
+    outputs = parts.rpn_head(rpn_feature_maps)
+    count = anchors.shape[1]
+    _check("rpn_head", outputs, [[None, count, 2], [None, count, 2], [None, count, 4]],
+           "rpn_class_logits, rpn_class, rpn_bbox over every anchor: Config.RPN_ANCHOR_RATIOS,"
+           " RPN_ANCHOR_STRIDE")
+    return outputs
+
+
+def _box_head(rois, feature_maps, parts: Parts, config):
+    outputs = parts.box_head(rois, feature_maps)
+    n, c = rois.shape[1], config.NUM_CLASSES
+    _check("box_head", outputs, [[None, n, c], [None, n, c], [None, n, c, 4]],
+           "mrcnn_class_logits, mrcnn_class, mrcnn_bbox; C = Config.NUM_CLASSES")
+    return outputs
+
+
+def _mask_head(rois, feature_maps, parts: Parts, config):
+    masks = parts.mask_head(rois, feature_maps)
+    h, w = config.MASK_SHAPE
+    _check("mask_head", [masks], [[None, rois.shape[1], h, w, config.NUM_CLASSES]],
+           "mrcnn_mask at Config.MASK_SHAPE, NUM_CLASSES channels")
+    return masks
 
 
 # Config is unpacked here, once (Model Garden's factory): each custom layer gets the plain
@@ -76,52 +113,42 @@ def _proposal_layer(config, proposal_count: int) -> ProposalLayer:
                          **config_values(config, ProposalLayer.CONFIG_KEYS))
 
 
-def build_training_graph(config) -> tuple[dict, dict]:
+def build_training_graph(config, parts: Parts | None = None) -> tuple[dict, dict]:
     """Training graph: inputs of the data generator, outputs the losses need.
 
     Args:
         config: the ``Config``.
+        parts: the backbone, FPN and heads (``factory.build_parts``; None: the Config's).
 
     Returns:
-        (inputs, outputs): dicts of Keras tensors. Inputs: input_image, input_image_meta,
-        input_rpn_match, input_rpn_bbox, input_gt_class_ids, input_gt_boxes,
-        input_gt_masks. Outputs: rpn_class_logits, rpn_class, rpn_bbox, rois,
+        (inputs, outputs): dicts of Keras tensors. Inputs: ``inputs.training_inputs``
+        (input_image, input_image_meta, input_rpn_match, input_rpn_bbox,
+        input_gt_class_ids, input_gt_boxes, input_gt_masks), in that order. Outputs:
+        rpn_class_logits, rpn_class, rpn_bbox, rois,
         target_class_ids, target_bbox, target_mask, mrcnn_class_logits, mrcnn_class,
         mrcnn_bbox, mrcnn_mask, active_class_ids.
     """
-    inputs = _inputs(config, training=True)
-    input_image = inputs["input_image"]
-    if config.USE_MINI_MASK:
-        mask_hw = tuple(config.MINI_MASK_SHAPE)
-    else:
-        mask_hw = (int(config.IMAGE_SHAPE[0]), int(config.IMAGE_SHAPE[1]))
-    g = config.MAX_GT_INSTANCES
-    inputs.update(
-        input_rpn_match=keras.Input(shape=(None, 1), name="input_rpn_match", dtype="int32"),
-        input_rpn_bbox=keras.Input(shape=(config.RPN_TRAIN_ANCHORS_PER_IMAGE, 4),
-                                   name="input_rpn_bbox"),
-        input_gt_class_ids=keras.Input(shape=(g,), name="input_gt_class_ids", dtype="int32"),
-        input_gt_boxes=keras.Input(shape=(g, 4), name="input_gt_boxes"),
-        input_gt_masks=keras.Input(shape=(*mask_hw, g), name="input_gt_masks", dtype="bool"),
-    )
-    gt_boxes = NormBoxes(name="norm_gt_boxes")(inputs["input_gt_boxes"], input_image)
+    parts = parts or build_parts(config)
+    inputs = {spec.name: keras.Input(shape=spec.shape, name=spec.name, dtype=spec.dtype)
+              for spec in training_inputs(config)}
+    input_image = inputs[IMAGE]
+    gt_boxes = NormBoxes(name="norm_gt_boxes")(inputs[GT_BOXES], input_image)
 
-    rpn_feature_maps, mrcnn_feature_maps = _pyramid(input_image, config)
-    rpn_class_logits, rpn_class, rpn_bbox = _rpn(rpn_feature_maps, config)
+    rpn_feature_maps, mrcnn_feature_maps = _pyramid(input_image, config, parts, training=True)
     anchors = _anchors_layer(config)(input_image)
+    rpn_class_logits, rpn_class, rpn_bbox = _rpn(rpn_feature_maps, parts, anchors)
     rpn_rois = _proposal_layer(config, config.POST_NMS_ROIS_TRAINING)(
         [rpn_class, rpn_bbox, anchors])
 
     rois, target_class_ids, target_bbox, target_mask = DetectionTargetLayer(
         name="proposal_targets", **config_values(config, DetectionTargetLayer.CONFIG_KEYS))(
-        [rpn_rois, inputs["input_gt_class_ids"], gt_boxes, inputs["input_gt_masks"]])
+        [rpn_rois, inputs[GT_CLASS_IDS], gt_boxes, inputs[GT_MASKS]])
 
-    mrcnn_class_logits, mrcnn_class, mrcnn_bbox = fpn_classifier_graph(
-        rois, mrcnn_feature_maps, config.POOL_SIZE, config.NUM_CLASSES, config)
+    mrcnn_class_logits, mrcnn_class, mrcnn_bbox = _box_head(rois, mrcnn_feature_maps, parts,
+                                                            config)
     # Masks are learned on positive ROIs only, and those fill the first slots.
     positive_rois = rois[:, :positive_slots(config)]
-    mrcnn_mask = build_fpn_mask_graph(positive_rois, mrcnn_feature_maps, config.MASK_POOL_SIZE,
-                                      config.NUM_CLASSES, config)
+    mrcnn_mask = _mask_head(positive_rois, mrcnn_feature_maps, parts, config)
     outputs = {
         "rpn_class_logits": rpn_class_logits, "rpn_class": rpn_class, "rpn_bbox": rpn_bbox,
         "rois": rois, "target_class_ids": target_class_ids, "target_bbox": target_bbox,
@@ -131,11 +158,12 @@ def build_training_graph(config) -> tuple[dict, dict]:
     return inputs, outputs
 
 
-def build_inference_graph(config) -> tuple[dict, dict]:
+def build_inference_graph(config, parts: Parts | None = None) -> tuple[dict, dict]:
     """Inference graph: image + meta in, detections and masks out.
 
     Args:
         config: the ``Config``.
+        parts: the backbone, FPN and heads (``factory.build_parts``; None: the Config's).
 
     Returns:
         (inputs, outputs) dicts. Outputs, in Matterport's order: mrcnn_detection
@@ -143,21 +171,20 @@ def build_inference_graph(config) -> tuple[dict, dict]:
         [B, D, h, w, C], ROI [B, R, 4], rpn_class [B, A, 2], rpn_bbox [B, A, 4]; plus the
         pyramid levels fpn_p2..fpn_p6 and the anchors for inspection.
     """
-    inputs = _inputs(config, training=False)
-    input_image, input_image_meta = inputs["input_image"], inputs["input_image_meta"]
-    rpn_feature_maps, mrcnn_feature_maps = _pyramid(input_image, config)
-    rpn_class_logits, rpn_class, rpn_bbox = _rpn(rpn_feature_maps, config)
+    parts = parts or build_parts(config)
+    inputs = _inference_inputs(config)
+    input_image, input_image_meta = inputs[IMAGE], inputs[IMAGE_META]
+    rpn_feature_maps, mrcnn_feature_maps = _pyramid(input_image, config, parts, training=False)
     anchors = _anchors_layer(config)(input_image)
+    rpn_class_logits, rpn_class, rpn_bbox = _rpn(rpn_feature_maps, parts, anchors)
     rpn_rois = _proposal_layer(config, config.POST_NMS_ROIS_INFERENCE)(
         [rpn_class, rpn_bbox, anchors])
-    _, mrcnn_class, mrcnn_bbox = fpn_classifier_graph(
-        rpn_rois, mrcnn_feature_maps, config.POOL_SIZE, config.NUM_CLASSES, config)
+    _, mrcnn_class, mrcnn_bbox = _box_head(rpn_rois, mrcnn_feature_maps, parts, config)
     detections = DetectionLayer(name="mrcnn_detection",
                                 **config_values(config, DetectionLayer.CONFIG_KEYS))(
         [rpn_rois, mrcnn_class, mrcnn_bbox, input_image_meta])
     detection_boxes = layers.Identity(name="detection_boxes")(detections[..., :4])
-    mrcnn_mask = build_fpn_mask_graph(detection_boxes, mrcnn_feature_maps,
-                                      config.MASK_POOL_SIZE, config.NUM_CLASSES, config)
+    mrcnn_mask = _mask_head(detection_boxes, mrcnn_feature_maps, parts, config)
     outputs = {
         "mrcnn_detection": detections, "mrcnn_class": mrcnn_class, "mrcnn_bbox": mrcnn_bbox,
         "mrcnn_mask": mrcnn_mask, "ROI": rpn_rois, "rpn_class": rpn_class,

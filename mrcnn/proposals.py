@@ -12,7 +12,7 @@ from keras import layers, ops
 
 from mrcnn import ops as mops
 from mrcnn.layer_config import PlainConfigMixin
-from mrcnn.ops.boxes import clamp_deltas
+from mrcnn.ops.boxes import BoxCoder
 
 
 def refine_top_anchors(rpn_probs, rpn_bbox, anchors, pre_nms_limit: int,
@@ -36,9 +36,8 @@ def refine_top_anchors(rpn_probs, rpn_bbox, anchors, pre_nms_limit: int,
     k = min(int(pre_nms_limit), int(anchors.shape[1]))
     scores, ix = ops.top_k(scores, k=k, sorted=True)
     deltas = ops.take_along_axis(rpn_bbox, ix[..., None], axis=1)
-    deltas = ops.cast(deltas, "float32") * np.asarray(bbox_std_dev, np.float32)
     pre_anchors = ops.take_along_axis(anchors, ix[..., None], axis=1)
-    refined = mops.apply_box_deltas(pre_anchors, clamp_deltas(deltas))
+    refined = BoxCoder(bbox_std_dev).decode(pre_anchors, ops.cast(deltas, "float32"))
     clipped = mops.clip_boxes(refined, np.array([0, 0, 1, 1], np.float32))
     return {"scores": scores, "anchor_ix": ix, "pre_nms_anchors": pre_anchors,
             "refined_anchors": refined, "refined_anchors_clipped": clipped}

@@ -10,6 +10,7 @@ import numpy as np
 from keras import initializers, layers, ops
 
 from mrcnn.anchors import pyramid_anchors
+from mrcnn.component import Component
 from mrcnn.layer_config import PlainConfigMixin
 
 
@@ -125,6 +126,37 @@ def _checked_shapes(entries, strides) -> dict[tuple[int, int], list[list[int]]]:
                              "sizes between 0 and the image size")
         table[size] = shapes
     return table
+
+
+class RPNHead(Component):
+    """The RPN head: one ``rpn_model`` shared by every pyramid level.
+
+    Contract of an RPN head: called on ``[P2, ..., P6]``, it returns ``[rpn_class_logits
+    [B, A, 2], rpn_class [B, A, 2] (softmax, float32), rpn_bbox [B, A, 4]]`` over the
+    anchors of all levels in ``mrcnn.anchors``' order (level-major, then cell y, x, then
+    ratio): ``anchors_per_location`` must be len(Config.RPN_ANCHOR_RATIOS) and
+    ``anchor_stride`` Config.RPN_ANCHOR_STRIDE.
+
+    Args:
+        anchors_per_location: anchors per feature-map cell.
+        anchor_stride: 1 = anchors at every cell, 2 = every other cell.
+        depth: channels of the pyramid levels (Config.TOP_DOWN_PYRAMID_SIZE).
+        channels: width of the shared conv (Config.RPN_CONV_CHANNELS).
+    """
+
+    def __init__(self, anchors_per_location: int = 3, anchor_stride: int = 1,
+                 depth: int = 256, channels: int = 512):
+        self.anchors_per_location, self.anchor_stride = int(anchors_per_location), \
+            int(anchor_stride)
+        self.depth, self.channels = int(depth), int(channels)
+        self._keep(anchors_per_location=anchors_per_location, anchor_stride=anchor_stride,
+                   depth=depth, channels=channels)
+
+    def __call__(self, feature_maps: list) -> list:
+        """Args: feature_maps [P2..P6]. Returns: [rpn_class_logits, rpn_class, rpn_bbox]."""
+        rpn = build_rpn_model(self.anchor_stride, self.anchors_per_location, self.depth,
+                              self.channels)
+        return rpn_on_pyramid(rpn, feature_maps)
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")

@@ -20,6 +20,7 @@ from keras import ops
 
 from mrcnn import losses
 from mrcnn.config import LOSS_NAMES
+from mrcnn.inputs import IMAGE_META, RPN_BBOX, RPN_MATCH
 from mrcnn.layer_config import PlainConfigMixin
 from mrcnn.norm import FrozenBatchNormalization
 from mrcnn.ops.distribute import ClipAfterAllReduce, loss_replicas, replica_sum, step_output
@@ -80,12 +81,12 @@ class MaskRCNNTrainModel(PlainConfigMixin, keras.Model):
         """
         if not isinstance(x, dict):
             x = dict(zip(self.mrcnn_input_names, x))
-        meta = ops.cast(x["input_image_meta"], "float32")
+        meta = ops.cast(x[IMAGE_META], "float32")
         active_class_ids = parse_image_meta_graph(meta)["active_class_ids"]
         return {
-            "rpn_class_loss": losses.rpn_class_loss(x["input_rpn_match"],
+            "rpn_class_loss": losses.rpn_class_loss(x[RPN_MATCH],
                                                     y_pred["rpn_class_logits"]),
-            "rpn_bbox_loss": losses.rpn_bbox_loss(x["input_rpn_bbox"], x["input_rpn_match"],
+            "rpn_bbox_loss": losses.rpn_bbox_loss(x[RPN_BBOX], x[RPN_MATCH],
                                                   y_pred["rpn_bbox"]),
             "mrcnn_class_loss": losses.mrcnn_class_loss(
                 y_pred["target_class_ids"], y_pred["mrcnn_class_logits"], active_class_ids,

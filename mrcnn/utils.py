@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mrcnn import transform
+from mrcnn.box_coder import BoxCoder, box_iou, pairwise_iou
 from mrcnn.dataset import Dataset, as_model_image, check_mask, load_image_file  # noqa: F401
 
 # Released Matterport weights trained on MS COCO (the HDF5 layout our loader understands).
@@ -77,10 +78,10 @@ def extract_bboxes(mask: np.ndarray) -> np.ndarray:
 def compute_iou(
     box: np.ndarray, boxes: np.ndarray, box_area: float, boxes_area: np.ndarray
 ) -> np.ndarray:
-    """IoU of one box against many boxes.
+    """IoU of one box against many boxes (``box_coder.box_iou``).
 
     Areas are passed in (rather than recomputed) because callers such as
-    ``compute_overlaps`` and ``non_max_suppression`` reuse them across many calls.
+    ``non_max_suppression`` reuse them across many calls.
 
     Args:
         box: [4] (y1, x1, y2, x2).
@@ -91,18 +92,11 @@ def compute_iou(
     Returns:
         [N] float IoU values. A pair whose union is empty gets 0 (Matterport gave NaN).
     """
-    boxes = np.asarray(boxes)
-    y1 = np.maximum(box[0], boxes[:, 0])
-    y2 = np.minimum(box[2], boxes[:, 2])
-    x1 = np.maximum(box[1], boxes[:, 1])
-    x2 = np.minimum(box[3], boxes[:, 3])
-    intersection = np.maximum(x2 - x1, 0) * np.maximum(y2 - y1, 0)
-    union = box_area + np.asarray(boxes_area) - intersection
-    return _safe_divide(intersection, union)
+    return box_iou(np.asarray(box), np.asarray(boxes), box_area, boxes_area)
 
 
 def compute_overlaps(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
-    """Pairwise IoU between two sets of boxes.
+    """Pairwise IoU between two sets of boxes (``box_coder.pairwise_iou``).
 
     Args:
         boxes1: [N, (y1, x1, y2, x2)].
@@ -111,20 +105,7 @@ def compute_overlaps(boxes1: np.ndarray, boxes2: np.ndarray) -> np.ndarray:
     Returns:
         [N, M] float IoU matrix (zeros of that shape when either set is empty).
     """
-    boxes1 = np.asarray(boxes1, dtype=np.float64).reshape(-1, 4)
-    boxes2 = np.asarray(boxes2, dtype=np.float64).reshape(-1, 4)
-    if boxes1.shape[0] == 0 or boxes2.shape[0] == 0:
-        return np.zeros((boxes1.shape[0], boxes2.shape[0]))
-    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
-    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
-    # Broadcast [N, 1] against [1, M] instead of looping over boxes2.
-    y1 = np.maximum(boxes1[:, None, 0], boxes2[None, :, 0])
-    x1 = np.maximum(boxes1[:, None, 1], boxes2[None, :, 1])
-    y2 = np.minimum(boxes1[:, None, 2], boxes2[None, :, 2])
-    x2 = np.minimum(boxes1[:, None, 3], boxes2[None, :, 3])
-    intersection = np.maximum(y2 - y1, 0) * np.maximum(x2 - x1, 0)
-    union = area1[:, None] + area2[None, :] - intersection
-    return _safe_divide(intersection, union)
+    return pairwise_iou(boxes1, boxes2)
 
 
 def compute_overlaps_masks(masks1: np.ndarray, masks2: np.ndarray) -> np.ndarray:
@@ -194,6 +175,8 @@ def non_max_suppression(boxes: np.ndarray, scores: np.ndarray, threshold: float)
 def apply_box_deltas(boxes: np.ndarray, deltas: np.ndarray) -> np.ndarray:
     """Apply regression deltas to boxes (the inverse of ``box_refinement``).
 
+    ``box_coder.BoxCoder`` without std-dev scaling or clamping (Matterport's semantics).
+
     Args:
         boxes: [N, (y1, x1, y2, x2)].
         deltas: [N, (dy, dx, log(dh), log(dw))].
@@ -201,24 +184,16 @@ def apply_box_deltas(boxes: np.ndarray, deltas: np.ndarray) -> np.ndarray:
     Returns:
         float32 [N, (y1, x1, y2, x2)] refined boxes.
     """
-    boxes = np.asarray(boxes, dtype=np.float32)
-    deltas = np.asarray(deltas, dtype=np.float32)
-    height = boxes[:, 2] - boxes[:, 0]
-    width = boxes[:, 3] - boxes[:, 1]
-    center_y = boxes[:, 0] + 0.5 * height + deltas[:, 0] * height
-    center_x = boxes[:, 1] + 0.5 * width + deltas[:, 1] * width
-    height = height * np.exp(deltas[:, 2])
-    width = width * np.exp(deltas[:, 3])
-    y1 = center_y - 0.5 * height
-    x1 = center_x - 0.5 * width
-    return np.stack([y1, x1, y1 + height, x1 + width], axis=1)
+    return _PLAIN_CODER.decode(np.asarray(boxes, dtype=np.float32),
+                               np.asarray(deltas, dtype=np.float32))
 
 
 def box_refinement(box: np.ndarray, gt_box: np.ndarray) -> np.ndarray:
-    """Regression deltas that move ``box`` onto ``gt_box``.
+    """Regression deltas that move ``box`` onto ``gt_box`` (``box_coder.BoxCoder.encode``).
 
     Heights are ``y2 - y1`` and centres ``y1 + 0.5 * height`` (Matterport's convention,
-    which the released weights were trained with).
+    which the released weights were trained with). A degenerate pair (zero height or width
+    in either box) gives deltas of 0 (Matterport gave inf/NaN).
 
     Args:
         box: [N, (y1, x1, y2, x2)].
@@ -227,21 +202,12 @@ def box_refinement(box: np.ndarray, gt_box: np.ndarray) -> np.ndarray:
     Returns:
         float32 [N, (dy, dx, log(dh), log(dw))].
     """
-    box = np.asarray(box, dtype=np.float32)
-    gt_box = np.asarray(gt_box, dtype=np.float32)
-    height = box[:, 2] - box[:, 0]
-    width = box[:, 3] - box[:, 1]
-    center_y = box[:, 0] + 0.5 * height
-    center_x = box[:, 1] + 0.5 * width
-    gt_height = gt_box[:, 2] - gt_box[:, 0]
-    gt_width = gt_box[:, 3] - gt_box[:, 1]
-    gt_center_y = gt_box[:, 0] + 0.5 * gt_height
-    gt_center_x = gt_box[:, 1] + 0.5 * gt_width
-    dy = (gt_center_y - center_y) / height
-    dx = (gt_center_x - center_x) / width
-    dh = np.log(gt_height / height)
-    dw = np.log(gt_width / width)
-    return np.stack([dy, dx, dh, dw], axis=1)
+    return _PLAIN_CODER.encode(np.asarray(box, dtype=np.float32),
+                               np.asarray(gt_box, dtype=np.float32))
+
+
+# Matterport's plain deltas: no std-dev scaling, no clamp.
+_PLAIN_CODER = BoxCoder(std_dev=None, max_log_scale=None)
 
 
 def _safe_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:

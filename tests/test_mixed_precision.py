@@ -78,8 +78,11 @@ JAX_SCRIPT = textwrap.dedent(
 
 
 @pytest.fixture(scope="module", autouse=True)
-def jax_run(tmp_path_factory):
+def jax_run(tmp_path_factory, module_markers):
     """Start the JAX bf16 training subprocess; its test collects the result."""
+    if "jax" not in module_markers:  # the JAX test is deselected: start nothing
+        yield None
+        return
     model_dir = tmp_path_factory.mktemp("jax_bf16")
     log_path = model_dir / "run.log"  # a file: a full pipe would block the process
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu",

@@ -106,8 +106,11 @@ JAX_SCRIPT = textwrap.dedent(
 
 
 @pytest.fixture(scope="module", autouse=True)
-def jax_run(tmp_path_factory):
+def jax_run(tmp_path_factory, module_markers):
     """Start the JAX training subprocess; the JAX test collects its result."""
+    if "jax" not in module_markers:  # the JAX test is deselected: start nothing
+        yield None
+        return
     model_dir = tmp_path_factory.mktemp("jax_logs")
     log_path = model_dir.parent / "jax_training.log"  # a file: a full pipe would block it
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu", CI="1",

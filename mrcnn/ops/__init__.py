@@ -16,6 +16,7 @@ Everything here takes and returns static shapes and compiles with XLA on TensorF
 
 from mrcnn.ops.boxes import (
     MAX_LOG_SCALE,
+    BoxCoder,
     apply_box_deltas,
     box_refinement,
     clamp_deltas,
@@ -36,6 +37,7 @@ from mrcnn.ops.nms import (
 from mrcnn.ops.roi_align import crop_and_resize, multilevel_roi_align, roi_pyramid_levels
 
 __all__ = [
+    "BoxCoder",
     "MAX_LOG_SCALE",
     "accelerator_present",
     "apply_box_deltas",

@@ -1,6 +1,6 @@
 """Box arithmetic on tensors (``keras.ops``), the graph twins of ``mrcnn.utils``: box coding
-(``box_refinement`` encodes, ``apply_box_deltas`` decodes, ``clamp_deltas`` bounds what is
-decoded), clipping, IoU and (de)normalization.
+(``BoxCoder``, the ``keras.ops`` twin of ``mrcnn.box_coder.BoxCoder``; Matterport's
+``box_refinement`` / ``apply_box_deltas`` wrap it), clipping, IoU and (de)normalization.
 
 All boxes are ``(y1, x1, y2, x2)`` in the last axis. Functions broadcast over any leading
 axes, keep static shapes and compile under XLA on every backend.
@@ -8,11 +8,13 @@ axes, keep static shapes and compile under XLA on every backend.
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence, Union
 
 import keras
 from keras import ops
+
+from mrcnn import box_coder
+from mrcnn.box_coder import MAX_LOG_SCALE  # noqa: F401  (re-exported)
 
 ShapeLike = Union[Sequence[int], Any]  # (h, w) python ints or a tensor
 
@@ -20,6 +22,36 @@ ShapeLike = Union[Sequence[int], Any]  # (h, w) python ints or a tensor
 def _split4(boxes):
     """Returns the four coordinate planes of ``boxes [..., 4]``, each ``[...]``."""
     return boxes[..., 0], boxes[..., 1], boxes[..., 2], boxes[..., 3]
+
+
+class BoxCoder(box_coder.BoxCoder):
+    """``mrcnn.box_coder.BoxCoder`` on tensors (``keras.ops``): the same arithmetic.
+
+    Encoding computes in float32; decoding keeps the dtype of the boxes. Both broadcast over
+    leading axes, keep static shapes and compile under XLA.
+
+    Args:
+        std_dev: 4 standard deviations (``Config.RPN_BBOX_STD_DEV`` / ``BBOX_STD_DEV``) or
+            None.
+        max_log_scale: clamp of the decoded log-scales (``MAX_LOG_SCALE``) or None.
+    """
+
+    xp = ops
+
+    def _encode_inputs(self, boxes, targets):
+        return ops.cast(boxes, "float32"), ops.cast(targets, "float32")
+
+    def _decode_inputs(self, boxes, deltas):
+        boxes = ops.convert_to_tensor(boxes)
+        return boxes, ops.cast(deltas, boxes.dtype)
+
+    def _std(self, like):
+        return self.std_dev.astype(keras.backend.standardize_dtype(like.dtype))
+
+
+# Plain deltas (no std-dev scaling), as Matterport's graph functions.
+_PLAIN = BoxCoder()
+_UNCLAMPED = BoxCoder(max_log_scale=None)
 
 
 def apply_box_deltas(boxes, deltas):
@@ -30,32 +62,14 @@ def apply_box_deltas(boxes, deltas):
         deltas: ``[..., 4]`` ``(dy, dx, log(dh), log(dw))``, broadcastable to ``boxes``.
 
     Returns:
-        ``[..., 4]`` refined boxes, dtype of ``boxes``.
+        ``[..., 4]`` refined boxes, dtype of ``boxes``. The log-scales are not clamped
+        (``BoxCoder.decode`` clamps).
     """
-    boxes = ops.convert_to_tensor(boxes)
-    deltas = ops.cast(deltas, boxes.dtype)
-    y1, x1, y2, x2 = _split4(boxes)
-    height = y2 - y1
-    width = x2 - x1
-    center_y = y1 + 0.5 * height + deltas[..., 0] * height
-    center_x = x1 + 0.5 * width + deltas[..., 1] * width
-    height = height * ops.exp(deltas[..., 2])
-    width = width * ops.exp(deltas[..., 3])
-    new_y1 = center_y - 0.5 * height
-    new_x1 = center_x - 0.5 * width
-    return ops.stack([new_y1, new_x1, new_y1 + height, new_x1 + width], axis=-1)
-
-
-# Largest log-scale delta applied to a box (torchvision's BBOX_XFORM_CLIP): a box grows at
-# most 1000/16 times, so an untrained or diverging head cannot overflow exp() into inf/NaN.
-MAX_LOG_SCALE = math.log(1000.0 / 16)
+    return _UNCLAMPED.decode(boxes, deltas)
 
 
 def clamp_deltas(deltas):
     """Clamp the (log dh, log dw) part of deltas ``[..., 4]`` at ``MAX_LOG_SCALE``.
-
-    Applied before :func:`apply_box_deltas` wherever predicted deltas are decoded (proposals,
-    detections).
 
     Args:
         deltas: ``[..., 4]`` ``(dy, dx, log(dh), log(dw))``.
@@ -63,8 +77,7 @@ def clamp_deltas(deltas):
     Returns:
         ``[..., 4]`` deltas with the log scales at most ``MAX_LOG_SCALE``.
     """
-    return ops.concatenate([deltas[..., :2], ops.minimum(deltas[..., 2:], MAX_LOG_SCALE)],
-                           axis=-1)
+    return _PLAIN.clamp(deltas)
 
 
 def clip_boxes(boxes, window):
@@ -92,9 +105,9 @@ def clip_boxes(boxes, window):
 def box_refinement(box, gt_box):
     """Deltas that turn ``box`` into ``gt_box`` (Matterport's ``box_refinement_graph``).
 
-    The inverse of :func:`apply_box_deltas`. Unlike Matterport, degenerate pairs (zero or
-    negative height/width in either box, e.g. zero padding) give deltas of 0 instead of
-    inf/NaN, so padded rows can be masked by a loss weight without poisoning gradients.
+    The inverse of :func:`apply_box_deltas`, ``BoxCoder().encode``: degenerate pairs (zero
+    or negative height/width in either box, e.g. zero padding) give deltas of 0 instead of
+    inf/NaN.
 
     Args:
         box: ``[..., 4]`` boxes ``(y1, x1, y2, x2)``.
@@ -103,32 +116,7 @@ def box_refinement(box, gt_box):
     Returns:
         ``[..., 4]`` float32 deltas ``(dy, dx, log(dh), log(dw))``.
     """
-    box = ops.cast(box, "float32")
-    gt_box = ops.cast(gt_box, "float32")
-    y1, x1, y2, x2 = _split4(box)
-    gy1, gx1, gy2, gx2 = _split4(gt_box)
-    height, width = y2 - y1, x2 - x1
-    gt_height, gt_width = gy2 - gy1, gx2 - gx1
-    ok = (height > 0) & (width > 0) & (gt_height > 0) & (gt_width > 0)
-    # Sanitize before dividing/logging: where() alone would still leak NaN gradients.
-    height = ops.where(ok, height, 1.0)
-    width = ops.where(ok, width, 1.0)
-    gt_height = ops.where(ok, gt_height, 1.0)
-    gt_width = ops.where(ok, gt_width, 1.0)
-    center_y = y1 + 0.5 * height
-    center_x = x1 + 0.5 * width
-    gt_center_y = gy1 + 0.5 * gt_height
-    gt_center_x = gx1 + 0.5 * gt_width
-    deltas = ops.stack(
-        [
-            (gt_center_y - center_y) / height,
-            (gt_center_x - center_x) / width,
-            ops.log(gt_height / height),
-            ops.log(gt_width / width),
-        ],
-        axis=-1,
-    )
-    return ops.where(ops.expand_dims(ok, -1), deltas, 0.0)
+    return _PLAIN.encode(box, gt_box)
 
 
 def overlaps(boxes1, boxes2):
