@@ -33,7 +33,8 @@ TIER_FILES = {
     "slow": {"test_training.py", "test_train_steps.py", "test_export.py",
              "test_mixed_precision.py", "test_matterport_inspection.py",
              "test_frozen_bn_init.py", "test_sample_shapes.py", "test_sample_coco.py",
-             "test_sample_nucleus.py", "test_sample_balloon.py", "test_docs.py"},
+             "test_sample_nucleus.py", "test_sample_balloon.py", "test_docs.py",
+             "test_app.py"},
 }
 # Tests (by name, parameters stripped) in a tier; ``jax`` also takes the tests named
 # test_jax_*, *_jax_* or *_on_jax.
