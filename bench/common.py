@@ -208,3 +208,16 @@ def train_step_times(model, x, steps: int, warmup: int) -> tuple[float, float]:
     """(wall, process CPU) seconds per ``train_on_batch`` step (see ``time_steps``)."""
     return time_steps(lambda: model.keras_model.train_on_batch(x, return_dict=True)["loss"],
                       steps, warmup)
+
+
+def add_nucleus_size_arguments(parser, epochs: int) -> None:
+    """The size of a from-scratch nucleus run, shared by the accuracy benches: epochs, steps,
+    batch, crop, backbone and the synthetic data set (fields, train and held-out images)."""
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--steps", type=int, default=25, help="steps per epoch")
+    parser.add_argument("--batch", type=int, default=4, help="crops per step")
+    parser.add_argument("--crop", type=int, default=256, help="training crop size")
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--field", type=int, default=256, help="synthetic image size")
+    parser.add_argument("--train-images", type=int, default=40)
+    parser.add_argument("--test-images", type=int, default=6)

@@ -44,7 +44,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from bench.common import device_description  # noqa: E402
+from bench.common import add_nucleus_size_arguments, device_description  # noqa: E402
 from mrcnn.cli import FROM_SCRATCH  # noqa: E402
 from mrcnn.config import parse_overrides  # noqa: E402
 
@@ -204,14 +204,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipes", nargs="+", default=["adamw_warmup"],
                         choices=sorted(RECIPES))
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=25, help="steps per epoch")
-    parser.add_argument("--batch", type=int, default=4, help="crops per step")
-    parser.add_argument("--crop", type=int, default=256, help="training crop size")
-    parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--field", type=int, default=256, help="synthetic image size")
-    parser.add_argument("--train-images", type=int, default=40)
-    parser.add_argument("--test-images", type=int, default=6)
+    add_nucleus_size_arguments(parser, epochs=6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="NucleusConfig overrides on top of each recipe (model settings "

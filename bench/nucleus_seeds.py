@@ -42,6 +42,8 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from bench.common import add_nucleus_size_arguments, device_description  # noqa: E402
+
 WORKERS = {"mrcnn": os.path.join(ROOT, "bench", "nucleus_worker.py"),
            "torchvision": os.path.join(ROOT, "bench", "torchvision_nucleus.py")}
 
@@ -177,14 +179,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--contenders", nargs="+", default=["mrcnn"])
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per contender")
-    parser.add_argument("--epochs", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=25, help="steps per epoch")
-    parser.add_argument("--batch", type=int, default=4, help="crops per step")
-    parser.add_argument("--crop", type=int, default=256, help="training crop size")
-    parser.add_argument("--backbone", default="resnet18")
-    parser.add_argument("--field", type=int, default=256, help="synthetic image size")
-    parser.add_argument("--train-images", type=int, default=40)
-    parser.add_argument("--test-images", type=int, default=6)
+    add_nucleus_size_arguments(parser, epochs=8)
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--style", default="default", help="synthetic.STYLES: default, hard")
     parser.add_argument("--torch-python", default=None,
@@ -193,7 +188,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     contenders = [parse_contender(spec) for spec in args.contenders]
 
-    from bench.common import device_description
     from samples.nucleus import synthetic
 
     if args.style not in synthetic.STYLES:
