@@ -135,7 +135,7 @@ def test_jax_data_parallel_equals_single_device(runs):
     1e-3 of the largest move (measured 1.0e-4 to 1.2e-4). The momentum slots agree to 5 %
     of each variable's largest value, as with BatchNorm under tf.distribute: with JAX 0.10
     the RPN conv kernel's slot differs by 1.7 % (deterministic; the loss agrees to 1e-6 and
-    the weights as above), where JAX 0.4-0.9 measured under 1 %."""
+    the weights as above); earlier runs of this test measured under 1 %."""
     case = result_of(runs, "jax")["sgd_gn"]
     assert case["replicas"] == 2
     np.testing.assert_allclose(case["loss_two"], case["loss_one"], rtol=1e-5)
