@@ -35,6 +35,7 @@ from mrcnn.evaluation import (
     summary_row,
     summary_writer,
 )
+from mrcnn.paths import replacing
 
 
 class RunRecord(keras.callbacks.Callback):
@@ -57,10 +58,8 @@ class RunRecord(keras.callbacks.Callback):
         path = os.path.join(self.mrcnn_model.log_dir, self.filename)
         if os.path.exists(path):
             return
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
+        with replacing(path) as f:
             json.dump(self.record, f, indent=1)
-        os.replace(tmp, path)
 
 
 class EvaluationCallback(keras.callbacks.Callback):
@@ -181,12 +180,10 @@ class EvaluationCallback(keras.callbacks.Callback):
         if not rows or set(row) - set(fields):
             fields = list(dict.fromkeys([*fields, *row]))
             rows.append({k: row.get(k, "") for k in fields})
-            tmp = path + ".tmp"
-            with open(tmp, "w", newline="", encoding="utf-8") as f:
+            with replacing(path, newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=fields)
                 writer.writeheader()
                 writer.writerows(rows)
-            os.replace(tmp, path)
             return
         with open(path, "a", newline="", encoding="utf-8") as f:
             csv.DictWriter(f, fieldnames=fields).writerow({k: row.get(k, "") for k in fields})

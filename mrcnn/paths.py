@@ -9,7 +9,9 @@ images elsewhere says so explicitly (``allow_outside=True``). NumPy-free, standa
 
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import IO, Iterator
 
 from mrcnn.errors import UnsafePathError
 
@@ -127,3 +129,21 @@ def publish(src: str, dst: str) -> None:
         os.replace(src, dst)
         return
     os.remove(src)
+
+
+@contextlib.contextmanager
+def replacing(path: str, newline: str | None = None) -> Iterator[IO[str]]:
+    """Write the text file ``path`` whole or not at all: into ``path + ".tmp"``, renamed over
+    ``path`` when the ``with`` block ends without an error (a reader never sees half a file).
+
+    Args:
+        path: the file to (re)write.
+        newline: ``open``'s newline argument ("" for the csv module).
+
+    Yields:
+        The open temporary file.
+    """
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8", newline=newline) as f:
+        yield f
+    os.replace(tmp, path)

@@ -20,7 +20,7 @@ import sys
 import warnings
 from typing import Any, NamedTuple
 
-from mrcnn.paths import claim
+from mrcnn.paths import claim, replacing
 from mrcnn.weights import checkpoint_problem
 
 _TIMESTAMP = r"(\d{8}T\d{4}(?:\d{2})?)"  # seconds since this project; minutes (Matterport)
@@ -151,10 +151,8 @@ def write_run_info(log_dir: str, config: Any, epoch: int) -> str | None:
         path = os.path.join(log_dir, f"config_epoch{int(epoch):04d}.json")
         if os.path.exists(path):
             return None
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with replacing(path) as f:
         json.dump(record, f, indent=1)
-    os.replace(tmp, path)
     return path
 
 
