@@ -185,6 +185,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--torch-python", default=None,
                         help="interpreter with torch and torchvision for torchvision contenders")
     parser.add_argument("--json", default=None, help="also write the rows to this file")
+    parser.add_argument("--rows", default=None,
+                        help="append each seed's rows to this JSON-lines file as it ends")
     args = parser.parse_args(argv)
     contenders = [parse_contender(spec) for spec in args.contenders]
 
@@ -203,7 +205,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for contender in contenders:
             if contender["commit"]:
                 contender["tree"] = tree_at(contender["commit"])
-            for seed in range(args.seeds):
+        # Seeds outside, contenders inside: a run cut short still holds paired seeds.
+        for seed in range(args.seeds):
+            for contender in contenders:
                 t = time.perf_counter()
                 logs = os.path.join(tmp, "logs", contender["spec"].replace("@", "_"), str(seed))
                 result = run_worker(contender, worker_settings(contender, seed, data, logs, args),
@@ -215,6 +219,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
                                  "epoch": epoch["epoch"], "images": epoch["images"],
                                  "train_wall": epoch["train_wall"],
                                  "train_cpu": epoch["train_cpu"], **scores})
+                if args.rows:  # every seed as it ends, so a cut-short run keeps its data
+                    with open(args.rows, "a") as f:
+                        for row in rows:
+                            if row["contender"] == contender["spec"] and row["seed"] == seed:
+                                f.write(json.dumps(row) + "\n")
                 last = rows[-1]
                 print(f"{contender['spec']} seed {seed}: AP50 {last['AP50']:.3f} AP "
                       f"{last['AP']:.3f} after {last['images']} images "
