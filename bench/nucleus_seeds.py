@@ -31,12 +31,14 @@ AP50, AP and recall at IoU 0.5 over the seeds, and the training time. Asserts no
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 if ROOT not in sys.path:
@@ -48,16 +50,41 @@ WORKERS = {"mrcnn": os.path.join(ROOT, "bench", "nucleus_worker.py"),
            "torchvision": os.path.join(ROOT, "bench", "torchvision_nucleus.py")}
 
 
+def parse_value(text: str) -> Any:
+    """A Config value from the command line: a Python literal, else the string itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
 def parse_contender(spec: str) -> dict:
-    """"mrcnn+recipe@dece6be" -> {"engine": "mrcnn", "recipe": True, "commit": "dece6be"}."""
+    """"mrcnn+recipe@dece6be" -> {"engine": "mrcnn", "recipe": True, "commit": "dece6be"}.
+
+    After the engine, ``+`` joins options: ``recipe`` (the command line's from-scratch
+    recipe set explicitly) and, for mrcnn, ``KEY=VALUE`` Config values (a Python literal or
+    a string), e.g. ``mrcnn+LR_SCHEDULE=cosine+LEARNING_RATE=0.003``.
+    """
     name, _, commit = spec.partition("@")
-    engine, _, recipe = name.partition("+")
-    if engine not in WORKERS or recipe not in ("", "recipe"):
+    engine, *options = name.split("+")
+    recipe, overrides = False, {}
+    for option in options:
+        key, eq, value = option.partition("=")
+        if option == "recipe":
+            recipe = True
+        elif eq and key.isupper() and engine == "mrcnn":
+            overrides[key] = parse_value(value)
+        else:
+            raise SystemExit(f"nucleus_seeds.py: contender {spec!r}: unknown option "
+                             f"{option!r} (expected recipe, or KEY=VALUE Config values for "
+                             "mrcnn)")
+    if engine not in WORKERS:
         raise SystemExit(f"nucleus_seeds.py: unknown contender {spec!r} (expected "
-                         "mrcnn[+recipe][@REV] or torchvision[+recipe])")
+                         "mrcnn[+recipe][+KEY=VALUE...][@REV] or torchvision[+recipe])")
     if commit and engine != "mrcnn":
         raise SystemExit(f"nucleus_seeds.py: {spec!r}: only mrcnn runs at a commit")
-    return {"spec": spec, "engine": engine, "recipe": bool(recipe), "commit": commit or None}
+    return {"spec": spec, "engine": engine, "recipe": recipe, "overrides": overrides,
+            "commit": commit or None}
 
 
 def tree_at(commit: str) -> str:
@@ -144,7 +171,8 @@ def worker_settings(contender: dict, seed: int, data: str, logs: str, args) -> d
                 "backbone": args.backbone}
     recipe = recipe_settings()
     if contender["engine"] == "mrcnn":
-        settings["overrides"] = recipe if contender["recipe"] else {}
+        settings["overrides"] = {**(recipe if contender["recipe"] else {}),
+                                 **contender["overrides"]}
     else:
         from mrcnn.config import Config
 
@@ -175,10 +203,29 @@ def summarize(rows: list[dict]) -> list[dict]:
     return table
 
 
+def print_table(table: list[dict]) -> None:
+    """The markdown table of ``summarize``: mean +- std over the seeds of each row."""
+    print("| contender | epoch | images seen | seeds | mask AP50 | mask AP | recall@0.5 | "
+          "train wall (s) | train CPU (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in table:
+        def pm(key, digits=3):
+            mean, std = r[key]
+            return f"{mean:.{digits}f}" + ("" if std != std else f" ± {std:.{digits}f}")
+        print(f"| {r['contender']} | {r['epoch']} | {r['images']} | {r['seeds']} | "
+              f"{pm('AP50')} | {pm('AP')} | {pm('recall50')} | {pm('train_wall', 0)} | "
+              f"{pm('train_cpu', 0)} |")
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--contenders", nargs="+", default=["mrcnn"])
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per contender")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="start at this seed (to add seeds to an earlier run's --rows)")
+    parser.add_argument("--keep", default=None, metavar="DIR",
+                        help="keep the data and every checkpoint under this new folder "
+                             "(bench/nucleus_rescore.py scores them again)")
     add_nucleus_size_arguments(parser, epochs=8)
     parser.add_argument("--data-seed", type=int, default=0)
     parser.add_argument("--style", default="default", help="synthetic.STYLES: default, hard")
@@ -187,7 +234,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--json", default=None, help="also write the rows to this file")
     parser.add_argument("--rows", default=None,
                         help="append each seed's rows to this JSON-lines file as it ends")
+    parser.add_argument("--summarize", default=None, metavar="ROWS",
+                        help="print the table of a --rows file (e.g. of a run cut short) "
+                             "and exit")
     args = parser.parse_args(argv)
+    if args.summarize:
+        with open(args.summarize, encoding="utf-8") as f:
+            table = summarize([json.loads(line) for line in f if line.strip()])
+        print_table(table)
+        return table
     contenders = [parse_contender(spec) for spec in args.contenders]
 
     from samples.nucleus import synthetic
@@ -196,8 +251,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
         raise SystemExit(f"nucleus_seeds.py: --style must be one of {sorted(synthetic.STYLES)}")
     rows: list[dict] = []
     versions = {}
+    keep = os.path.abspath(args.keep) if args.keep else None
+    if keep:
+        os.makedirs(keep)  # a new folder: nothing earlier is mixed in or replaced
     with tempfile.TemporaryDirectory(prefix="nucseeds_") as tmp:
-        data = os.path.join(tmp, "data")
+        data = os.path.join(keep or tmp, "data")
         info = synthetic.write_dataset(data, args.train_images, args.test_images,
                                        (args.field, args.field), args.data_seed,
                                        synthetic.STYLES[args.style])
@@ -206,10 +264,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
             if contender["commit"]:
                 contender["tree"] = tree_at(contender["commit"])
         # Seeds outside, contenders inside: a run cut short still holds paired seeds.
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             for contender in contenders:
                 t = time.perf_counter()
-                logs = os.path.join(tmp, "logs", contender["spec"].replace("@", "_"), str(seed))
+                logs = os.path.join(keep or tmp, "logs", contender["spec"].replace("@", "_"), str(seed))
                 result = run_worker(contender, worker_settings(contender, seed, data, logs, args),
                                     args)
                 versions[contender["spec"]] = result.get("versions", {})
@@ -240,16 +298,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f"{args.batch}, {args.steps} steps per epoch; {args.seeds} seeds; versions: "
           f"{json.dumps(versions)}")
     print()
-    print("| contender | epoch | images seen | seeds | mask AP50 | mask AP | recall@0.5 | "
-          "train wall (s) | train CPU (s) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in table:
-        def pm(key, digits=3):
-            mean, std = r[key]
-            return f"{mean:.{digits}f}" + ("" if std != std else f" ± {std:.{digits}f}")
-        print(f"| {r['contender']} | {r['epoch']} | {r['images']} | {r['seeds']} | "
-              f"{pm('AP50')} | {pm('AP')} | {pm('recall50')} | {pm('train_wall', 0)} | "
-              f"{pm('train_cpu', 0)} |")
+    print_table(table)
     if args.json:
         with open(args.json, "x") as f:  # never replaces an earlier result
             json.dump({"rows": rows, "table": table}, f)

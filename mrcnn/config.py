@@ -41,6 +41,7 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 NORMS = ("frozen_bn", "bn", "gn")
 BOX_HEADS = ("2fc", "4conv1fc")
 DETECTION_SCORE_MODES = ("argmax", "foreground")
+MASK_PASTES = ("subpixel", "integer")
 OPTIMIZERS = ("sgd", "adamw")
 LR_SCHEDULES = ("constant", "plateau", "cosine")
 FROM_SCRATCH_RECIPES = ("auto", "off")
@@ -315,6 +316,15 @@ class Config:
     # fall: the higher-scored detections stay as they were), at the cost of more
     # detections (up to DETECTION_MAX_INSTANCES) to post-process.
     DETECTION_SCORE_MODE = "argmax"
+
+    # How detect() pastes each 28x28 mask into the image. "subpixel" (detectron2): onto the
+    # detection box as predicted, with fractional pixel edges. "integer" (Matterport):
+    # onto the box rounded to whole pixels first, which moves each edge by up to half a
+    # pixel, a large share of an object a dozen pixels across: on the synthetic nuclei
+    # (~12 px) the same 12 checkpoints score 0.017 +- 0.010 more mask AP (every one gains)
+    # with "subpixel" (docs: training from scratch). Same cost; the returned boxes are
+    # rounded either way.
+    MASK_PASTE = "subpixel"
 
     # Learning rate and momentum. The paper uses 0.02 for 16 images per batch; Matterport
     # lowered it because gradients explode more easily with fewer images, especially with
@@ -682,6 +692,8 @@ class Config:
             fail("BOX_HEAD", f"expected one of {BOX_HEADS}")
         if not _one_of(self.DETECTION_SCORE_MODE, DETECTION_SCORE_MODES):
             fail("DETECTION_SCORE_MODE", f"expected one of {DETECTION_SCORE_MODES}")
+        if not _one_of(self.MASK_PASTE, MASK_PASTES):
+            fail("MASK_PASTE", f"expected one of {MASK_PASTES}")
         if not _one_of(self.OPTIMIZER, OPTIMIZERS):
             fail("OPTIMIZER", f"expected one of {OPTIMIZERS}")
         if not _one_of(self.LR_SCHEDULE, LR_SCHEDULES):

@@ -9,7 +9,8 @@ converts it with ``jax2tf`` (TensorFlow must be installed to export, not to buil
 Images must already have the export size (``image_size``): resizing arbitrary images is the
 client's part (``utils.resize_image`` does it as ``detect`` would). Masks come out at the
 mask head's resolution, one per detection for its class, as ``detect`` has them before
-``utils.unmold_mask`` pastes them into the image.
+``utils.unmold_mask`` pastes them into the image (onto ``boxes_float``, the boxes before
+rounding, for ``detect()``'s sub-pixel masks; see ``Config.MASK_PASTE``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from keras import ops
 
 from mrcnn.data import compose_image_meta
 
-SERVING_OUTPUTS = ("boxes", "class_ids", "scores", "masks", "num_detections")
+SERVING_OUTPUTS = ("boxes", "boxes_float", "class_ids", "scores", "masks", "num_detections")
 
 
 def serving_size(config, image_size=None) -> tuple[int, int]:
@@ -58,7 +59,8 @@ def serving_function(model: keras.Model, config, image_size: tuple[int, int]):
 
     Returns:
         A function of a [B, H, W, C] uint8 tensor returning ``SERVING_OUTPUTS``: boxes
-        [B, D, (y1, x1, y2, x2)] int32 pixels, class_ids [B, D] int32, scores [B, D]
+        [B, D, (y1, x1, y2, x2)] int32 pixels, boxes_float [B, D, 4] float32 the same
+        before rounding (what ``detect()`` pastes masks onto), class_ids [B, D] int32, scores [B, D]
         float32, masks [B, D, mh, mw] float32 probabilities of each box's class, and
         num_detections [B] int32 (rows past it are zero padding), D =
         DETECTION_MAX_INSTANCES.
@@ -82,13 +84,14 @@ def serving_function(model: keras.Model, config, image_size: tuple[int, int]):
         outputs = model([molded, metas], training=False)
         detections = ops.cast(outputs["mrcnn_detection"], "float32")
         class_ids = ops.cast(detections[..., 4], "int32")
-        boxes = ops.cast(ops.round(detections[..., :4] * scale + shift), "int32")
+        boxes_float = detections[..., :4] * scale + shift
+        boxes = ops.cast(ops.round(boxes_float), "int32")
         # detect() keeps the rows before the first empty one.
         empty = ops.cast(class_ids == 0, "int32")
         num = ops.sum(ops.cast(ops.cumsum(empty, axis=1) == 0, "int32"), axis=1)
         mask = ops.cast(outputs["mrcnn_mask"], "float32")  # [B, D, mh, mw, C]
         masks = ops.take_along_axis(mask, class_ids[:, :, None, None, None], axis=4)[..., 0]
-        return {"boxes": boxes, "class_ids": class_ids, "scores": detections[..., 5],
+        return {"boxes": boxes, "boxes_float": boxes_float, "class_ids": class_ids, "scores": detections[..., 5],
                 "masks": masks, "num_detections": num}
 
     return serve

@@ -680,7 +680,8 @@ class MaskRCNN:
                           original_image_shape, image_shape, window):
         """Convert one image's padded detections to original-image boxes and full masks.
 
-        See ``transform.unmold_detections`` (masks are pasted with OpenCV).
+        See ``transform.unmold_detections`` (masks are pasted with OpenCV, onto the boxes
+        before rounding unless ``Config.MASK_PASTE = "integer"``).
 
         Args:
             detections: [D, (y1, x1, y2, x2, class_id, score)] normalized.
@@ -692,8 +693,9 @@ class MaskRCNN:
         Returns:
             boxes [N, 4] int32 pixels, class_ids [N] int32, scores [N], masks bool [H, W, N].
         """
-        return transform.unmold_detections(detections, mrcnn_mask, original_image_shape,
-                                           image_shape, window)
+        return transform.unmold_detections(
+            detections, mrcnn_mask, original_image_shape, image_shape, window,
+            subpixel=self.config.MASK_PASTE == "subpixel")
 
     def _predictor(self, model: keras.Model) -> _Predictor:
         key = id(model)

@@ -559,12 +559,16 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_shape: Sequence[int]
     """Paste mask-head outputs into full-image masks, one ``cv2.warpAffine`` per instance.
 
     Each mask is resampled bilinearly onto its box with half-pixel centres and a zero
-    border (what ``skimage.transform.resize(mode="constant")`` gave), straight into the
-    part of the box inside the image, then thresholded.
+    border (what ``skimage.transform.resize(mode="constant")`` gave for integer boxes),
+    straight into the part of the box inside the image, then thresholded. Boxes may have
+    fractional coordinates (detectron2's sub-pixel paste): every pixel whose centre falls
+    in the box samples the mask where that centre lies, so a box is not first rounded to
+    whole pixels, which on objects a dozen pixels across costs mask IoU.
 
     Args:
         masks: [N, mask_h, mask_w] float masks in 0..1.
-        boxes: [N, (y1, x1, y2, x2)] integer boxes in the image (may cross its border).
+        boxes: [N, (y1, x1, y2, x2)] boxes in image pixels (y2, x2 exclusive; integer or
+            fractional; they may cross the image border).
         image_shape: shape of the image; the first two entries are used.
         threshold: a pixel is in the mask when its resampled value is >= threshold.
 
@@ -576,17 +580,20 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_shape: Sequence[int]
     cv2 = _cv2()
     height, width = int(image_shape[0]), int(image_shape[1])
     masks = np.asarray(masks, dtype=np.float32)
-    boxes = np.asarray(boxes).reshape(-1, 4).astype(np.int64)
+    boxes = np.asarray(boxes).reshape(-1, 4).astype(np.float64)
     full = _zeros_untouched((boxes.shape[0], height, width))
     if not boxes.shape[0]:
         return np.moveaxis(full, 0, -1)
     mask_h, mask_w = masks.shape[1:3]
+    # The pixels the box touches (equal to the box for integer boxes), inside the image.
+    regions = np.concatenate([np.floor(boxes[:, :2]), np.ceil(boxes[:, 2:])], axis=1)
+    regions = np.clip(regions, 0, [height, width, height, width]).astype(np.int64)
     flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
-    for i, (y1, x1, y2, x2) in enumerate(boxes.tolist()):
-        ty1, tx1, ty2, tx2 = max(y1, 0), max(x1, 0), min(y2, height), min(x2, width)
+    for i, ((y1, x1, y2, x2), (ty1, tx1, ty2, tx2)) in enumerate(
+            zip(boxes.tolist(), regions.tolist())):
         if y2 <= y1 or x2 <= x1 or ty2 <= ty1 or tx2 <= tx1:
             continue
-        # Source pixel of output pixel v of the clipped region: (v + t1 - b1 + 0.5) / s - 0.5.
+        # Source pixel of output pixel v of the region: (v + t1 - b1 + 0.5) / s - 0.5.
         sy, sx = (y2 - y1) / mask_h, (x2 - x1) / mask_w
         matrix = np.array([[1 / sx, 0, (tx1 - x1 + 0.5) / sx - 0.5],
                            [0, 1 / sy, (ty1 - y1 + 0.5) / sy - 0.5]])
@@ -596,19 +603,20 @@ def paste_masks(masks: np.ndarray, boxes: np.ndarray, image_shape: Sequence[int]
     return np.moveaxis(full, 0, -1)
 
 
-def unmold_mask(mask: np.ndarray, bbox: Sequence[int], image_shape: Sequence[int]) -> np.ndarray:
+def unmold_mask(mask: np.ndarray, bbox: Sequence[float], image_shape: Sequence[int]) -> np.ndarray:
     """Turn one mask-head output into a full-image mask.
 
     Args:
         mask: [mask_h, mask_w] float mask in 0..1 (one class channel of the mask head).
-        bbox: (y1, x1, y2, x2) integer box of the instance in the image.
+        bbox: (y1, x1, y2, x2) box of the instance in the image: integer pixels
+            (Matterport), or fractional ones for a sub-pixel paste (``paste_masks``).
         image_shape: shape of the image; the first two entries are used.
 
     Returns:
         bool [height, width]: the mask resized to the box (bilinear) and thresholded at
         0.5. The parts of the box outside the image are dropped.
     """
-    bbox = np.asarray([int(v) for v in bbox[:4]])
+    bbox = np.asarray(bbox[:4], dtype=np.float64)
     return np.ascontiguousarray(paste_masks(np.asarray(mask)[None], bbox[None],
                                             image_shape)[:, :, 0])
 
@@ -751,6 +759,7 @@ def unmold_detections(
     original_image_shape: Sequence[int],
     image_shape: Sequence[int],
     window: Sequence[int],
+    subpixel: bool = True,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Convert one image's padded detections to original-image boxes and full masks.
 
@@ -761,10 +770,13 @@ def unmold_detections(
         original_image_shape: [H, W, C] before resizing.
         image_shape: [h, w, C] of the molded image.
         window: [4] pixel window of the image inside the molded image.
+        subpixel: paste each mask onto its box before rounding (``Config.MASK_PASTE =
+            "subpixel"``); False pastes onto the rounded box, as Matterport did
+            ("integer"). The boxes returned are rounded either way.
 
     Returns:
         boxes [N, 4] int32 pixels, class_ids [N] int32, scores [N], masks bool [H, W, N].
-        Boxes of zero area are dropped.
+        Boxes of zero area (after rounding) are dropped.
     """
     detections = np.asarray(detections)
     zero_ix = np.flatnonzero(detections[:, 4] == 0)
@@ -785,10 +797,10 @@ def unmold_detections(
     extent = (window_n[2:] - window_n[:2])[[0, 1, 0, 1]]
     oh, ow = float(original_image_shape[0]), float(original_image_shape[1])
     boxes = (boxes - shift) / extent
-    boxes = np.around(boxes * np.array([oh - 1, ow - 1, oh - 1, ow - 1])
-                      + np.array([0.0, 0.0, 1.0, 1.0])).astype(np.int32)
+    exact = boxes * np.array([oh - 1, ow - 1, oh - 1, ow - 1]) + np.array([0.0, 0.0, 1.0, 1.0])
+    boxes = np.around(exact).astype(np.int32)
 
     keep = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) > 0
     boxes, class_ids, scores, masks = boxes[keep], class_ids[keep], scores[keep], masks[keep]
-    full_masks = paste_masks(masks, boxes, original_image_shape)
+    full_masks = paste_masks(masks, exact[keep] if subpixel else boxes, original_image_shape)
     return boxes, class_ids, scores, full_masks

@@ -72,6 +72,7 @@ CASES = (
        ({"NORM": "gn", "GN_GROUPS": 128}, "GN_GROUPS", "64 channels of conv1"),
        ({"BOX_HEAD": "3fc"}, "BOX_HEAD", "'2fc', '4conv1fc'"),
        ({"DETECTION_SCORE_MODE": "max"}, "DETECTION_SCORE_MODE", "'argmax', 'foreground'"),
+       ({"MASK_PASTE": "bilinear"}, "MASK_PASTE", "'subpixel', 'integer'"),
        ({"OPTIMIZER": "adam"}, "OPTIMIZER", "'sgd', 'adamw'"),
        ({"LR_SCHEDULE": "step"}, "LR_SCHEDULE", "'constant', 'plateau', 'cosine'"),
        ({"LR_PLATEAU_FACTOR": 1.0}, "LR_PLATEAU_FACTOR", "(0, 1)"),

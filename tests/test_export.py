@@ -129,7 +129,10 @@ def test_saved_model_serves_the_same_detections_without_mrcnn(detector, tmp_path
     for i, image in enumerate(batch):
         n = int(out["num_detections"][i])
         boxes = out["boxes"][i, :n]
-        full = [utils.unmold_mask(m, b, image.shape) for m, b in zip(out["masks"][i, :n], boxes)]
+        # detect() pastes onto the boxes before rounding (MASK_PASTE = "subpixel").
+        exact = out["boxes_float"][i, :n]
+        np.testing.assert_array_equal(np.round(exact).astype(np.int32), boxes)
+        full = [utils.unmold_mask(m, b, image.shape) for m, b in zip(out["masks"][i, :n], exact)]
         served.append({"rois": boxes, "class_ids": out["class_ids"][i, :n],
                        "scores": out["scores"][i, :n],
                        "masks": np.stack(full, -1) if full else np.zeros((64, 64, 0), bool)})

@@ -240,12 +240,19 @@ def _smooth_masks(rng, count, size=28):
     return np.clip(1 / (1 + np.exp(8 * (d - 1))) + noise, 0, 1).astype(np.float32)
 
 
+def _random_boxes(draw, n, corner_range, size_range):
+    """[n, (y1, x1, y2, x2)] boxes: corners from draw(lo, hi, n) in corner_range (y, x),
+    sizes from draw(lo, hi, n) in size_range."""
+    (y_lo, y_hi), (x_lo, x_hi) = corner_range
+    y1, x1 = draw(y_lo, y_hi, n), draw(x_lo, x_hi, n)
+    return np.stack([y1, x1, y1 + draw(*size_range, n), x1 + draw(*size_range, n)], 1)
+
+
 def test_paste_masks_within_half_a_percent_of_skimage():
     rng = np.random.default_rng(5)
     shape = (300, 400)
     masks = _smooth_masks(rng, 60)
-    y1, x1 = rng.integers(-20, 280, 60), rng.integers(-20, 380, 60)
-    boxes = np.stack([y1, x1, y1 + rng.integers(1, 200, 60), x1 + rng.integers(1, 200, 60)], 1)
+    boxes = _random_boxes(rng.integers, 60, ((-20, 280), (-20, 380)), (1, 200))
     boxes[0] = (50, 50, 50, 80)  # empty box
     pasted = transform.paste_masks(masks, boxes, shape)
     assert pasted.shape == shape + (60,) and pasted.dtype == bool
@@ -254,6 +261,52 @@ def test_paste_masks_within_half_a_percent_of_skimage():
     assert (pasted != expected).sum() <= 0.005 * expected.sum()
     # One instance through Matterport's single-mask name.
     np.testing.assert_array_equal(utils.unmold_mask(masks[3], boxes[3], shape), pasted[..., 3])
+
+
+def _reference_paste(mask, box, shape, threshold=0.5):
+    """Sub-pixel paste by definition: every pixel centre inside the image, mapped into the
+    mask's pixel grid stretched over the box, sampled bilinearly with zeros outside."""
+    from scipy import ndimage
+
+    y1, x1, y2, x2 = (float(v) for v in box)
+    h, w = mask.shape
+    rows, cols = np.mgrid[0:shape[0], 0:shape[1]].astype(np.float64)
+    src_y = (rows + 0.5 - y1) * h / (y2 - y1) - 0.5
+    src_x = (cols + 0.5 - x1) * w / (x2 - x1) - 0.5
+    # Zero border one pixel out, as bilinear sampling with a constant border blends it.
+    padded = np.pad(mask.astype(np.float64), 1)
+    values = ndimage.map_coordinates(padded, [src_y + 1, src_x + 1], order=1, mode="constant",
+                                     cval=0.0)
+    inside = (rows + 1 > y1) & (rows < y2) & (cols + 1 > x1) & (cols < x2)
+    return (values >= threshold) & inside
+
+
+def test_paste_masks_with_fractional_boxes_samples_at_pixel_centres():
+    rng = np.random.default_rng(9)
+    shape = (120, 150)
+    masks = _smooth_masks(rng, 30)
+    boxes = _random_boxes(rng.uniform, 30, ((-10, 100), (-10, 130)), (3, 40))
+    pasted = transform.paste_masks(masks, boxes, shape)
+    want = np.stack([_reference_paste(m, b, shape) for m, b in zip(masks, boxes)], -1)
+    # OpenCV resamples with 1/32-pixel fixed-point weights: a few threshold-edge pixels.
+    assert (pasted != want).sum() <= 0.002 * want.sum()
+    # Integer boxes given as floats paste exactly as integer boxes.
+    whole = np.round(boxes)
+    np.testing.assert_array_equal(transform.paste_masks(masks, whole, shape),
+                                  transform.paste_masks(masks, whole.astype(np.int64), shape))
+    # Analytic: a mask whose left half is 1 on a box with fractional edges. The 0.5 level
+    # (between mask columns 13 and 14) lands at x = 3.6 + 14 / 28 * 5.6 = 6.4, so pixel
+    # columns 4 and 5 (centres 4.5, 5.5) are in and column 6 (centre 6.5) is out; rows
+    # 2..6 have their centres in [2.3, 7.4). Rounding the box to (2, 4, 7, 9) first, as
+    # Matterport did, would move the level to 6.5 and take column 6 in.
+    half = np.zeros((1, 28, 28), np.float32)
+    half[:, :, :14] = 1
+    got = transform.paste_masks(half, [[2.3, 3.6, 7.4, 9.2]], (12, 12))[..., 0]
+    expected = np.zeros((12, 12), bool)
+    expected[2:7, 4:6] = True
+    np.testing.assert_array_equal(got, expected)
+    rounded = transform.paste_masks(half, [[2, 4, 7, 9]], (12, 12))[..., 0]
+    assert rounded[2:7, 6].all()
 
 
 def test_unmold_detections_matches_the_previous_implementation():
@@ -271,12 +324,31 @@ def test_unmold_detections_matches_the_previous_implementation():
         detections[3, 2] = detections[3, 0]  # zero height: dropped
         mrcnn_mask = np.moveaxis(np.stack([_smooth_masks(rng, d + 5)
                                            for _ in range(num_classes)]), 0, -1)
-        new = transform.unmold_detections(detections, mrcnn_mask, original, image_shape, window)
+        new = transform.unmold_detections(detections, mrcnn_mask, original, image_shape, window,
+                                          subpixel=False)
         old = _old_unmold_detections(detections, mrcnn_mask, original, image_shape, window)
         for got, want in zip(new[:3], old[:3]):
             np.testing.assert_array_equal(got, want)
         assert new[3].shape == old[3].shape and new[3].dtype == bool
         assert (new[3] != old[3]).sum() <= 0.005 * old[3].sum()
+        # Sub-pixel paste: the same detections and boxes; each mask is the paste onto the
+        # box before Matterport's rounding.
+        sub = transform.unmold_detections(detections, mrcnn_mask, original, image_shape, window)
+        for got, want in zip(sub[:3], old[:3]):
+            np.testing.assert_array_equal(got, want)
+        wy1, wx1, wy2, wx2 = utils.norm_boxes(np.asarray(window), image_shape[:2])
+        n = len(detections) - 5
+        norm = (detections[:n, :4] - np.array([wy1, wx1, wy1, wx1])) / np.array(
+            [wy2 - wy1, wx2 - wx1, wy2 - wy1, wx2 - wx1])
+        oh, ow = original[:2]
+        exact = norm * [oh - 1, ow - 1, oh - 1, ow - 1] + [0, 0, 1, 1]
+        kept = np.flatnonzero((np.round(exact[:, 2]) - np.round(exact[:, 0]))
+                              * (np.round(exact[:, 3]) - np.round(exact[:, 1])) > 0)
+        masks = mrcnn_mask[kept, :, :, detections[kept, 4].astype(int)]
+        want = np.stack([_reference_paste(m, b, original) for m, b in zip(masks, exact[kept])], -1)
+        assert sub[3].shape == want.shape
+        assert (sub[3] != want).sum() <= 0.002 * want.sum()
+        assert (sub[3] != new[3]).any()  # the rounding did change masks
 
 
 def test_mold_batch_is_mold_image_zero_padded():
