@@ -267,21 +267,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
         for seed in range(args.first_seed, args.first_seed + args.seeds):
             for contender in contenders:
                 t = time.perf_counter()
-                logs = os.path.join(keep or tmp, "logs", contender["spec"].replace("@", "_"), str(seed))
+                logs = os.path.join(keep or tmp, "logs", contender["spec"].replace("@", "_"),
+                                    str(seed))
                 result = run_worker(contender, worker_settings(contender, seed, data, logs, args),
                                     args)
                 versions[contender["spec"]] = result.get("versions", {})
-                for epoch in result["epochs"]:
-                    scores = score(gt, epoch["detections"])
-                    rows.append({"contender": contender["spec"], "seed": seed,
-                                 "epoch": epoch["epoch"], "images": epoch["images"],
-                                 "train_wall": epoch["train_wall"],
-                                 "train_cpu": epoch["train_cpu"], **scores})
+                seed_rows = [{"contender": contender["spec"], "seed": seed,
+                              "epoch": epoch["epoch"], "images": epoch["images"],
+                              "train_wall": epoch["train_wall"],
+                              "train_cpu": epoch["train_cpu"],
+                              **score(gt, epoch["detections"])}
+                             for epoch in result["epochs"]]
+                rows.extend(seed_rows)
                 if args.rows:  # every seed as it ends, so a cut-short run keeps its data
-                    with open(args.rows, "a") as f:
-                        for row in rows:
-                            if row["contender"] == contender["spec"] and row["seed"] == seed:
-                                f.write(json.dumps(row) + "\n")
+                    with open(args.rows, "a", encoding="utf-8") as f:
+                        f.writelines(json.dumps(row) + "\n" for row in seed_rows)
                 last = rows[-1]
                 print(f"{contender['spec']} seed {seed}: AP50 {last['AP50']:.3f} AP "
                       f"{last['AP']:.3f} after {last['images']} images "

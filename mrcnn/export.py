@@ -60,8 +60,8 @@ def serving_function(model: keras.Model, config, image_size: tuple[int, int]):
     Returns:
         A function of a [B, H, W, C] uint8 tensor returning ``SERVING_OUTPUTS``: boxes
         [B, D, (y1, x1, y2, x2)] int32 pixels, boxes_float [B, D, 4] float32 the same
-        before rounding (what ``detect()`` pastes masks onto), class_ids [B, D] int32, scores [B, D]
-        float32, masks [B, D, mh, mw] float32 probabilities of each box's class, and
+        before rounding (what ``detect()`` pastes masks onto), class_ids [B, D] int32,
+        scores [B, D] float32, masks [B, D, mh, mw] float32 probabilities of each box's class, and
         num_detections [B] int32 (rows past it are zero padding), D =
         DETECTION_MAX_INSTANCES.
     """
@@ -91,8 +91,8 @@ def serving_function(model: keras.Model, config, image_size: tuple[int, int]):
         num = ops.sum(ops.cast(ops.cumsum(empty, axis=1) == 0, "int32"), axis=1)
         mask = ops.cast(outputs["mrcnn_mask"], "float32")  # [B, D, mh, mw, C]
         masks = ops.take_along_axis(mask, class_ids[:, :, None, None, None], axis=4)[..., 0]
-        return {"boxes": boxes, "boxes_float": boxes_float, "class_ids": class_ids, "scores": detections[..., 5],
-                "masks": masks, "num_detections": num}
+        return {"boxes": boxes, "boxes_float": boxes_float, "class_ids": class_ids,
+                "scores": detections[..., 5], "masks": masks, "num_detections": num}
 
     return serve
 
