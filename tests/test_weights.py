@@ -81,15 +81,18 @@ def test_detect_returns_original_image_coordinates(trained_like):
         expected = (molded - np.array(window)[[0, 1, 0, 1]]) / scale
         np.testing.assert_allclose(rois, expected, atol=2.0)
         assert (rois[:, :2] >= 0).all() and (rois[:, 2] <= h).all() and (rois[:, 3] <= w).all()
-        # Masks are full-image and (the mask head says "all object") fill their box: pasted
-        # onto the unrounded box (MASK_PASTE = "subpixel"), the pixels along the rounded
-        # box's edge that the box covers by less than half may stay out, none outside it.
-        for i, (y1, x1, y2, x2) in enumerate(rois):
-            box = np.zeros((h, w), bool)
-            box[y1:y2, x1:x2] = True
-            inner = np.zeros((h, w), bool)
-            inner[y1 + 1:y2 - 1, x1 + 1:x2 - 1] = True
-            assert not (masks[..., i] & ~box).any() and masks[..., i][inner].all()
+        # Masks are full-image and (the mask head says "all object") fill their box as
+        # predicted, before rounding (MASK_PASTE = "subpixel"): Matterport's denorm_boxes
+        # without its rounding, pasted (paste_masks is checked against a scipy reference
+        # in test_transform).
+        wy1, wx1, wy2, wx2 = utils.norm_boxes(np.asarray(window), config.IMAGE_SHAPE[:2])
+        norm = (real[:, :4] - np.array([wy1, wx1, wy1, wx1])) / np.array(
+            [wy2 - wy1, wx2 - wx1, wy2 - wy1, wx2 - wx1])
+        exact = norm * [h - 1, w - 1, h - 1, w - 1] + [0, 0, 1, 1]
+        np.testing.assert_array_equal(np.round(exact).astype(np.int32), rois)
+        for i, box in enumerate(exact):
+            want = utils.unmold_mask(np.ones(config.MASK_SHAPE), box, image.shape)
+            np.testing.assert_array_equal(masks[..., i], want)
     assert total > 0
 
 
