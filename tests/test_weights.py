@@ -54,10 +54,11 @@ def trained_like(tmp_path_factory):
 def test_detect_returns_original_image_coordinates(trained_like):
     model, _, images, results = trained_like
     config = model.config
-    graph = model.run_graph(images, [("detections", "mrcnn_detection")])
+    graph = model.run_graph(images, [("detections", "mrcnn_detection"), ("masks", "mrcnn_mask")])
     assert len(results) == len(images)
     total = 0
-    for image, result, detections in zip(images, results, graph["detections"]):
+    for image, result, detections, head_masks in zip(images, results, graph["detections"],
+                                                      graph["masks"]):
         h, w = image.shape[:2]
         rois, class_ids, scores, masks = (result[k] for k in ("rois", "class_ids", "scores",
                                                               "masks"))
@@ -81,17 +82,20 @@ def test_detect_returns_original_image_coordinates(trained_like):
         expected = (molded - np.array(window)[[0, 1, 0, 1]]) / scale
         np.testing.assert_allclose(rois, expected, atol=2.0)
         assert (rois[:, :2] >= 0).all() and (rois[:, 2] <= h).all() and (rois[:, 3] <= w).all()
-        # Masks are full-image and (the mask head says "all object") fill their box as
-        # predicted, before rounding (MASK_PASTE = "subpixel"): Matterport's denorm_boxes
-        # without its rounding, pasted (paste_masks is checked against a scipy reference
-        # in test_transform).
+        # Masks are full-image and are the mask head's output (about 1 everywhere: "all
+        # object") pasted onto the box as predicted, before rounding (MASK_PASTE =
+        # "subpixel"): Matterport's denorm_boxes without its rounding (paste_masks is
+        # checked against a scipy reference in test_transform). The head's own values, not
+        # ones: a box edge on the image border half-covers the last pixel, which a mask of
+        # 1 - 5e-5 leaves out (0.49998 < 0.5) and a mask of exactly 1 keeps.
         wy1, wx1, wy2, wx2 = utils.norm_boxes(np.asarray(window), config.IMAGE_SHAPE[:2])
         norm = (real[:, :4] - np.array([wy1, wx1, wy1, wx1])) / np.array(
             [wy2 - wy1, wx2 - wx1, wy2 - wy1, wx2 - wx1])
         exact = norm * [h - 1, w - 1, h - 1, w - 1] + [0, 0, 1, 1]
         np.testing.assert_array_equal(np.round(exact).astype(np.int32), rois)
         for i, box in enumerate(exact):
-            want = utils.unmold_mask(np.ones(config.MASK_SHAPE), box, image.shape)
+            want = utils.unmold_mask(head_masks[i, :, :, class_ids[i]], box, image.shape)
+            assert want[int(np.ceil(box[0])):int(box[2]), int(np.ceil(box[1])):int(box[3])].all()
             np.testing.assert_array_equal(masks[..., i], want)
     assert total > 0
 
