@@ -144,6 +144,12 @@ def replacing(path: str, newline: str | None = None) -> Iterator[IO[str]]:
         The open temporary file.
     """
     tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8", newline=newline) as f:
-        yield f
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="utf-8", newline=newline) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        # The old file stays as it was; the half-written one is not left beside it.
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise

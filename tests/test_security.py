@@ -140,6 +140,23 @@ def test_publish_never_replaces(tmp_path):
     assert (tmp_path / "final").read_text() == "first" and not (tmp_path / "part").exists()
 
 
+def test_replacing_writes_whole_or_not_at_all(tmp_path):
+    from mrcnn.paths import replacing
+
+    target = tmp_path / "results.csv"
+    target.write_text("epoch,AP\n1,0.5\n")
+    with replacing(str(target)) as f:
+        f.write("epoch,AP\n1,0.5\n2,0.6\n")
+    assert target.read_text() == "epoch,AP\n1,0.5\n2,0.6\n"
+    with pytest.raises(RuntimeError, match="disk full"):
+        with replacing(str(target)) as f:
+            f.write("epoch,AP\n")
+            raise RuntimeError("disk full")
+    # The saved file is untouched and no half-written temporary is left beside it.
+    assert target.read_text() == "epoch,AP\n1,0.5\n2,0.6\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv"]
+
+
 def test_nucleus_detect_twice_in_one_second_writes_two_folders(tmp_path, monkeypatch):
     from samples.nucleus import nucleus
 
