@@ -11,7 +11,7 @@ import skimage.transform
 from mrcnn import transform, utils
 from mrcnn.config import Config
 from mrcnn.model import MaskRCNN
-from tests.tiny import TinyFastConfig
+from tests.tiny import TinyFastConfig, unrounded_boxes
 
 ############################################################
 #  The previous implementation (commit dece6be), the reference
@@ -336,12 +336,8 @@ def test_unmold_detections_matches_the_previous_implementation():
         sub = transform.unmold_detections(detections, mrcnn_mask, original, image_shape, window)
         for got, want in zip(sub[:3], old[:3]):
             np.testing.assert_array_equal(got, want)
-        wy1, wx1, wy2, wx2 = utils.norm_boxes(np.asarray(window), image_shape[:2])
         n = len(detections) - 5
-        norm = (detections[:n, :4] - np.array([wy1, wx1, wy1, wx1])) / np.array(
-            [wy2 - wy1, wx2 - wx1, wy2 - wy1, wx2 - wx1])
-        oh, ow = original[:2]
-        exact = norm * [oh - 1, ow - 1, oh - 1, ow - 1] + [0, 0, 1, 1]
+        exact = unrounded_boxes(detections[:n], window, image_shape, original)
         kept = np.flatnonzero((np.round(exact[:, 2]) - np.round(exact[:, 0]))
                               * (np.round(exact[:, 3]) - np.round(exact[:, 1])) > 0)
         masks = mrcnn_mask[kept, :, :, detections[kept, 4].astype(int)]

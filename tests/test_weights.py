@@ -16,7 +16,8 @@ import pytest
 from mrcnn import utils
 from mrcnn.model import MaskRCNN
 from mrcnn.weights import weighted_layers
-from tests.tiny import TinyConfig, TinyFastConfig, force_detections, shapes_dataset
+from tests.tiny import (TinyConfig, TinyFastConfig, force_detections, shapes_dataset,
+                        unrounded_boxes)
 
 EXCLUDE = ["mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_mask"]
 
@@ -88,10 +89,7 @@ def test_detect_returns_original_image_coordinates(trained_like):
         # checked against a scipy reference in test_transform). The head's own values, not
         # ones: a box edge on the image border half-covers the last pixel, which a mask of
         # 1 - 5e-5 leaves out (0.49998 < 0.5) and a mask of exactly 1 keeps.
-        wy1, wx1, wy2, wx2 = utils.norm_boxes(np.asarray(window), config.IMAGE_SHAPE[:2])
-        norm = (real[:, :4] - np.array([wy1, wx1, wy1, wx1])) / np.array(
-            [wy2 - wy1, wx2 - wx1, wy2 - wy1, wx2 - wx1])
-        exact = norm * [h - 1, w - 1, h - 1, w - 1] + [0, 0, 1, 1]
+        exact = unrounded_boxes(real, window, config.IMAGE_SHAPE, image.shape)
         np.testing.assert_array_equal(np.round(exact).astype(np.int32), rois)
         for i, box in enumerate(exact):
             want = utils.unmold_mask(head_masks[i, :, :, class_ids[i]], box, image.shape)

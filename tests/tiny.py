@@ -75,6 +75,30 @@ def force_detections(keras_model) -> None:
     mask.set_weights([np.zeros_like(kernel), np.full_like(bias, 10.0)])
 
 
+def unrounded_boxes(detections, window, molded_shape, original_shape) -> np.ndarray:
+    """Detection boxes in original-image pixels before rounding, recomputed independently of
+    ``transform.unmold_detections``: Matterport's norm_boxes of the window, the shift and
+    scale into it, then denorm_boxes without its rounding (what MASK_PASTE = "subpixel"
+    pastes onto).
+
+    Args:
+        detections: [N, >= 4] rows whose first four entries are normalized molded boxes.
+        window: the image's pixel window inside the molded image.
+        molded_shape: shape of the molded image (first two entries used).
+        original_shape: shape of the original image (first two entries used).
+
+    Returns:
+        [N, (y1, x1, y2, x2)] float boxes (y2, x2 exclusive).
+    """
+    from mrcnn import utils
+
+    wy1, wx1, wy2, wx2 = utils.norm_boxes(np.asarray(window), molded_shape[:2])
+    norm = (np.asarray(detections)[:, :4] - np.array([wy1, wx1, wy1, wx1])) / np.array(
+        [wy2 - wy1, wx2 - wx1, wy2 - wy1, wx2 - wx1])
+    h, w = original_shape[:2]
+    return norm * [h - 1, w - 1, h - 1, w - 1] + [0, 0, 1, 1]
+
+
 def start_background(args: list[str], log_path, **env: str):
     """Start ``python args...`` from the repository root with ``env`` added, its output to
     ``log_path`` (a file: a full pipe would block it); collect it with ``background_result``.
