@@ -7,12 +7,12 @@ then a 1x1 conv) and the GN paper's "4conv1fc" (four 3x3 convs, one fc).
 from __future__ import annotations
 
 import keras
-from keras import initializers, layers, ops
+from keras import layers, ops
 
+from mrcnn import initializers
 from mrcnn.component import Component
 from mrcnn.norm import norm_layer
 from mrcnn.roi_align import FlattenRois, PyramidROIAlign, UnflattenRois
-from mrcnn.rpn import predictor_init
 
 
 @keras.saving.register_keras_serializable(package="mrcnn")
@@ -71,10 +71,11 @@ def fpn_classifier_graph(rois, feature_maps: list, pool_size: int, num_classes: 
     x = FlattenRois(name="mrcnn_class_flatten_rois")(x)
     if design == "2fc":
         x = Conv2D(fc_size, pool_size, padding="valid", name="mrcnn_class_conv1",
-                   kernel_initializer="he_normal")(x)
+                   kernel_initializer=initializers.box_fc(norm))(x)
         x = norm_layer(norm, "mrcnn_class_bn1", groups)(x)
         x = layers.Activation("relu")(x)
-        x = Conv2D(fc_size, 1, name="mrcnn_class_conv2", kernel_initializer="he_normal")(x)
+        x = Conv2D(fc_size, 1, name="mrcnn_class_conv2",
+                   kernel_initializer=initializers.box_fc(norm))(x)
         x = norm_layer(norm, "mrcnn_class_bn2", groups)(x)
         x = layers.Activation("relu")(x)
         x = layers.Reshape((fc_size,), name="pool_squeeze")(x)
@@ -89,16 +90,15 @@ def fpn_classifier_graph(rois, feature_maps: list, pool_size: int, num_classes: 
         x = layers.Activation("relu", name="pool_squeeze")(x)
     shared = UnflattenRois(num_rois, name="mrcnn_class_shared")(x)
 
-    # Class logits start near uniform (N(0, 0.01)) and box deltas near zero (N(0, 0.001):
-    # detections start at their ROIs), as in Detectron; see rpn.predictor_init. Not exactly
-    # zero: the ground-truth boxes join the ROIs (TRAIN_ROIS_INCLUDE_GT) with zero targets,
-    # and zero predictions there would give the layer no gradient at all in early steps.
+    # With frozen BN the logits start near uniform and the deltas near zero (see
+    # mrcnn.initializers).
     mrcnn_class_logits = layers.Dense(num_classes, name="mrcnn_class_logits",
-                                      kernel_initializer=predictor_init())(shared)
+                                      kernel_initializer=initializers.class_predictor(norm))(
+                                          shared)
     mrcnn_probs = layers.Activation("softmax", name="mrcnn_class", dtype="float32")(
         mrcnn_class_logits)
     x = layers.Dense(num_classes * 4, activation="linear", name="mrcnn_bbox_fc",
-                     kernel_initializer=initializers.RandomNormal(stddev=0.001))(shared)
+                     kernel_initializer=initializers.box_delta_predictor(norm))(shared)
     mrcnn_bbox = layers.Reshape((num_rois, num_classes, 4), name="mrcnn_bbox")(x)
     return [mrcnn_class_logits, mrcnn_probs, mrcnn_bbox]
 

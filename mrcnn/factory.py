@@ -60,9 +60,9 @@ def fpn_from_config(config) -> FPN:
 
 def rpn_head_from_config(config) -> RPNHead:
     """The RPN head of Config.RPN_ANCHOR_RATIOS, RPN_ANCHOR_STRIDE, TOP_DOWN_PYRAMID_SIZE,
-    RPN_CONV_CHANNELS."""
+    RPN_CONV_CHANNELS, NORM."""
     return RPNHead(len(config.RPN_ANCHOR_RATIOS), config.RPN_ANCHOR_STRIDE,
-                   config.TOP_DOWN_PYRAMID_SIZE, config.RPN_CONV_CHANNELS)
+                   config.TOP_DOWN_PYRAMID_SIZE, config.RPN_CONV_CHANNELS, norm=config.NORM)
 
 
 def box_head_from_config(config) -> BoxHead:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from keras import layers
 
+from mrcnn import initializers
 from mrcnn.component import Component
 from mrcnn.norm import norm_layer
 
@@ -25,12 +26,8 @@ def fpn_graph(c2, c3, c4, c5, pyramid_size: int = 256, norm: str = "frozen_bn",
     """
 
     def conv(x, kernel: int, name: str):
-        # The FPN convs are linear (no ReLU), so LeCun initialization is the one that keeps
-        # the activations' scale (He's factor 2 compensates a ReLU that is not there, and
-        # the top-down sums add to it). It matters from scratch with frozen BN, where nothing
-        # normalizes them before the RPN and the heads.
         x = layers.Conv2D(pyramid_size, kernel, padding="same", name=name,
-                          kernel_initializer="lecun_normal")(x)
+                          kernel_initializer=initializers.fpn_conv(norm))(x)
         if norm == "gn":
             x = norm_layer("gn", name + "_gn", gn_groups)(x)
         return x

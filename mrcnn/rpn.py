@@ -7,23 +7,16 @@ import warnings
 
 import keras
 import numpy as np
-from keras import initializers, layers, ops
+from keras import layers, ops
 
+from mrcnn import initializers
 from mrcnn.anchors import pyramid_anchors
 from mrcnn.component import Component
 from mrcnn.layer_config import PlainConfigMixin
 
 
-def predictor_init() -> initializers.Initializer:
-    """Initializer of the classification predictors (RPN and box head): Detectron's
-    N(0, 0.01). Small enough that the first scores are near uniform, not zero, so scores
-    still differ and the first proposals and detections are not all tied. A new instance per
-    layer: an unseeded Keras initializer instance returns the same values at every call."""
-    return initializers.RandomNormal(stddev=0.01)
-
-
 def rpn_graph(feature_map, anchors_per_location: int, anchor_stride: int,
-              channels: int = 512):
+              channels: int = 512, norm: str = "frozen_bn"):
     """The RPN head on one feature map.
 
     Args:
@@ -31,6 +24,7 @@ def rpn_graph(feature_map, anchors_per_location: int, anchor_stride: int,
         anchors_per_location: anchors per feature-map cell (len(RPN_ANCHOR_RATIOS)).
         anchor_stride: 1 = anchors at every cell, 2 = every other cell.
         channels: width of the shared conv (Config.RPN_CONV_CHANNELS).
+        norm: Config.NORM, which picks the predictors' initializers (``mrcnn.initializers``).
 
     Returns:
         rpn_class_logits [B, H*W*anchors, 2], rpn_probs [B, H*W*anchors, 2] (background,
@@ -40,23 +34,23 @@ def rpn_graph(feature_map, anchors_per_location: int, anchor_stride: int,
     """
     shared = layers.Conv2D(channels, 3, padding="same", activation="relu", strides=anchor_stride,
                            name="rpn_conv_shared")(feature_map)
-    # Predictors start small (class, as in Detectron: N(0, 0.01)) or at zero (deltas: every
-    # proposal starts as its anchor). A random deltas layer on unnormalized features made
-    # the first proposals exp() of huge deltas and the first rpn_bbox_loss ~1e4.
+    # With frozen BN the predictors start small or at zero (see mrcnn.initializers).
     x = layers.Conv2D(2 * anchors_per_location, 1, padding="valid", activation="linear",
-                      kernel_initializer=predictor_init(), name="rpn_class_raw")(shared)
+                      kernel_initializer=initializers.class_predictor(norm),
+                      name="rpn_class_raw")(shared)
     rpn_class_logits = layers.Reshape((-1, 2))(x)
     # float32 so that mixed precision keeps the probabilities (and losses) accurate.
     rpn_probs = layers.Activation("softmax", name="rpn_class_xxx", dtype="float32")(
         rpn_class_logits)
     x = layers.Conv2D(4 * anchors_per_location, 1, padding="valid", activation="linear",
-                      kernel_initializer="zeros", name="rpn_bbox_pred")(shared)
+                      kernel_initializer=initializers.rpn_delta_predictor(norm),
+                      name="rpn_bbox_pred")(shared)
     rpn_bbox = layers.Reshape((-1, 4))(x)
     return [rpn_class_logits, rpn_probs, rpn_bbox]
 
 
 def build_rpn_model(anchor_stride: int, anchors_per_location: int, depth: int,
-                    channels: int = 512) -> keras.Model:
+                    channels: int = 512, norm: str = "frozen_bn") -> keras.Model:
     """Wrap the RPN head in a Keras model named ``rpn_model`` so it is shared by every level.
 
     Args:
@@ -64,12 +58,14 @@ def build_rpn_model(anchor_stride: int, anchors_per_location: int, depth: int,
         anchors_per_location: len(Config.RPN_ANCHOR_RATIOS).
         depth: channels of the feature maps (Config.TOP_DOWN_PYRAMID_SIZE).
         channels: width of the shared conv (Config.RPN_CONV_CHANNELS).
+        norm: Config.NORM (the predictors' initializers, ``mrcnn.initializers``).
 
     Returns:
         A model mapping [B, H, W, depth] to [rpn_class_logits, rpn_probs, rpn_bbox].
     """
     input_feature_map = keras.Input(shape=(None, None, depth), name="input_rpn_feature_map")
-    outputs = rpn_graph(input_feature_map, anchors_per_location, anchor_stride, channels)
+    outputs = rpn_graph(input_feature_map, anchors_per_location, anchor_stride, channels,
+                        norm)
     return keras.Model(input_feature_map, outputs, name="rpn_model")
 
 
@@ -142,20 +138,21 @@ class RPNHead(Component):
         anchor_stride: 1 = anchors at every cell, 2 = every other cell.
         depth: channels of the pyramid levels (Config.TOP_DOWN_PYRAMID_SIZE).
         channels: width of the shared conv (Config.RPN_CONV_CHANNELS).
+        norm: Config.NORM, which picks the predictors' initializers (``mrcnn.initializers``).
     """
 
     def __init__(self, anchors_per_location: int = 3, anchor_stride: int = 1,
-                 depth: int = 256, channels: int = 512):
+                 depth: int = 256, channels: int = 512, norm: str = "frozen_bn"):
         self.anchors_per_location, self.anchor_stride = int(anchors_per_location), \
             int(anchor_stride)
-        self.depth, self.channels = int(depth), int(channels)
+        self.depth, self.channels, self.norm = int(depth), int(channels), norm
         self._keep(anchors_per_location=anchors_per_location, anchor_stride=anchor_stride,
-                   depth=depth, channels=channels)
+                   depth=depth, channels=channels, norm=norm)
 
     def __call__(self, feature_maps: list) -> list:
         """Args: feature_maps [P2..P6]. Returns: [rpn_class_logits, rpn_class, rpn_bbox]."""
         rpn = build_rpn_model(self.anchor_stride, self.anchors_per_location, self.depth,
-                              self.channels)
+                              self.channels, self.norm)
         return rpn_on_pyramid(rpn, feature_maps)
 
 

@@ -31,7 +31,8 @@ def test_parts_from_config_carry_the_config_values():
         "backbone": {"fn": "mrcnn.tiny.tiny_backbone", "train_bn": config.TRAIN_BN},
         "fpn": {"pyramid_size": 64, "norm": "gn", "gn_groups": 16},
         "rpn_head": {"anchors_per_location": len(config.RPN_ANCHOR_RATIOS),
-                     "anchor_stride": config.RPN_ANCHOR_STRIDE, "depth": 64, "channels": 32},
+                     "anchor_stride": config.RPN_ANCHOR_STRIDE, "depth": 64, "channels": 32,
+                     "norm": "gn"},
         "box_head": {"num_classes": 3, "pool_size": config.POOL_SIZE, "design": "2fc",
                      "fc_size": 128, "norm": "gn", "gn_groups": 16,
                      "image_stride": config.BACKBONE_STRIDES[0]},
@@ -43,6 +44,44 @@ def test_parts_from_config_carry_the_config_values():
         "BACKBONE": "resnet18", "NORM": "bn"})())
     assert isinstance(resnet, ResNetBackbone)
     assert resnet.get_config() == {"architecture": "resnet18", "norm": "bn", "gn_groups": 16}
+
+
+def _kernel(model, name: str) -> np.ndarray:
+    return keras.ops.convert_to_numpy(model.get_layer(name).kernel)
+
+
+def _glorot_std(kernel: np.ndarray) -> float:
+    receptive = int(np.prod(kernel.shape[:-2])) if kernel.ndim > 2 else 1
+    return float(np.sqrt(2.0 / (receptive * (kernel.shape[-2] + kernel.shape[-1]))))
+
+
+@pytest.mark.parametrize("norm", ["frozen_bn", "gn", "bn"])
+def test_predictor_initializers_follow_the_norm(norm):
+    # Frozen BN normalizes nothing at initialization: Detectron's small predictors keep the
+    # first losses finite. GN and BN normalize the features: Keras' Glorot default, whose
+    # standard deviation is sqrt(2 / (fan_in + fan_out)).
+    keras.utils.set_random_seed(0)
+    rpn = RPNHead(3, 1, depth=64, channels=256, norm=norm)
+    pyramid = [keras.Input((8, 8, 64)) for _ in range(5)]
+    rpn_model = keras.Model(pyramid, rpn(pyramid))
+    rois = keras.Input((32, 4))
+    maps = [keras.Input((16 // 2 ** i, 16 // 2 ** i, 64)) for i in range(4)]
+    box = BoxHead(3, 7, fc_size=256, norm=norm, gn_groups=16)
+    box_model = keras.Model([rois, *maps], box(rois, maps))
+    kernels = {name: _kernel(rpn_model.get_layer("rpn_model"), name)
+               for name in ("rpn_class_raw", "rpn_bbox_pred")}
+    kernels |= {name: _kernel(box_model, name) for name in
+                ("mrcnn_class_logits", "mrcnn_bbox_fc", "mrcnn_class_conv1")}
+    if norm == "frozen_bn":
+        expected = {"rpn_class_raw": 0.01, "rpn_bbox_pred": 0.0, "mrcnn_class_logits": 0.01,
+                    "mrcnn_bbox_fc": 0.001,
+                    "mrcnn_class_conv1": np.sqrt(2.0 / (7 * 7 * 64))}  # He normal
+    else:
+        expected = {name: _glorot_std(k) for name, k in kernels.items()}
+    for name, kernel in kernels.items():
+        np.testing.assert_allclose(kernel.std(), expected[name], rtol=0.15, atol=1e-7,
+                                   err_msg=name)
+
 
 
 @pytest.mark.parametrize("part", [
