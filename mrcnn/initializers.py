@@ -7,12 +7,14 @@ uniform), box-delta predictors zero or N(0, 0.001) (proposals and detections sta
 anchors and ROIs; a random deltas layer made the first rpn_bbox_loss ~1e4), LeCun on the
 linear FPN convs and He on the box head's fc layers.
 
-With GroupNorm or trainable BatchNorm the features are normalized, the first losses are
+With GroupNorm every FPN conv and box-head layer is normalized, the first losses are
 finite with any of these, and the small predictors only slow learning by SGD: training
 synthetic nuclei from scratch with GN at Matterport's SGD 0.001 (FROM_SCRATCH_RECIPE="off"),
 mask AP50 after 200 images was 0.34 with Detectron's initializers and 0.54 with Keras'
-defaults (Glorot uniform predictors and fc layers, He FPN), which these norms get
-(docs/training-from-scratch.md). Pretrained weights overwrite all of them.
+defaults (Glorot uniform predictors and fc layers, He FPN), which GN gets
+(docs/training-from-scratch.md). Trainable BatchNorm ("bn") keeps Detectron's: its FPN has
+no norm, so the features reaching the predictors are not normalized either, and only GN
+was measured. Pretrained weights overwrite all of them.
 
 Each function returns a new initializer per call: an unseeded Keras initializer instance
 returns the same values at every call, so two layers must not share one.
@@ -27,7 +29,8 @@ KERAS_DEFAULT = "glorot_uniform"
 
 
 def _normalized(norm: str) -> bool:
-    return norm != "frozen_bn"
+    # GroupNorm follows every FPN conv and box-head layer; BatchNorm kinds leave the FPN bare.
+    return norm == "gn"
 
 
 def class_predictor(norm: str = "frozen_bn") -> initializers.Initializer | str:
@@ -37,8 +40,8 @@ def class_predictor(norm: str = "frozen_bn") -> initializers.Initializer | str:
         norm: Config.NORM.
 
     Returns:
-        N(0, 0.01) with frozen BN (first scores near uniform but not tied, so the first
-        proposals and detections still differ); Keras' default otherwise.
+        N(0, 0.01) without GN (first scores near uniform but not tied, so the first
+        proposals and detections still differ); Keras' default with GN.
     """
     return KERAS_DEFAULT if _normalized(norm) else initializers.RandomNormal(stddev=0.01)
 
@@ -50,7 +53,7 @@ def rpn_delta_predictor(norm: str = "frozen_bn") -> initializers.Initializer | s
         norm: Config.NORM.
 
     Returns:
-        Zeros with frozen BN (every first proposal is its anchor); Keras' default otherwise.
+        Zeros without GN (every first proposal is its anchor); Keras' default with GN.
     """
     return KERAS_DEFAULT if _normalized(norm) else "zeros"
 
@@ -62,9 +65,9 @@ def box_delta_predictor(norm: str = "frozen_bn") -> initializers.Initializer | s
         norm: Config.NORM.
 
     Returns:
-        N(0, 0.001) with frozen BN (detections start at their ROIs; not exactly zero, since
+        N(0, 0.001) without GN (detections start at their ROIs; not exactly zero, since
         the ground-truth boxes join the ROIs with zero targets and zero predictions there
-        would give the layer no gradient in early steps); Keras' default otherwise.
+        would give the layer no gradient in early steps); Keras' default with GN.
     """
     return KERAS_DEFAULT if _normalized(norm) else initializers.RandomNormal(stddev=0.001)
 
@@ -76,7 +79,7 @@ def box_fc(norm: str = "frozen_bn") -> str:
         norm: Config.NORM.
 
     Returns:
-        He normal with frozen BN (they feed ReLUs); Keras' default otherwise.
+        He normal without GN (they feed ReLUs); Keras' default with GN.
     """
     return KERAS_DEFAULT if _normalized(norm) else "he_normal"
 
@@ -88,8 +91,8 @@ def fpn_conv(norm: str = "frozen_bn") -> str:
         norm: Config.NORM.
 
     Returns:
-        LeCun normal with frozen BN (the FPN convs are linear, so LeCun keeps the
+        LeCun normal without GN (the FPN convs are linear, so LeCun keeps the
         activations' scale where He's factor 2 and the top-down sums would grow it); He
-        normal otherwise.
+        normal with GN.
     """
     return "he_normal" if _normalized(norm) else "lecun_normal"
