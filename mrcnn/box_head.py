@@ -90,7 +90,7 @@ def fpn_classifier_graph(rois, feature_maps: list, pool_size: int, num_classes: 
         x = layers.Activation("relu", name="pool_squeeze")(x)
     shared = UnflattenRois(num_rois, name="mrcnn_class_shared")(x)
 
-    # With frozen BN the logits start near uniform and the deltas near zero (see
+    # Without GN the logits start near uniform and the deltas near zero (see
     # mrcnn.initializers).
     mrcnn_class_logits = layers.Dense(num_classes, name="mrcnn_class_logits",
                                       kernel_initializer=initializers.class_predictor(norm))(

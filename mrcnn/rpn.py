@@ -34,7 +34,7 @@ def rpn_graph(feature_map, anchors_per_location: int, anchor_stride: int,
     """
     shared = layers.Conv2D(channels, 3, padding="same", activation="relu", strides=anchor_stride,
                            name="rpn_conv_shared")(feature_map)
-    # With frozen BN the predictors start small or at zero (see mrcnn.initializers).
+    # Without GN the predictors start small or at zero (see mrcnn.initializers).
     x = layers.Conv2D(2 * anchors_per_location, 1, padding="valid", activation="linear",
                       kernel_initializer=initializers.class_predictor(norm),
                       name="rpn_class_raw")(shared)

@@ -83,7 +83,6 @@ def test_predictor_initializers_follow_the_norm(norm):
                                    err_msg=name)
 
 
-
 @pytest.mark.parametrize("part", [
     ResNetBackbone("resnet34", norm="gn", gn_groups=8), CallableBackbone(tiny_backbone, True),
     FPN(32, norm="gn", gn_groups=4), RPNHead(3, 2, 32, 16),
