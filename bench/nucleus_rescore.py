@@ -133,7 +133,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             result = score(gt, detections_for(raws[key], paste))
             rows.append({"run": run, "epoch": epoch, "setting": text, **result})
             print(f"{run} epoch {epoch} {text}: AP50 {result['AP50']:.3f} "
-                  f"AP {result['AP']:.3f}", flush=True)
+                  f"AP {result['AP']:.3f}; nuclei covered at IoU >= 0.75: touching "
+                  f"{result['found75_touching']:.3f}, isolated "
+                  f"{result['found75_isolated']:.3f}", flush=True)
 
     print()
     print("command: python bench/nucleus_rescore.py " + " ".join(argv or sys.argv[1:]))

@@ -25,7 +25,10 @@ Every contender sees the same synthetic nuclei (``samples/nucleus/synthetic.py``
 once) and the same number of images per budget; its detections come back as RLEs and all
 are scored here by the same code (``mrcnn.coco_eval``, COCO segm, max detections above the
 densest image). Prints one table row per (contender, epoch): images seen, mean +- std of mask
-AP50, AP and recall at IoU 0.5 over the seeds, and the training time. Asserts nothing.
+AP50, AP and recall at IoU 0.5 over the seeds, and the training time; then a second table
+of where the misses are: the share of nuclei that touch another one, and how many of the
+touching and of the isolated nuclei some detection covers at mask IoU 0.5 and 0.75
+(``found_share``). Asserts nothing.
 """
 
 from __future__ import annotations
@@ -131,8 +134,68 @@ def ground_truth(data: str) -> list[dict]:
     return gt
 
 
+def touching(masks):
+    """Which instances touch another: [N] bool for disjoint masks [H, W, N].
+
+    Two instances touch when a pixel of one is among the 8 neighbours of a pixel of the
+    other (dense synthetic nuclei: touching, or partly hidden by the one drawn over it).
+    """
+    import numpy as np
+
+    n = masks.shape[-1]
+    if n == 0:
+        return np.zeros(0, bool)
+    labels = np.where(masks.any(-1), masks.argmax(-1) + 1, 0)
+    padded = np.pad(labels, 1)
+    h, w = labels.shape
+    hit = np.zeros(n + 1, bool)
+    for dy, dx in ((0, 1), (1, 0), (1, 1), (1, -1)):  # each neighbour pair once
+        other = padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+        pair = (labels > 0) & (other > 0) & (labels != other)
+        hit[labels[pair]] = True
+        hit[other[pair]] = True
+    return hit[1:]
+
+
+def found_share(gt_masks, det_masks, thresholds=(0.5, 0.75)) -> dict:
+    """How many nuclei some detection covers, touching and isolated ones apart.
+
+    For each ground-truth instance, the best mask IoU of any detection (whatever its score,
+    so this is a ceiling on recall, not COCO's matched recall); the share of instances at
+    or above each threshold, among those that touch another instance and those that do not.
+
+    Args:
+        gt_masks: list of [H, W, N] ground-truth masks, one per image.
+        det_masks: list of [H, W, M] detected masks, same images.
+        thresholds: IoU thresholds.
+
+    Returns:
+        {"touching_share": fraction of instances that touch another,
+         "found50_touching", "found50_isolated", "found75_touching", ...} (NaN where a
+        group is empty).
+    """
+    import numpy as np
+
+    from mrcnn import utils
+
+    best, touch = [], []
+    for g, d in zip(gt_masks, det_masks):
+        overlaps = utils.compute_overlaps_masks(d, g)  # [M, N]
+        best.append(overlaps.max(0) if overlaps.shape[0] else np.zeros(g.shape[-1]))
+        touch.append(touching(g))
+    best, touch = np.concatenate(best), np.concatenate(touch)
+    out = {"touching_share": float(touch.mean()) if len(touch) else float("nan")}
+    for t in thresholds:
+        for name, group in (("touching", touch), ("isolated", ~touch)):
+            found = best[group] >= t
+            out[f"found{round(t * 100)}_{name}"] = (float(found.mean()) if len(found)
+                                                    else float("nan"))
+    return out
+
+
 def score(gt: list[dict], detections: dict) -> dict:
-    """COCO segm AP50 / AP / recall@0.5 of one epoch's detections (RLEs by image name)."""
+    """COCO segm AP50 / AP / recall@0.5 of one epoch's detections (RLEs by image name),
+    and ``found_share`` of its masks."""
     import numpy as np
     from pycocotools import mask as mask_utils
 
@@ -155,7 +218,8 @@ def score(gt: list[dict], detections: dict) -> dict:
     stats = coco_eval.evaluate(gt_list, det_list, iou_type="segm",
                                class_names=["BG", "nucleus"], verbose=False,
                                max_dets=max(100, most, 400))
-    return {"AP50": stats["AP50"], "AP": stats["AP"], "recall50": stats["recall50"]}
+    return {"AP50": stats["AP50"], "AP": stats["AP"], "recall50": stats["recall50"],
+            **found_share([g["masks"] for g in gt], [d["masks"] for d in det_list])}
 
 
 def recipe_settings() -> dict:
@@ -184,6 +248,11 @@ def worker_settings(contender: dict, seed: int, data: str, logs: str, args) -> d
     return settings
 
 
+# found_share's columns, in the order of the second table.
+FOUND = ("touching_share", "found50_touching", "found50_isolated", "found75_touching",
+         "found75_isolated")
+
+
 def summarize(rows: list[dict]) -> list[dict]:
     """Mean and standard deviation over seeds per (contender, epoch)."""
     import numpy as np
@@ -195,7 +264,9 @@ def summarize(rows: list[dict]) -> list[dict]:
         group = [r for r in rows if r["contender"] == contender and r["epoch"] == epoch]
         entry = {"contender": contender, "epoch": epoch, "images": group[0]["images"],
                  "seeds": len(group)}
-        for metric in ("AP50", "AP", "recall50", "train_wall", "train_cpu"):
+        for metric in ("AP50", "AP", "recall50", "train_wall", "train_cpu", *FOUND):
+            if not all(metric in g for g in group):  # rows of an older bench lack FOUND
+                continue
             values = np.array([g[metric] for g in group], float)
             entry[metric] = (float(values.mean()),
                              float(values.std(ddof=1)) if len(values) > 1 else float("nan"))
@@ -215,6 +286,19 @@ def print_table(table: list[dict]) -> None:
         print(f"| {r['contender']} | {r['epoch']} | {r['images']} | {r['seeds']} | "
               f"{pm('AP50')} | {pm('AP')} | {pm('recall50')} | {pm('train_wall', 0)} | "
               f"{pm('train_cpu', 0)} |")
+    found = [r for r in table if all(k in r for k in FOUND)]
+    if not found:
+        return
+    print()
+    print("Share of nuclei that some detection covers at mask IoU >= 0.5 and >= 0.75 (any "
+          "score), those that touch another nucleus and isolated ones apart; mean over seeds:")
+    print()
+    print("| contender | epoch | touching share | touching >= 0.5 | isolated >= 0.5 | "
+          "touching >= 0.75 | isolated >= 0.75 |")
+    print("|---|---|---|---|---|---|---|")
+    for r in found:
+        print(f"| {r['contender']} | {r['epoch']} | " + " | ".join(
+            f"{r[k][0]:.3f}" for k in FOUND) + " |")
 
 
 def main(argv: list[str] | None = None) -> list[dict]:

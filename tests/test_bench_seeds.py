@@ -82,3 +82,33 @@ def test_rescore_settings_and_checkpoint_listing(tmp_path):
     assert [(run, epoch) for run, epoch, _ in found] == [
         ("mrcnn/0", 1), ("mrcnn/0", 2), ("mrcnn_dece6be/1", 1), ("mrcnn_dece6be/1", 2)]
     assert [e for _, e, _ in nucleus_rescore.checkpoints(str(tmp_path), [2])] == [2, 2]
+
+
+def test_touching_marks_instances_with_an_8_neighbour_of_another():
+    masks = np.zeros((12, 12, 4), bool)
+    masks[1:3, 1:3, 0] = True   # shares an edge with 1
+    masks[1:3, 3:5, 1] = True
+    masks[3:5, 5:7, 2] = True   # touches 1 only diagonally, at (2, 4) / (3, 5)
+    masks[8:11, 8:11, 3] = True  # alone
+    assert nucleus_seeds.touching(masks).tolist() == [True, True, True, False]
+    assert nucleus_seeds.touching(masks[..., 3:]).tolist() == [False]
+    assert nucleus_seeds.touching(np.zeros((5, 5, 0), bool)).shape == (0,)
+
+
+def test_found_share_counts_covered_nuclei_by_group():
+    gt = np.zeros((12, 12, 3), bool)
+    gt[1:5, 1:5, 0] = True   # touching pair
+    gt[1:5, 5:9, 1] = True
+    gt[8:12, 0:4, 2] = True  # isolated
+    det = np.zeros((12, 12, 2), bool)
+    det[1:5, 1:5, 0] = True          # nucleus 0 exactly
+    det[1:5, 5:8, 1] = True          # nucleus 1 at IoU 12/16 = 0.75
+    out = nucleus_seeds.found_share([gt], [det])
+    assert out["touching_share"] == pytest.approx(2 / 3)
+    assert out["found50_touching"] == 1.0 and out["found75_touching"] == 1.0
+    assert out["found50_isolated"] == 0.0
+    det[1:5, 7, 1] = False           # now 8/16 = 0.5: found at 0.5, not at 0.75
+    out = nucleus_seeds.found_share([gt], [det])
+    assert out["found50_touching"] == 1.0 and out["found75_touching"] == 0.5
+    empty = nucleus_seeds.found_share([gt], [np.zeros((12, 12, 0), bool)])
+    assert empty["found50_touching"] == 0.0 and empty["found50_isolated"] == 0.0
