@@ -133,8 +133,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             result = score(gt, detections_for(raws[key], paste))
             rows.append({"run": run, "epoch": epoch, "setting": text, **result})
             print(f"{run} epoch {epoch} {text}: AP50 {result['AP50']:.3f} "
-                  f"AP {result['AP']:.3f}; nuclei covered at IoU >= 0.75: touching "
-                  f"{result['found75_touching']:.3f}, isolated "
+                  f"AP {result['AP']:.3f}; nuclei covered at IoU >= 0.5 / 0.75: touching "
+                  f"{result['found50_touching']:.3f} / {result['found75_touching']:.3f}, "
+                  f"isolated {result['found50_isolated']:.3f} / "
                   f"{result['found75_isolated']:.3f}", flush=True)
 
     print()
