@@ -263,9 +263,22 @@ def test_paste_masks_within_half_a_percent_of_skimage():
     np.testing.assert_array_equal(utils.unmold_mask(masks[3], boxes[3], shape), pasted[..., 3])
 
 
-def _reference_paste(mask, box, shape, threshold=0.5):
-    """Sub-pixel paste by definition: every pixel centre inside the image, mapped into the
-    mask's pixel grid stretched over the box, sampled bilinearly with zeros outside."""
+def _assert_paste_is_the_reference(pasted, masks, boxes, shape, threshold=0.5):
+    """``pasted`` [H, W, N] equals the reference paste except at pixels whose reference
+    value lies within 0.02 of the threshold. OpenCV samples at positions quantized to 1/32
+    pixel, which moves a value by at most (steepest slope of these masks, about 0.5 per
+    mask pixel) / 64; how it rounds differs between OpenCV versions."""
+    values = np.stack([_reference_values(m, b, shape) for m, b in zip(masks, boxes)], -1)
+    differ = pasted != (values >= threshold)
+    assert np.all(np.abs(values[differ] - threshold) < 0.02), (
+        f"{differ.sum()} pixels differ, up to {np.abs(values[differ] - threshold).max():.3f} "
+        "from the threshold")
+
+
+def _reference_values(mask, box, shape):
+    """Sub-pixel paste by definition, before the threshold: every pixel centre inside the
+    image, mapped into the mask's pixel grid stretched over the box, sampled bilinearly with
+    zeros outside (0 outside the box)."""
     from scipy import ndimage
 
     y1, x1, y2, x2 = (float(v) for v in box)
@@ -278,7 +291,7 @@ def _reference_paste(mask, box, shape, threshold=0.5):
     values = ndimage.map_coordinates(padded, [src_y + 1, src_x + 1], order=1, mode="constant",
                                      cval=0.0)
     inside = (rows + 1 > y1) & (rows < y2) & (cols + 1 > x1) & (cols < x2)
-    return (values >= threshold) & inside
+    return np.where(inside, values, 0.0)
 
 
 def test_paste_masks_with_fractional_boxes_samples_at_pixel_centres():
@@ -286,10 +299,8 @@ def test_paste_masks_with_fractional_boxes_samples_at_pixel_centres():
     shape = (120, 150)
     masks = _smooth_masks(rng, 30)
     boxes = _random_boxes(rng.uniform, 30, ((-10, 100), (-10, 130)), (3, 40))
-    pasted = transform.paste_masks(masks, boxes, shape)
-    want = np.stack([_reference_paste(m, b, shape) for m, b in zip(masks, boxes)], -1)
-    # OpenCV resamples with 1/32-pixel fixed-point weights: a few threshold-edge pixels.
-    assert (pasted != want).sum() <= 0.002 * want.sum()
+    _assert_paste_is_the_reference(transform.paste_masks(masks, boxes, shape), masks, boxes,
+                                   shape)
     # Integer boxes given as floats paste exactly as integer boxes.
     whole = np.round(boxes)
     np.testing.assert_array_equal(transform.paste_masks(masks, whole, shape),
@@ -341,9 +352,8 @@ def test_unmold_detections_matches_the_previous_implementation():
         kept = np.flatnonzero((np.round(exact[:, 2]) - np.round(exact[:, 0]))
                               * (np.round(exact[:, 3]) - np.round(exact[:, 1])) > 0)
         masks = mrcnn_mask[kept, :, :, detections[kept, 4].astype(int)]
-        want = np.stack([_reference_paste(m, b, original) for m, b in zip(masks, exact[kept])], -1)
-        assert sub[3].shape == want.shape
-        assert (sub[3] != want).sum() <= 0.002 * want.sum()
+        assert sub[3].shape == original[:2] + (len(kept),)
+        _assert_paste_is_the_reference(sub[3], masks, exact[kept], original)
         assert (sub[3] != new[3]).any()  # the rounding did change masks
 
 
